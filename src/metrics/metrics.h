@@ -1,0 +1,67 @@
+/*
+ * metrics.h - process-wide counters, gauges and histograms.
+ *
+ * Owns: a fixed registry of named metrics updated lock-free (relaxed atomics)
+ * from any thread, and their rendering in the Prometheus text format.
+ * Metrics are static: the set is known at compile time, so a hostile client
+ * can never create new label values (bounded memory by construction).
+ */
+#ifndef STRATA_METRICS_H
+#define STRATA_METRICS_H
+
+#include <stdint.h>
+
+#include "core.h"
+
+enum metric_counter {
+	M_SMTP_CONNECTIONS_TOTAL,
+	M_SMTP_TRANSACTIONS_TOTAL,      /* MAIL FROM accepted */
+	M_SMTP_MESSAGES_ACCEPTED,       /* 250 after DATA/BDAT LAST */
+	M_SMTP_RECIPIENTS_ACCEPTED,
+	M_SMTP_REJECT_UNKNOWN_USER,
+	M_SMTP_REJECT_RELAY,
+	M_SMTP_REJECT_SIZE,
+	M_SMTP_REJECT_QUOTA,
+	M_SMTP_REJECT_SYNTAX,
+	M_SMTP_REJECT_TOO_MANY_RCPTS,
+	M_SMTP_REJECT_TEMPFAIL,         /* 4xx from storage */
+	M_SMTP_REJECT_BAD_CONTENT,      /* NUL, bare LF in reject mode */
+	M_SMTP_REJECT_CONN_LIMIT,
+	M_SMTP_TIMEOUTS,
+	M_SMTP_TLS_HANDSHAKES,
+	M_SMTP_TLS_FAILURES,
+	M_STORE_COMMITS,                /* index transactions */
+	M_STORE_COMMITTED_DELIVERIES,
+	M_STORE_BLOBS_WRITTEN,
+	M_STORE_BLOB_BYTES_WRITTEN,
+	M_STORE_FSYNCS,
+	M_STORE_COMMIT_FAILURES,
+	M_COUNTER__COUNT
+};
+
+enum metric_gauge {
+	M_SMTP_SESSIONS_ACTIVE,
+	M_QUEUE_PENDING,                /* deliveries submitted, not yet answered */
+	M_GAUGE__COUNT
+};
+
+enum metric_histogram {
+	M_H_SMTP_ACCEPT_LATENCY,        /* end of DATA to 250, seconds */
+	M_H_COMMIT_BATCH_SIZE,          /* deliveries per index transaction */
+	M_H_COMMIT_DURATION,            /* seconds per group commit */
+	M_HISTOGRAM__COUNT
+};
+
+void metric_inc(enum metric_counter c);
+void metric_add(enum metric_counter c, uint64_t n);
+uint64_t metric_get(enum metric_counter c);
+void gauge_add(enum metric_gauge g, int64_t delta);
+int64_t gauge_get(enum metric_gauge g);
+/* Records one observation (seconds for latencies, counts for sizes). */
+void histogram_observe(enum metric_histogram h, double value);
+/* Quantile estimate (0..1) from the histogram buckets; 0 when empty. */
+double histogram_quantile(enum metric_histogram h, double q);
+/* Appends the Prometheus exposition text of every metric. */
+void metrics_render(struct buf *out);
+
+#endif

@@ -1,0 +1,78 @@
+/*
+ * queue.h - from "message received" to "message durable": spooling and
+ * group commit.
+ *
+ * Owns: the per-transaction spool (struct queue_msg), the blob writer
+ * thread pool, and the single committer thread that batches index commits.
+ *
+ * Life of a message:
+ *   smtp session: queue_msg_new -> queue_msg_append ... -> queue_msg_submit
+ *   writer pool:  write the message + trailer to <blob_dir>/tmp, fsync,
+ *                 close, rename to its final path          (parallel)
+ *   committer:    fsync each distinct blob directory once per batch, then
+ *                 one index transaction for the whole batch   (group commit)
+ *   done callback on the session's event loop with the final status.
+ *
+ * Durability: the done callback reports ST_OK only after the blob file, its
+ * directory entry and the index rows are on stable storage.  On any failure
+ * the blob is unlinked and the callback reports a 4xx status: never a 250
+ * for something that is not durable, never a visible partial message.
+ *
+ * Threads: queue_msg_* are called from one network thread (the session's);
+ * `done` runs on that thread's event_base.  No disk write or fsync ever runs
+ * on a network thread: small messages stay in memory until submit; larger
+ * ones are appended to their spool file by the writer pool.
+ */
+#ifndef STRATA_QUEUE_H
+#define STRATA_QUEUE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "core.h"
+#include "store.h"
+
+struct event_base;
+struct queue;
+struct queue_msg;
+
+/* Starts the writer pool and committer over an open store (the queue then
+ * owns the store's thread affinity until queue_stop). */
+struct queue *queue_start(const struct settings *s, struct store *st, char **error_r);
+/* Stops accepting submissions, finishes every submitted message (their done
+ * callbacks run, or are reported as ST_SHUTDOWN if their base is gone), and
+ * joins the threads. */
+void queue_stop(struct queue **q);
+
+/* A new spool for one transaction; `base` is the session's event loop. */
+struct queue_msg *queue_msg_new(struct queue *q, struct event_base *base);
+const char *queue_msg_id(const struct queue_msg *m);  /* 26-char queue id */
+/* Appends message bytes (already dot-unstuffed, CRLF line ends).  Never
+ * blocks on disk.  Returns ST_TOO_BIG past max_message_size (the rest of
+ * the data should then be discarded, and the message not submitted). */
+enum status queue_msg_append(struct queue_msg *m, const void *data, size_t len);
+uint64_t queue_msg_size(const struct queue_msg *m);
+/* Bytes handed to the writer pool but not yet written: the session stops
+ * reading from its socket above a threshold and resumes from `drained`. */
+size_t queue_msg_pending_bytes(const struct queue_msg *m);
+void queue_msg_set_drained_cb(struct queue_msg *m, void (*drained)(void *arg), void *arg);
+/* Records a delivery target: account id and its address (for the trailer). */
+void queue_msg_add_account(struct queue_msg *m, int64_t account_id, const char *address);
+/*
+ * Hands the message to the writer pool.  Ownership passes to the queue;
+ * `done(arg, status, queue_id)` runs exactly once on the message's base.
+ * After submit the caller must not touch m.
+ */
+typedef void queue_done_cb(void *arg, enum status st, const char *queue_id);
+void queue_msg_submit(struct queue_msg *m, queue_done_cb *done, void *arg);
+/* Discards an unsubmitted message and its spool file (never blocks: the
+ * unlink is done by the pool). */
+void queue_msg_abort(struct queue_msg **m);
+
+/* Removes stale temp files left by a crash (called at start, before
+ * listening).  A temp file is never referenced by the index. */
+void queue_recover(const struct settings *s);
+
+#endif
