@@ -38,6 +38,8 @@ static const struct config_key keys[] = {
 	  "Network event-loop threads; 0 means one per CPU core" },
 	{ "admin.listen", CFG_STRING, "127.0.0.1:9425", 0, 0, NULL, false, OFF(admin_listen),
 	  "Admin HTTP endpoint (/metrics, /health), comma-separated host:port list; keep it on loopback" },
+	{ "recipient_delimiter", CFG_STRING, "+", 0, 0, NULL, false, OFF(recipient_delimiter),
+	  "Characters that start an address extension (user+tag@domain delivers to user@domain); empty disables" },
 	{ "smtp.listen", CFG_STRING, "0.0.0.0:25", 0, 0, NULL, false, OFF(smtp_listen),
 	  "Inbound SMTP (MX) listeners, comma-separated host:port list ([v6]:port for IPv6)" },
 	{ "smtp.max_message_size", CFG_SIZE, "50M", 1024, 2ull << 30, NULL, true, OFF(smtp_max_message_size),

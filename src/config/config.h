@@ -43,6 +43,7 @@ struct settings {
 	unsigned log_level;        /* enum log_level */
 	uint64_t threads;          /* resolved: >= 1 after config_load */
 	char *admin_listen;        /* comma-separated host:port list */
+	char *recipient_delimiter; /* e.g. "+": user+tag@d delivers to user@d; empty = off */
 	/* smtp */
 	char *smtp_listen;
 	uint64_t smtp_max_message_size;
