@@ -21,6 +21,9 @@
  *
  * Errors: functions return enum status; *error_r (when given) receives a
  * malloc'd message for the log or the CLI user.
+ *
+ * Callbacks of the *_list functions run while the handle's statement is
+ * active: they must not call back into the same handle.
  */
 #ifndef STRATA_STORE_H
 #define STRATA_STORE_H
@@ -36,7 +39,9 @@ struct store;
 struct store_reader;
 
 /* Opens (and creates/migrates when `create`) the index and blob directory
- * named by the settings.  Returns NULL with *error_r on failure. */
+ * named by the settings.  Without `create` the index must exist at this
+ * build's schema version.  Returns NULL with *error_r on failure.
+ * store_reader_open needs an index that exists at this schema version. */
 struct store *store_open(const struct settings *s, bool create, char **error_r);
 void store_close(struct store **st);
 struct store_reader *store_reader_open(const struct settings *s, char **error_r);
@@ -62,7 +67,10 @@ struct account {
 	int64_t last_login;      /* unix time, 0 = never */
 };
 /* Creates the account with INBOX, Sent, Drafts, Trash, Junk and Archive.
- * The domain must exist (ST_NOT_FOUND otherwise); ST_EXISTS if taken. */
+ * The domain must exist (ST_NOT_FOUND otherwise); ST_EXISTS if taken by an
+ * account or an alias; ST_INVALID for a malformed address, a password hash
+ * over 255 bytes or with spaces/control bytes, or a quota above INT64_MAX.
+ * pwhash may be NULL or "" (no password login). */
 enum status store_user_add(struct store *st, const char *address, const char *pwhash,
 			   uint64_t quota_bytes, uint64_t quota_messages, char **error_r);
 /* Many accounts in one transaction (bulk import).  Stops at the first
@@ -89,7 +97,12 @@ enum status store_user_list(struct store *st, const char *domain, store_account_
 
 /* ---- aliases ---------------------------------------------------------- */
 /* `source` is local@domain, or "@domain" for the domain's catch-all.
- * `targets` is a comma-separated list of local accounts or aliases. */
+ * `targets` is a comma-separated list of local accounts or aliases.
+ * add: ST_NOT_FOUND when the source domain is not local or a target does
+ * not exist; ST_EXISTS when the source is an alias or an account;
+ * ST_INVALID for bad syntax, more than STORE_MAX_EXPANSION targets, or an
+ * alias that would loop, nest deeper than 8 or reach more than
+ * STORE_MAX_EXPANSION accounts. */
 enum status store_alias_add(struct store *st, const char *source, const char *targets, char **error_r);
 enum status store_alias_del(struct store *st, const char *source, char **error_r);
 typedef void store_alias_cb(void *ctx, const char *source, const char *targets);
@@ -100,6 +113,7 @@ enum status store_alias_list(struct store *st, store_alias_cb *cb, void *ctx);
 struct rcpt_resolution {
 	size_t n;                          /* accounts the address expands to */
 	int64_t account_ids[STORE_MAX_EXPANSION];
+	char addresses[STORE_MAX_EXPANSION][320]; /* each account's own address */
 	bool over_quota;                   /* at least one is full for `size` */
 };
 /*
@@ -137,15 +151,20 @@ struct blob_meta {
 	size_t n_rcpts;
 	char (*rcpt_addresses)[320];/* account addresses it was delivered to */
 };
-/* Formats the trailer for meta into out (appends). */
+/* Formats the trailer for meta into out (appends).  meta must name at
+ * least one rcpt (a trailer without one does not parse). */
 void store_blob_trailer(const struct blob_meta *meta, struct buf *out);
 /* Parses a blob file's trailer (rebuild, verify).  Caller frees with
- * store_blob_meta_free.  ST_INVALID when the file has no valid trailer. */
+ * store_blob_meta_free.  ST_INVALID when the file has no valid trailer (or
+ * is not a regular file); ST_NOT_FOUND when it does not exist; ST_IO_ERROR
+ * when it could not be read (not proof of garbage: do not delete it). */
 enum status store_blob_read_meta(const char *path, struct blob_meta *meta);
 void store_blob_meta_free(struct blob_meta *meta);
 /* Full path of a blob's final location. */
 void store_blob_path(const char *blob_dir, const struct msgid *id, char *out, size_t outlen);
-/* Directory of a blob's final location (created on demand with fsync). */
+/* Directory of a blob's final location.  Names it only: the writer creates
+ * it with fs_mkdir_p (which fsyncs each new level into its parent) before
+ * renaming into it. */
 void store_blob_dir_of(const char *blob_dir, const struct msgid *id, char *out, size_t outlen);
 
 /* ---- delivery (the committer thread) ---------------------------------- */
@@ -167,6 +186,10 @@ struct store_delivery {
  * the others still commit.  If the transaction fails, every delivery gets
  * the failure status and nothing is written.  Precondition: each blob is
  * already durable at its final path.
+ * An account deleted since resolution is skipped (its uids[] entry is 0);
+ * when none is left the delivery gets ST_NOT_FOUND.  Returns ST_OK when
+ * the transaction committed (each d[i]->status then says whether that
+ * delivery was written), else the transaction's failure status.
  */
 enum status store_commit_deliveries(struct store *st, struct store_delivery **d, size_t n);
 
@@ -186,7 +209,9 @@ struct message_row {
 #define MSG_FLAG_DELETED  (1u << 3)
 #define MSG_FLAG_DRAFT    (1u << 4)
 typedef void store_message_cb(void *ctx, const struct message_row *m);
-/* Lists a mailbox of an account in UID order.  ST_NOT_FOUND if either is unknown. */
+/* Lists a mailbox of an account in UID order.  ST_NOT_FOUND if either is unknown.
+ * mailbox NULL or any case of "INBOX" names the INBOX; other names are
+ * case-sensitive.  The same holds for store_message_path. */
 enum status store_mailbox_list_messages(struct store *st, const char *address, const char *mailbox,
 					store_message_cb *cb, void *ctx);
 /* Names of an account's mailboxes with their message counts. */

@@ -1,0 +1,285 @@
+/*
+ * store_blob.c - blob file names and the self-describing trailer.
+ *
+ * Owns: the path of a blob (<blob_dir>/<id 0..4>/<id 5..6>/<id>), the
+ * trailer grammar (docs/STORAGE.md, "Blob files"), its writer and its
+ * parser.  Writing and fsyncing blob files, and creating their directories,
+ * is the queue's job; this file only names, formats and reads.
+ *
+ * The parser is used by rebuild and verify over whatever lies in the blob
+ * directory, so it treats every file as hostile: it opens without following
+ * symlinks and without blocking (a FIFO), accepts regular files only, reads
+ * with bounded preads (the 27-byte tail, then at most STORE_TRAILER_MAX
+ * bytes of trailer), and checks every field; any deviation is ST_INVALID,
+ * never a crash or an unbounded allocation.
+ *
+ * Thread-safe: no shared state.
+ */
+#include "store_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define TRAILER_HEAD "\nSTRATA-META 1\n"
+#define TRAILER_END "STRATA-META-END "
+/* Bound on a trailer: 100,000 recipients of 318 bytes fit (smtp.max_recipients' ceiling). */
+#define STORE_TRAILER_MAX (64u * 1024 * 1024)
+
+/* ---- paths ----------------------------------------------------------------- */
+
+void store_blob_path(const char *blob_dir, const struct msgid *id, char *out, size_t outlen)
+{
+	char t[MSGID_TEXT_LEN + 1];
+	msgid_format(id, t);
+	int n = snprintf(out, outlen, "%s/%.5s/%.2s/%s", blob_dir, t, t + 5, t);
+	if (n < 0 || (size_t)n >= outlen)
+		panic("store_blob_path: buffer of %zu bytes too small", outlen);
+}
+
+void store_blob_dir_of(const char *blob_dir, const struct msgid *id, char *out, size_t outlen)
+{
+	char t[MSGID_TEXT_LEN + 1];
+	msgid_format(id, t);
+	int n = snprintf(out, outlen, "%s/%.5s/%.2s", blob_dir, t, t + 5);
+	if (n < 0 || (size_t)n >= outlen)
+		panic("store_blob_dir_of: buffer of %zu bytes too small", outlen);
+}
+
+/* ---- writing the trailer ------------------------------------------------ */
+
+static void check_field(const char *what, const char *v)
+{
+	for (const char *p = v; *p; p++) {
+		if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
+			panic("store_blob_trailer: %s contains a control or non-ASCII byte", what);
+	}
+}
+
+void store_blob_trailer(const struct blob_meta *meta, struct buf *out)
+{
+	char id[MSGID_TEXT_LEN + 1];
+	msgid_format(&meta->id, id);
+	check_field("hash", meta->hash_hex);
+	size_t start = out->len;
+	buf_append_str(out, TRAILER_HEAD);
+	buf_printf(out, "id: %s\nreceived: %lld\nsize: %llu\nhash: %s\n", id,
+		   (long long)meta->received, (unsigned long long)meta->size, meta->hash_hex);
+	for (size_t i = 0; i < meta->n_rcpts; i++) {
+		check_field("rcpt", meta->rcpt_addresses[i]);
+		buf_printf(out, "rcpt: %s\n", meta->rcpt_addresses[i]);
+	}
+	size_t len = out->len - start + STORE_TRAILER_TAIL;
+	buf_printf(out, TRAILER_END "%010zu\n", len);
+}
+
+/* ---- reading the trailer ------------------------------------------------ */
+
+/* Reads exactly len bytes at off.  ST_INVALID when the file is shorter
+ * than it said (truncated under us), ST_IO_ERROR on a read error. */
+static enum status pread_all(int fd, void *buf, size_t len, off_t off)
+{
+	char *p = buf;
+	while (len > 0) {
+		ssize_t n = pread(fd, p, len, off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return ST_IO_ERROR;
+		if (n == 0)
+			return ST_INVALID;
+		p += n;
+		len -= (size_t)n;
+		off += n;
+	}
+	return ST_OK;
+}
+
+/* Strict unsigned decimal: 1..19 digits, no sign, no leading zero. */
+static bool parse_dec(const char *s, size_t len, uint64_t *out)
+{
+	if (len == 0 || len > 19 || (len > 1 && s[0] == '0'))
+		return false;
+	uint64_t v = 0;
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+		v = v * 10 + (uint64_t)(s[i] - '0');
+	}
+	*out = v;
+	return true;
+}
+
+static bool parse_tail(const char tail[STORE_TRAILER_TAIL], uint64_t *len)
+{
+	size_t head = sizeof(TRAILER_END) - 1;
+	if (memcmp(tail, TRAILER_END, head) != 0 || tail[STORE_TRAILER_TAIL - 1] != '\n')
+		return false;
+	uint64_t v = 0;
+	for (size_t i = head; i < STORE_TRAILER_TAIL - 1; i++) {
+		if (tail[i] < '0' || tail[i] > '9')
+			return false;
+		v = v * 10 + (uint64_t)(tail[i] - '0');
+	}
+	*len = v;
+	return true;
+}
+
+static bool is_hex64(const char *v, size_t len)
+{
+	if (len != 64)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		if (!((v[i] >= '0' && v[i] <= '9') || (v[i] >= 'a' && v[i] <= 'f')))
+			return false;
+	}
+	return true;
+}
+
+static bool add_rcpt(struct blob_meta *meta, size_t *cap, const char *v, size_t len)
+{
+	char tmp[STORE_ADDRESS_MAX + 1], norm[STORE_ADDRESS_MAX + 1];
+	if (len > STORE_ADDRESS_MAX)
+		return false;
+	memcpy(tmp, v, len);
+	tmp[len] = '\0';
+	if (!store_addr_address(tmp, norm, NULL) || strcmp(tmp, norm) != 0)
+		return false;
+	if (meta->n_rcpts == *cap) {
+		*cap = *cap ? *cap * 2 : 4;
+		meta->rcpt_addresses = xreallocarray(meta->rcpt_addresses, *cap,
+						     sizeof(*meta->rcpt_addresses));
+	}
+	memcpy(meta->rcpt_addresses[meta->n_rcpts++], norm, len + 1);
+	return true;
+}
+
+enum seen { SEEN_ID = 1, SEEN_RECEIVED = 2, SEEN_SIZE = 4, SEEN_HASH = 8, SEEN_ALL = 15 };
+
+/* One "key: value" line (without its "\n"). */
+static bool parse_line(struct blob_meta *meta, size_t *cap, unsigned *seen, const char *line,
+		       size_t len)
+{
+	const char *colon = memchr(line, ':', len);
+	if (colon == NULL || colon == line || (size_t)(colon - line) + 1 >= len || colon[1] != ' ')
+		return false;
+	size_t klen = (size_t)(colon - line);
+	for (size_t i = 0; i < klen; i++) {
+		char c = line[i];
+		if (!((c >= 'a' && c <= 'z') || (i > 0 && ((c >= '0' && c <= '9') || c == '-'))))
+			return false;
+	}
+	const char *v = colon + 2;
+	size_t vlen = len - klen - 2;
+	for (size_t i = 0; i < vlen; i++) {
+		if ((unsigned char)v[i] < 0x20 || (unsigned char)v[i] > 0x7e)
+			return false;
+	}
+	unsigned bit = 0;
+	uint64_t num;
+	if (klen == 2 && memcmp(line, "id", 2) == 0) {
+		char t[MSGID_TEXT_LEN + 1];
+		if (vlen != MSGID_TEXT_LEN)
+			return false;
+		memcpy(t, v, vlen);
+		t[vlen] = '\0';
+		if (!msgid_parse(t, &meta->id))
+			return false;
+		bit = SEEN_ID;
+	} else if (klen == 8 && memcmp(line, "received", 8) == 0) {
+		if (!parse_dec(v, vlen, &num) || num > (uint64_t)INT64_MAX)
+			return false;
+		meta->received = (int64_t)num;
+		bit = SEEN_RECEIVED;
+	} else if (klen == 4 && memcmp(line, "size", 4) == 0) {
+		if (!parse_dec(v, vlen, &meta->size))
+			return false;
+		bit = SEEN_SIZE;
+	} else if (klen == 4 && memcmp(line, "hash", 4) == 0) {
+		if (!is_hex64(v, vlen))
+			return false;
+		memcpy(meta->hash_hex, v, 64);
+		meta->hash_hex[64] = '\0';
+		bit = SEEN_HASH;
+	} else if (klen == 4 && memcmp(line, "rcpt", 4) == 0) {
+		return add_rcpt(meta, cap, v, vlen);
+	} else {
+		return true; /* an unknown key: added by a later writer, ignored */
+	}
+	if (*seen & bit)
+		return false; /* duplicate */
+	*seen |= bit;
+	return true;
+}
+
+/* Parses the whole trailer text t (of length len, tail included). */
+static bool parse_trailer(struct blob_meta *meta, const char *t, size_t len, uint64_t body_size)
+{
+	size_t head = sizeof(TRAILER_HEAD) - 1;
+	if (len < head + STORE_TRAILER_TAIL || memcmp(t, TRAILER_HEAD, head) != 0)
+		return false;
+	size_t end = len - STORE_TRAILER_TAIL, cap = 0;
+	unsigned seen = 0;
+	for (size_t pos = head; pos < end;) {
+		const char *nl = memchr(t + pos, '\n', end - pos);
+		if (nl == NULL)
+			return false;
+		size_t llen = (size_t)(nl - (t + pos));
+		if (!parse_line(meta, &cap, &seen, t + pos, llen))
+			return false;
+		pos += llen + 1;
+	}
+	return seen == SEEN_ALL && meta->n_rcpts > 0 && meta->size == body_size;
+}
+
+enum status store_blob_read_meta(const char *path, struct blob_meta *meta)
+{
+	memset(meta, 0, sizeof(*meta));
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return ST_NOT_FOUND;
+		return errno == ELOOP ? ST_INVALID : ST_IO_ERROR;
+	}
+	struct stat sb;
+	char tail[STORE_TRAILER_TAIL];
+	uint64_t tlen = 0;
+	char *text = NULL;
+	enum status s = ST_INVALID;
+	if (fstat(fd, &sb) != 0) {
+		s = ST_IO_ERROR;
+		goto out;
+	}
+	if (!S_ISREG(sb.st_mode) || sb.st_size < STORE_TRAILER_TAIL)
+		goto out;
+	s = pread_all(fd, tail, sizeof(tail), sb.st_size - STORE_TRAILER_TAIL);
+	if (s != ST_OK)
+		goto out;
+	s = ST_INVALID;
+	if (!parse_tail(tail, &tlen) || tlen > (uint64_t)sb.st_size || tlen > STORE_TRAILER_MAX ||
+	    tlen < sizeof(TRAILER_HEAD) - 1 + STORE_TRAILER_TAIL)
+		goto out;
+	text = xmalloc((size_t)tlen);
+	s = pread_all(fd, text, (size_t)tlen, sb.st_size - (off_t)tlen);
+	if (s != ST_OK)
+		goto out;
+	if (!parse_trailer(meta, text, (size_t)tlen, (uint64_t)sb.st_size - tlen))
+		s = ST_INVALID;
+out:
+	free(text);
+	close(fd);
+	if (s != ST_OK)
+		store_blob_meta_free(meta);
+	return s;
+}
+
+void store_blob_meta_free(struct blob_meta *meta)
+{
+	free(meta->rcpt_addresses);
+	meta->rcpt_addresses = NULL;
+	meta->n_rcpts = 0;
+}

@@ -1,0 +1,133 @@
+/*
+ * store_internal.h - what the store's own files share; not for other subsystems.
+ *
+ * Owns: the definitions of struct store and struct store_reader, the ids of
+ * every prepared statement (all prepared once, at open, and reused for the
+ * life of the handle), the SQLite error mapping, address validation, and the
+ * alias expansion engine that both the reader (RCPT) and the writer (alias
+ * add-time checks) run.
+ *
+ * Concurrency: a handle and its statements belong to one thread at a time
+ * (SQLITE_OPEN_NOMUTEX).  Every statement is reset right after its last
+ * step, so no handle ever holds a read transaction open between calls (an
+ * open read transaction would stop WAL checkpoints from completing).
+ */
+#ifndef STRATA_STORE_INTERNAL_H
+#define STRATA_STORE_INTERNAL_H
+
+#include <sqlite3.h>
+
+#include "store.h"
+
+#define STORE_LOCAL_MAX 64
+#define STORE_DOMAIN_MAX 253
+#define STORE_ADDRESS_MAX (STORE_LOCAL_MAX + 1 + STORE_DOMAIN_MAX) /* 318 < 320 */
+#define STORE_ALIAS_MAX_DEPTH 8
+#define STORE_PWHASH_MAX 255
+#define STORE_SCHEMA_VERSION 1
+
+/* Writer statements (struct store).  SQL text is in store_db.c. */
+enum store_q {
+	Q_BEGIN, Q_COMMIT, Q_ROLLBACK, Q_SAVEPOINT, Q_RELEASE, Q_ROLLBACK_TO,
+	/* domains */
+	Q_DOMAIN_ID, Q_DOMAIN_INSERT, Q_DOMAIN_DELETE, Q_DOMAIN_LIST, Q_DOMAIN_ACCOUNTS,
+	Q_DOMAIN_ALIASES,
+	/* accounts */
+	Q_ACCOUNT_ID, Q_ACCOUNT_INSERT, Q_ACCOUNT_GET, Q_ACCOUNT_LIST_ALL, Q_ACCOUNT_LIST_DOMAIN,
+	Q_ACCOUNT_SET_PW, Q_ACCOUNT_SET_QUOTA, Q_ACCOUNT_DELETE, Q_ACCOUNT_BLOB_REFS,
+	Q_ACCOUNT_DEL_MESSAGES, Q_ACCOUNT_DEL_MAILBOXES, Q_BLOB_DECREF, Q_BLOB_DELETE,
+	/* aliases and resolution */
+	Q_LOOKUP_ACCOUNT, Q_LOOKUP_ALIAS, Q_ALIAS_INSERT, Q_ALIAS_DELETE, Q_ALIAS_LIST,
+	Q_ALIAS_REFERRERS,
+	/* mailboxes and messages */
+	Q_UIDV_RESERVE, Q_MAILBOX_INSERT, Q_MAILBOX_LIST, Q_MAILBOX_ID, Q_MESSAGE_LIST,
+	Q_MESSAGE_BLOB,
+	/* delivery (hot path) */
+	Q_DELIVER_QUOTA, Q_DELIVER_BLOB, Q_DELIVER_INBOX, Q_DELIVER_MESSAGE, Q_DELIVER_USAGE,
+	Q_STATS,
+	Q__COUNT
+};
+
+/* Reader statements (struct store_reader). */
+enum store_rq { RQ_BEGIN, RQ_END, RQ_DOMAIN, RQ_ACCOUNT, RQ_ALIAS, RQ__COUNT };
+
+struct store {
+	sqlite3 *db;
+	const struct settings *s;     /* kept until exit by config (see config.h) */
+	sqlite3_stmt *q[Q__COUNT];
+};
+
+struct store_reader {
+	sqlite3 *db;
+	char *delimiters;             /* copy of settings->recipient_delimiter */
+	sqlite3_stmt *q[RQ__COUNT];
+};
+
+/* ---- store_db.c ---------------------------------------------------------- */
+/* Maps an SQLite result code (primary or extended) to a status. */
+enum status store_db_status(int rc);
+/* Sets *error_r (if error_r) to "<what>: <sqlite message>" and returns the
+ * mapped status.  Reads the message from the handle: call right after the
+ * failing step, before any reset. */
+enum status store_db_fail(sqlite3 *db, int rc, const char *what, char **error_r);
+/* Steps a statement that returns no rows we need, then resets it.  Returns
+ * SQLITE_DONE (or SQLITE_ROW, for RETURNING statements whose row is ignored)
+ * or the error code. */
+int store_db_run(sqlite3_stmt *q);
+/* Resets a statement and clears its bindings. */
+void store_db_reset(sqlite3_stmt *q);
+/* BEGIN IMMEDIATE / COMMIT / ROLLBACK on the writer.  rollback is a no-op
+ * outside a transaction and never fails visibly (it logs). */
+enum status store_db_begin(struct store *st, char **error_r);
+enum status store_db_commit(struct store *st, char **error_r);
+void store_db_rollback(struct store *st);
+/* Binds a uint64 that must fit SQLite's signed 64-bit integer. */
+int store_db_bind_u64(sqlite3_stmt *q, int idx, uint64_t v);
+uint64_t store_db_column_u64(sqlite3_stmt *q, int col);
+
+/* ---- store_addr.c -------------------------------------------------------- */
+/* Each validates `in`, writes its lower-cased form to out, and returns true;
+ * or returns false with *error_r (if error_r) naming the problem. */
+bool store_addr_domain(const char *in, char out[STORE_DOMAIN_MAX + 1], char **error_r);
+/* local@domain, local a dot-atom of RFC 5322 atext, at most 64 bytes. */
+bool store_addr_address(const char *in, char out[STORE_ADDRESS_MAX + 1], char **error_r);
+/* An alias source: local@domain, or "@domain" for the catch-all. */
+bool store_addr_alias_source(const char *in, char out[STORE_ADDRESS_MAX + 1], char **error_r);
+/* The domain part (after the last '@') of a normalised address. */
+const char *store_addr_domain_part(const char *address);
+
+/* ---- store_account.c ----------------------------------------------------- */
+/* True when one more message of `size` bytes would exceed either quota. */
+bool store_account_over_quota(uint64_t quota_bytes, uint64_t quota_messages, uint64_t used_bytes,
+			      uint64_t used_messages, uint64_t size);
+/* The id of a domain (ST_NOT_FOUND when not local). */
+enum status store_account_domain_id(struct store *st, const char *domain, int64_t *id_r,
+				    char **error_r);
+/* The id of an account by normalised address (ST_NOT_FOUND). */
+enum status store_account_id(struct store *st, const char *address, int64_t *id_r, char **error_r);
+
+/* ---- store_mailbox.c ----------------------------------------------------- */
+/* Creates INBOX, Sent, Drafts, Trash, Junk, Archive for a new account, each
+ * with a fresh UIDVALIDITY.  Runs inside the caller's transaction. */
+enum status store_mailbox_create_defaults(struct store *st, int64_t account_id, char **error_r);
+
+/* ---- store_resolve.c ----------------------------------------------------- */
+/*
+ * Expands the normalised `address` exactly (no +tag stripping, no
+ * catch-all) through accounts and aliases, with the two lookup statements
+ * given: the reader's or the writer's.  q_account returns id, quota_bytes,
+ * quota_messages, used_bytes, used_messages; q_alias returns targets.
+ * Appends deduplicated account ids to res (which the caller zeroed) and
+ * sets res->over_quota for `size`.  Targets naming nothing (an account or
+ * alias deleted since) are skipped.
+ *  ST_OK        at least one account found
+ *  ST_NOT_FOUND nothing matched, or every target was dangling
+ *  ST_INVALID   alias loop, nesting deeper than 8 levels, more than
+ *               STORE_MAX_EXPANSION accounts, or too much work
+ *  other        index error
+ * *error_r (if error_r) describes every failure but ST_NOT_FOUND.
+ */
+enum status store_resolve_expand(sqlite3_stmt *q_account, sqlite3_stmt *q_alias, const char *address,
+				 uint64_t size, struct rcpt_resolution *res, char **error_r);
+
+#endif
