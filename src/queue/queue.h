@@ -41,9 +41,13 @@ struct queue_msg;
 /* Starts the writer pool and committer over an open store (the queue then
  * owns the store's thread affinity until queue_stop). */
 struct queue *queue_start(const struct settings *s, struct store *st, char **error_r);
-/* Stops accepting submissions, finishes every submitted message (their done
- * callbacks run, or are reported as ST_SHUTDOWN if their base is gone), and
- * joins the threads. */
+/* Stops accepting submissions (a submit from now on gets ST_SHUTDOWN),
+ * waits until every open message is submitted or aborted and every submitted
+ * message has its done callback scheduled, joins the threads and frees the
+ * queue (not the store).  Done callbacks are delivered through the sessions'
+ * event loops, so those loops must keep running (or be dispatched once more)
+ * after queue_stop returns, before their bases are freed.  Every event_base
+ * given to the queue must have been created after evthread_use_pthreads(). */
 void queue_stop(struct queue **q);
 
 /* A new spool for one transaction; `base` is the session's event loop. */
@@ -55,20 +59,30 @@ const char *queue_msg_id(const struct queue_msg *m);  /* 26-char queue id */
 enum status queue_msg_append(struct queue_msg *m, const void *data, size_t len);
 uint64_t queue_msg_size(const struct queue_msg *m);
 /* Bytes handed to the writer pool but not yet written: the session stops
- * reading from its socket above a threshold and resumes from `drained`. */
+ * reading from its socket above QUEUE_PENDING_HIGH_WATER and resumes from
+ * `drained`, which runs on the message's base once the backlog that exceeded
+ * the mark falls below half of it.  `drained` may run when the session did
+ * not pause (the writers caught up first); it never runs after submit or
+ * abort. */
+#define QUEUE_PENDING_HIGH_WATER (1024u * 1024u)
 size_t queue_msg_pending_bytes(const struct queue_msg *m);
 void queue_msg_set_drained_cb(struct queue_msg *m, void (*drained)(void *arg), void *arg);
-/* Records a delivery target: account id and its address (for the trailer). */
+/* Records a delivery target: account id and its address (for the trailer).
+ * A repeated account id is ignored (an alias and the account itself). */
 void queue_msg_add_account(struct queue_msg *m, int64_t account_id, const char *address);
 /*
  * Hands the message to the writer pool.  Ownership passes to the queue;
  * `done(arg, status, queue_id)` runs exactly once on the message's base.
- * After submit the caller must not touch m.
+ * After submit the caller must not touch m.  The status is ST_OK (durable,
+ * see above), ST_TOO_BIG (an append was refused), ST_OVER_QUOTA_TEMP/PERM,
+ * ST_SHUTDOWN (queue_stop began), ST_INVALID (no account was added), or a
+ * 4xx storage status (ST_NO_SPACE, ST_IO_ERROR, ST_DB_BUSY, ST_TEMPFAIL).
  */
 typedef void queue_done_cb(void *arg, enum status st, const char *queue_id);
 void queue_msg_submit(struct queue_msg *m, queue_done_cb *done, void *arg);
 /* Discards an unsubmitted message and its spool file (never blocks: the
- * unlink is done by the pool). */
+ * unlink is done by the pool).  Sets *m to NULL; NULL is a no-op.  Every
+ * message is either submitted or aborted exactly once. */
 void queue_msg_abort(struct queue_msg **m);
 
 /* Removes stale temp files left by a crash (called at start, before
