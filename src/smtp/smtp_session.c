@@ -1,0 +1,575 @@
+/*
+ * smtp_session.c - one SMTP connection: bufferevent I/O, the input pump,
+ * replies and the error tarpit, timeouts, STARTTLS, closing and freeing.
+ *
+ * Contract: see smtp_session.h for the lifetime rules; smtp.h for the
+ * protocol promises.  What this file guarantees:
+ *  - Input is consumed only in session_drive(), only while no pause bit is
+ *    set, and in bounded steps (a line, or at most SESS_FEED_MAX octets of
+ *    message data), so memory per session is bounded by the line limit, the
+ *    input watermark and the queue's in-memory threshold.
+ *  - STARTTLS: after "220 2.0.0 Ready to start TLS" every octet already
+ *    received is discarded (CVE-2011-0411 command injection), reading stops
+ *    until the 220 is on the wire, then the socket is handed to an OpenSSL
+ *    bufferevent and the session restarts from the post-banner state.
+ *  - A reply is never lost to a close: CLOSE_FLUSH waits for the output to
+ *    drain (bounded by SESS_CLOSE_WRITE_TIMEOUT_MS).
+ *  - The client's bytes never crash or block the loop: every handler is
+ *    bounded and errors only produce replies, 421 or a close.
+ *
+ * Threads: the worker's event loop thread only.
+ */
+#include "smtp_session.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/bufferevent_ssl.h>
+#include <openssl/err.h>
+
+#include "metrics.h"
+#include "tls.h"
+
+#define SESS_FEED_MAX (64u * 1024u)          /* data octets per step */
+#define SESS_INPUT_HIGH (256u * 1024u)       /* stop reading above this */
+#define SESS_OUTPUT_HIGH (256u * 1024u)      /* client not reading replies */
+#define SESS_CLOSE_WRITE_TIMEOUT_MS 10000u   /* last reply must leave by then */
+#define SESS_ERRORS_BEFORE_DELAY 3u          /* tarpit starts after the third */
+
+static void read_cb(struct bufferevent *bev, void *arg);
+static void write_cb(struct bufferevent *bev, void *arg);
+static void event_cb(struct bufferevent *bev, short what, void *arg);
+
+/* ---- peer address ------------------------------------------------------ */
+
+static void format_peer(struct smtp_session *s, const struct sockaddr *peer, socklen_t len)
+{
+	unsigned port = 0;
+	snprintf(s->ip, sizeof(s->ip), "unknown");
+	if (peer != NULL && peer->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)peer;
+		inet_ntop(AF_INET, &in->sin_addr, s->ip, sizeof(s->ip));
+		port = ntohs(in->sin_port);
+	} else if (peer != NULL && peer->sa_family == AF_INET6 &&
+		   len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)peer;
+		port = ntohs(in6->sin6_port);
+		if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+			inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], s->ip, sizeof(s->ip));
+		} else {
+			inet_ntop(AF_INET6, &in6->sin6_addr, s->ip, sizeof(s->ip));
+			s->ipv6 = true;
+		}
+	}
+	snprintf(s->client, sizeof(s->client), "[%s]:%u", s->ip, port);
+}
+
+/* ---- start and free ------------------------------------------------------ */
+
+static void configure_bev(struct smtp_session *s)
+{
+	bufferevent_setcb(s->bev, read_cb, write_cb, event_cb, s);
+	bufferevent_setwatermark(s->bev, EV_READ, 0, SESS_INPUT_HIGH);
+	session_set_timeouts(s);
+	bufferevent_enable(s->bev, EV_WRITE);
+	if (s->pause == 0)
+		bufferevent_enable(s->bev, EV_READ);
+	else
+		bufferevent_disable(s->bev, EV_READ);
+}
+
+static void link_session(struct smtp_worker *w, struct smtp_session *s)
+{
+	s->prev = NULL;
+	s->next = w->sessions;
+	if (w->sessions != NULL)
+		w->sessions->prev = s;
+	w->sessions = s;
+	w->n_sessions++;
+}
+
+static void unlink_session(struct smtp_session *s)
+{
+	struct smtp_worker *w = s->w;
+	if (w == NULL)
+		return;
+	if (s->prev != NULL)
+		s->prev->next = s->next;
+	else
+		w->sessions = s->next;
+	if (s->next != NULL)
+		s->next->prev = s->prev;
+	s->prev = s->next = NULL;
+	w->n_sessions--;
+	s->w = NULL;
+}
+
+void session_start(struct smtp_worker *w, int fd, const struct sockaddr *peer, socklen_t peer_len)
+{
+	struct smtp_session *s = xcalloc(1, sizeof(*s));
+	s->w = w;
+	s->set = w->s;
+	format_peer(s, peer, peer_len);
+	smtp_line_init(&s->lr, s->set->smtp_max_line_length);
+	s->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (s->bev == NULL) {
+		log_error("smtp: cannot create a bufferevent for %s", s->client);
+		close(fd);
+		smtp_line_free(&s->lr);
+		free(s);
+		smtp_worker_release_slot();
+		return;
+	}
+	link_session(w, s);
+	gauge_add(M_SMTP_SESSIONS_ACTIVE, 1);
+	configure_bev(s);
+	log_debug("smtp: connect from %s", s->client);
+	session_reply(s, "220 %s ESMTP Strata", s->set->hostname);
+}
+
+/* Releases the connection; the struct stays when a commit is in flight. */
+static void release_connection(struct smtp_session *s)
+{
+	if (s->delay_ev != NULL) {
+		event_free(s->delay_ev);
+		s->delay_ev = NULL;
+	}
+	if (s->bev != NULL) {
+		bufferevent_free(s->bev);
+		s->bev = NULL;
+	}
+}
+
+static void session_free(struct smtp_session *s)
+{
+	release_connection(s);
+	if (s->committing)
+		return;   /* orphan: the done callback frees it */
+	if (s->txn.msg != NULL)
+		txn_reset(s, "lost connection");
+	txn_free(&s->txn);
+	log_debug("smtp: disconnect from %s", s->client);
+	if (s->w != NULL)
+		unlink_session(s);
+	gauge_add(M_SMTP_SESSIONS_ACTIVE, -1);
+	smtp_worker_release_slot();
+	smtp_line_free(&s->lr);
+	buf_free(&s->delayed);
+	buf_free(&s->dout);
+	free(s);
+}
+
+void session_destroy(struct smtp_session *s)
+{
+	if (s->committing) {
+		/* The done callback will still run on this base: detach from
+		 * the worker now, free there. */
+		release_connection(s);
+		unlink_session(s);
+		s->close = CLOSE_NOW;
+		return;
+	}
+	session_free(s);
+}
+
+static bool output_pending(const struct smtp_session *s)
+{
+	return s->bev != NULL && evbuffer_get_length(bufferevent_get_output(s->bev)) > 0;
+}
+
+void session_settle(struct smtp_session *s)
+{
+	if (s->close == CLOSE_NONE)
+		return;
+	if (s->close == CLOSE_FLUSH && output_pending(s))
+		return;
+	session_free(s);
+}
+
+/* ---- replies ------------------------------------------------------------- */
+
+static void write_out(struct smtp_session *s, const void *data, size_t len)
+{
+	if (s->bev == NULL || len == 0)
+		return;
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	if (evbuffer_add(out, data, len) != 0)
+		panic("smtp: evbuffer_add failed");
+	if (evbuffer_get_length(out) > SESS_OUTPUT_HIGH && !(s->pause & PAUSE_OUTPUT))
+		session_pause(s, PAUSE_OUTPUT);
+}
+
+/* Sends replies held back by the tarpit now. */
+static void flush_delayed(struct smtp_session *s)
+{
+	if (s->delay_ev != NULL)
+		evtimer_del(s->delay_ev);
+	if (s->delayed.len > 0) {
+		write_out(s, s->delayed.data, s->delayed.len);
+		buf_reset(&s->delayed);
+	}
+	s->pause &= ~PAUSE_DELAY;
+}
+
+static void vreply(struct smtp_session *s, const char *fmt, va_list ap)
+{
+	struct buf line = BUF_INIT;
+	buf_vprintf(&line, fmt, ap);
+	buf_append(&line, "\r\n", 2);
+	if (s->pause & PAUSE_DELAY)
+		buf_append(&s->delayed, line.data, line.len);
+	else
+		write_out(s, line.data, line.len);
+	buf_free(&line);
+}
+
+void session_reply(struct smtp_session *s, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vreply(s, fmt, ap);
+	va_end(ap);
+}
+
+static void delay_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct smtp_session *s = arg;
+	flush_delayed(s);
+	session_resume(s, PAUSE_DELAY);
+	session_drive(s);
+	session_settle(s);
+}
+
+void session_reply_error(struct smtp_session *s, int metric, const char *fmt, ...)
+{
+	if (metric >= 0)
+		metric_inc((enum metric_counter)metric);
+	s->errors++;
+	va_list ap;
+	va_start(ap, fmt);
+	if (s->errors >= s->set->smtp_max_errors) {
+		flush_delayed(s);
+		vreply(s, fmt, ap);
+		va_end(ap);
+		session_close_with(s, "too many errors", "421 4.7.0 %s Error: too many errors",
+				   s->set->hostname);
+		return;
+	}
+	uint64_t delay = s->set->smtp_error_delay_ms;
+	if (s->errors > SESS_ERRORS_BEFORE_DELAY && delay > 0 && s->bev != NULL) {
+		if (s->delay_ev == NULL)
+			s->delay_ev = evtimer_new(bufferevent_get_base(s->bev), delay_cb, s);
+		if (s->delay_ev == NULL)
+			panic("smtp: evtimer_new failed");
+		session_pause(s, PAUSE_DELAY);
+		vreply(s, fmt, ap);
+		struct timeval tv = { (time_t)(delay / 1000), (suseconds_t)((delay % 1000) * 1000) };
+		evtimer_add(s->delay_ev, &tv);
+	} else {
+		vreply(s, fmt, ap);
+	}
+	va_end(ap);
+}
+
+void session_close_after_flush(struct smtp_session *s)
+{
+	if (s->close != CLOSE_NONE)
+		return;
+	flush_delayed(s);
+	s->close = CLOSE_FLUSH;
+	if (s->bev != NULL) {
+		bufferevent_disable(s->bev, EV_READ);
+		session_set_timeouts(s);
+	}
+}
+
+void session_close_with(struct smtp_session *s, const char *log_reason, const char *fmt, ...)
+{
+	if (s->close != CLOSE_NONE)
+		return;
+	flush_delayed(s);
+	va_list ap;
+	va_start(ap, fmt);
+	vreply(s, fmt, ap);
+	va_end(ap);
+	if (s->txn.active || s->txn.msg != NULL)
+		txn_reset(s, log_reason);
+	session_close_after_flush(s);
+}
+
+/* ---- pausing and timeouts ------------------------------------------------ */
+
+void session_pause(struct smtp_session *s, unsigned bit)
+{
+	s->pause |= bit;
+	if (s->bev != NULL)
+		bufferevent_disable(s->bev, EV_READ);
+}
+
+void session_resume(struct smtp_session *s, unsigned bit)
+{
+	s->pause &= ~bit;
+	if (s->pause == 0 && s->bev != NULL && s->close == CLOSE_NONE &&
+	    s->state != SS_TLS_WAIT && s->state != SS_COMMIT)
+		bufferevent_enable(s->bev, EV_READ);
+}
+
+static struct timeval ms_tv(uint64_t ms)
+{
+	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
+	return tv;
+}
+
+void session_set_timeouts(struct smtp_session *s)
+{
+	if (s->bev == NULL)
+		return;
+	uint64_t ms = (s->state == SS_DATA || s->state == SS_BDAT) ? s->set->smtp_timeout_data_ms
+								    : s->set->smtp_timeout_command_ms;
+	struct timeval rd = ms_tv(ms);
+	if (s->close != CLOSE_NONE) {
+		struct timeval wr = ms_tv(ms < SESS_CLOSE_WRITE_TIMEOUT_MS ? ms : SESS_CLOSE_WRITE_TIMEOUT_MS);
+		bufferevent_set_timeouts(s->bev, NULL, &wr);
+		return;
+	}
+	bufferevent_set_timeouts(s->bev, &rd, &rd);
+}
+
+/* ---- the input pump -------------------------------------------------------- */
+
+/* One step of message data (at most SESS_FEED_MAX octets). */
+static void drive_data(struct smtp_session *s, struct evbuffer *in, const struct evbuffer_iovec *v)
+{
+	size_t len = v->iov_len < SESS_FEED_MAX ? v->iov_len : SESS_FEED_MAX;
+	size_t used = txn_feed(s, v->iov_base, len);
+	evbuffer_drain(in, used);
+	if (s->txn.data.done) {
+		s->state = SS_CMD;
+		session_set_timeouts(s);
+		txn_end_message(s);
+	}
+}
+
+static void drive_bdat(struct smtp_session *s, struct evbuffer *in, const struct evbuffer_iovec *v)
+{
+	if (s->bdat_left == 0) {
+		/* not reached (a chunk ends as its last octet is read), but
+		 * the pump must always make progress */
+		command_bdat_chunk_done(s);
+		return;
+	}
+	size_t len = v->iov_len < SESS_FEED_MAX ? v->iov_len : SESS_FEED_MAX;
+	if (len > s->bdat_left)
+		len = (size_t)s->bdat_left;
+	if (!s->bdat_discard)
+		txn_feed(s, v->iov_base, len);
+	evbuffer_drain(in, len);
+	s->bdat_left -= len;
+	if (s->bdat_left == 0)
+		command_bdat_chunk_done(s);
+}
+
+void session_drive(struct smtp_session *s)
+{
+	/* Bounded: every pass consumes at least one octet of buffered input,
+	 * or stops. */
+	while (s->close == CLOSE_NONE && s->pause == 0 && s->bev != NULL) {
+		if (s->state != SS_CMD && s->state != SS_DATA && s->state != SS_BDAT)
+			return;
+		struct evbuffer *in = bufferevent_get_input(s->bev);
+		if (evbuffer_get_length(in) == 0)
+			return;
+		struct evbuffer_iovec v;
+		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
+			return;
+		if (s->state == SS_CMD) {
+			enum smtp_line_status st;
+			size_t used = smtp_line_feed(&s->lr, v.iov_base, v.iov_len, &st);
+			evbuffer_drain(in, used);
+			if (st != SMTP_LINE_PARTIAL)
+				command_line(s, st);
+		} else if (s->state == SS_DATA) {
+			drive_data(s, in, &v);
+		} else {
+			drive_bdat(s, in, &v);
+		}
+	}
+}
+
+/* ---- STARTTLS ---------------------------------------------------------------- */
+
+void session_starttls(struct smtp_session *s)
+{
+	s->state = SS_TLS_WAIT;
+	bufferevent_disable(s->bev, EV_READ);
+	/* Anything the client sent after STARTTLS and before seeing our 220
+	 * is plaintext injection: drop it (CVE-2011-0411). */
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	evbuffer_drain(in, evbuffer_get_length(in));
+	smtp_line_reset(&s->lr, s->set->smtp_max_line_length);
+	/* RFC 3207 4.2: forget everything learned from the client. */
+	txn_reset(s, NULL);
+	s->helo_seen = false;
+	s->esmtp = false;
+	s->helo[0] = '\0';
+}
+
+/* The 220 is on the wire: hand the socket to OpenSSL. */
+static void tls_begin(struct smtp_session *s)
+{
+	struct event_base *base = bufferevent_get_base(s->bev);
+	SSL *ssl = SSL_new(s->w->tls);
+	if (ssl == NULL) {
+		log_error("smtp: SSL_new failed for %s", s->client);
+		metric_inc(M_SMTP_TLS_FAILURES);
+		s->close = CLOSE_NOW;
+		return;
+	}
+	int fd = bufferevent_getfd(s->bev);
+	/* Detach the socket so freeing the plain bufferevent keeps it open. */
+	bufferevent_setfd(s->bev, -1);
+	bufferevent_free(s->bev);
+	s->bev = bufferevent_openssl_socket_new(base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+						BEV_OPT_CLOSE_ON_FREE);
+	if (s->bev == NULL) {
+		log_error("smtp: cannot create a TLS bufferevent for %s", s->client);
+		SSL_free(ssl);
+		close(fd);
+		metric_inc(M_SMTP_TLS_FAILURES);
+		s->close = CLOSE_NOW;
+		return;
+	}
+	bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
+	s->state = SS_TLS;
+	configure_bev(s);
+	bufferevent_enable(s->bev, EV_READ);
+}
+
+static void tls_done(struct smtp_session *s)
+{
+	SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
+	if (ssl != NULL)
+		tls_describe(ssl, s->tls_desc, sizeof(s->tls_desc));
+	else
+		snprintf(s->tls_desc, sizeof(s->tls_desc), "TLS");
+	s->tls = true;
+	metric_inc(M_SMTP_TLS_HANDSHAKES);
+	s->state = SS_CMD;
+	session_set_timeouts(s);
+	if (s->pause == 0)
+		bufferevent_enable(s->bev, EV_READ);
+	session_drive(s);
+}
+
+static void tls_failed(struct smtp_session *s)
+{
+	unsigned long e = bufferevent_get_openssl_error(s->bev);
+	char err[256] = "connection closed";
+	if (e != 0)
+		ERR_error_string_n(e, err, sizeof(err));
+	log_info("smtp: TLS handshake failed from %s: %s", s->client, err);
+	metric_inc(M_SMTP_TLS_FAILURES);
+	s->close = CLOSE_NOW;
+}
+
+/* ---- libevent callbacks -------------------------------------------------------- */
+
+static void read_cb(struct bufferevent *bev, void *arg)
+{
+	(void)bev;
+	struct smtp_session *s = arg;
+	session_drive(s);
+	session_settle(s);
+}
+
+static void write_cb(struct bufferevent *bev, void *arg)
+{
+	(void)bev;
+	struct smtp_session *s = arg;
+	if (s->state == SS_TLS_WAIT && s->close == CLOSE_NONE) {
+		tls_begin(s);
+	} else if (s->pause & PAUSE_OUTPUT) {
+		session_resume(s, PAUSE_OUTPUT);
+		session_drive(s);
+	}
+	session_settle(s);
+}
+
+static void on_timeout(struct smtp_session *s, short what)
+{
+	if (s->close != CLOSE_NONE || (what & BEV_EVENT_WRITING) || s->state == SS_TLS ||
+	    s->state == SS_TLS_WAIT) {
+		/* The client stopped reading, or a TLS handshake stalled, or
+		 * the last reply could not be sent: nothing more can be said. */
+		log_info("smtp: timeout %s from %s",
+			 s->state == SS_TLS || s->state == SS_TLS_WAIT ? "in TLS handshake"
+			 : (what & BEV_EVENT_WRITING)                  ? "writing"
+								       : "reading",
+			 s->client);
+		metric_inc(M_SMTP_TIMEOUTS);
+		if (s->txn.msg != NULL)
+			txn_reset(s, "timeout");
+		s->close = CLOSE_NOW;
+		return;
+	}
+	metric_inc(M_SMTP_TIMEOUTS);
+	log_info("smtp: timeout after %s from %s",
+		 s->state == SS_DATA ? "DATA" : s->state == SS_BDAT ? "BDAT" : "command", s->client);
+	s->state = SS_CMD;
+	session_close_with(s, "timeout", "421 4.4.2 %s Error: timeout exceeded", s->set->hostname);
+}
+
+static void event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	(void)bev;
+	struct smtp_session *s = arg;
+	if (what & BEV_EVENT_CONNECTED) {
+		if (s->state == SS_TLS)
+			tls_done(s);
+	} else if (what & BEV_EVENT_TIMEOUT) {
+		on_timeout(s, what);
+	} else if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+		if (s->state == SS_TLS) {
+			tls_failed(s);
+		} else {
+			if (what & BEV_EVENT_ERROR)
+				log_debug("smtp: connection error from %s: %s", s->client,
+					  strerror(EVUTIL_SOCKET_ERROR()));
+			if (s->txn.msg != NULL)
+				txn_reset(s, s->state == SS_DATA || s->state == SS_BDAT
+						     ? "lost connection during message data"
+						     : "lost connection");
+			s->close = CLOSE_NOW;
+		}
+	}
+	session_settle(s);
+}
+
+/* ---- shutdown ------------------------------------------------------------------ */
+
+void session_shutdown(struct smtp_session *s)
+{
+	if (s->committing) {
+		/* The reply goes out when the commit completes, then 421. */
+		s->shutdown = true;
+		return;
+	}
+	if (s->close == CLOSE_NONE) {
+		if (s->state == SS_TLS || s->state == SS_TLS_WAIT || s->bev == NULL) {
+			s->close = CLOSE_NOW;
+		} else {
+			const struct status_info *si = status_info(ST_SHUTDOWN);
+			s->state = SS_CMD;
+			session_close_with(s, "shutdown", "%d %s %s", si->smtp_code, si->smtp_enh,
+					   si->smtp_text);
+		}
+	}
+	session_settle(s);
+}

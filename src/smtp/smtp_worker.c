@@ -1,0 +1,134 @@
+/*
+ * smtp_worker.c - one SMTP worker per network thread: accepts connections
+ * into sessions, enforces the process-wide connection cap, shuts down.
+ *
+ * Contract: see smtp.h.  The worker owns its store_reader (one read-only
+ * SQLite connection for recipient lookups, used only on this thread) and
+ * the list of its sessions.
+ *
+ * Connection cap: smtp.max_connections counts every open SMTP session of
+ * the process, across all network threads, in one atomic counter.  A slot
+ * is taken before a session exists and released when it is freed; a
+ * connection over the cap gets "421 4.7.0" with one non-blocking send()
+ * and is closed without ever becoming a session.
+ *
+ * Threads: smtp_worker_new/free on the owner thread while the loop is not
+ * running; everything else on the loop thread.  Only g_connections is
+ * shared between threads.
+ */
+#include "smtp_session.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "metrics.h"
+
+static atomic_size_t g_connections;
+
+void smtp_worker_release_slot(void)
+{
+	size_t prev = atomic_fetch_sub(&g_connections, 1);
+	if (prev == 0)
+		panic("smtp: connection slot released twice");
+}
+
+/* Takes a slot unless the cap is reached. */
+static bool take_slot(uint64_t max)
+{
+	size_t cur = atomic_load(&g_connections);
+	do {
+		if (cur >= max)
+			return false;
+	} while (!atomic_compare_exchange_weak(&g_connections, &cur, cur + 1));
+	return true;
+}
+
+struct smtp_worker *smtp_worker_new(struct event_base *base, const struct settings *s,
+				    struct queue *q, SSL_CTX *tls, char **error_r)
+{
+	char *err = NULL;
+	struct store_reader *reader = store_reader_open(s, &err);
+	if (reader == NULL) {
+		*error_r = xasprintf("smtp worker: cannot open the store for lookups: %s",
+				     err != NULL ? err : "unknown error");
+		free(err);
+		return NULL;
+	}
+	struct smtp_worker *w = xcalloc(1, sizeof(*w));
+	w->base = base;
+	w->s = s;
+	w->q = q;
+	w->tls = tls;
+	w->reader = reader;
+	return w;
+}
+
+/* Refuses a connection with one best-effort reply. */
+static void refuse(int fd, const char *line)
+{
+	ssize_t n = send(fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
+	(void)n;   /* best effort: the client may already be gone */
+	close(fd);
+}
+
+void smtp_worker_accept(struct smtp_worker *w, int fd, const struct sockaddr *peer,
+			socklen_t peer_len, const struct sockaddr *local, socklen_t local_len)
+{
+	(void)local;
+	(void)local_len;
+	char line[512];
+	metric_inc(M_SMTP_CONNECTIONS_TOTAL);
+	if (w->shutting_down) {
+		const struct status_info *si = status_info(ST_SHUTDOWN);
+		snprintf(line, sizeof(line), "%d %s %s\r\n", si->smtp_code, si->smtp_enh, si->smtp_text);
+		refuse(fd, line);
+		return;
+	}
+	if (!take_slot(w->s->smtp_max_connections)) {
+		metric_inc(M_SMTP_REJECT_CONN_LIMIT);
+		snprintf(line, sizeof(line), "421 4.7.0 %s Too many connections, try again later\r\n",
+			 w->s->hostname);
+		refuse(fd, line);
+		return;
+	}
+	session_start(w, fd, peer, peer_len);
+}
+
+void smtp_worker_set_settings(struct smtp_worker *w, const struct settings *s)
+{
+	w->s = s;
+}
+
+void smtp_worker_shutdown(struct smtp_worker *w)
+{
+	w->shutting_down = true;
+	/* session_shutdown may free s: take the next one first.  Bounded by
+	 * the number of sessions; none is added while shutting down. */
+	struct smtp_session *s = w->sessions;
+	while (s != NULL) {
+		struct smtp_session *next = s->next;
+		session_shutdown(s);
+		s = next;
+	}
+}
+
+size_t smtp_worker_sessions(const struct smtp_worker *w)
+{
+	return w->n_sessions;
+}
+
+void smtp_worker_free(struct smtp_worker **wp)
+{
+	struct smtp_worker *w = *wp;
+	if (w == NULL)
+		return;
+	while (w->sessions != NULL)
+		session_destroy(w->sessions);
+	store_reader_close(&w->reader);
+	free(w);
+	*wp = NULL;
+}
