@@ -170,6 +170,20 @@ static char *apply_assignment(struct settings *s, char *line)
 	return set_value(s, k, value);
 }
 
+/* Cuts the line at the first '#' that is not inside double quotes. */
+static void strip_comment(char *line)
+{
+	bool quoted = false;
+	for (char *p = line; *p; p++) {
+		if (*p == '"')
+			quoted = !quoted;
+		else if (*p == '#' && !quoted) {
+			*p = '\0';
+			return;
+		}
+	}
+}
+
 static char *parse_file(struct settings *s, const char *path)
 {
 	FILE *f = fopen(path, "r");
@@ -181,10 +195,7 @@ static char *parse_file(struct settings *s, const char *path)
 	char *err = NULL;
 	while (err == NULL && getline(&line, &cap, f) >= 0) {
 		lineno++;
-		char *hash = strchr(line, '#');
-		/* '#' starts a comment unless inside double quotes */
-		if (hash && memchr(line, '"', (size_t)(hash - line)) == NULL)
-			*hash = '\0';
+		strip_comment(line);
 		char *t = str_trim(line);
 		if (*t == '\0')
 			continue;

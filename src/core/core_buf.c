@@ -27,6 +27,7 @@ void buf_reserve(struct buf *b, size_t extra)
 	}
 	b->data = xreallocarray(b->data, cap, 1);
 	b->cap = cap;
+	b->data[b->len] = '\0';
 }
 
 void buf_append(struct buf *b, const void *data, size_t len)

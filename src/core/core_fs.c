@@ -215,9 +215,18 @@ bool fs_write_file_durable(const char *path, const void *data, size_t len, mode_
 		errno = saved;
 		return false;
 	}
-	if (!fs_close(fd) || !fs_rename_durable(tmp, path)) {
+	if (!fs_close(fd) || inject(FS_OP_RENAME) || rename(tmp, path) != 0) {
 		saved = errno;
 		unlink(tmp);
+		errno = saved;
+		return false;
+	}
+	if (!fs_fsync_dir(dir)) {
+		/* The entry may not survive a crash: report failure and take the
+		 * file back so no caller ever sees a file we called failed. */
+		saved = errno;
+		unlink(path);
+		fs_fsync_dir(dir);
 		errno = saved;
 		return false;
 	}
