@@ -19,8 +19,14 @@
 
 #include "config.h"
 
-/* Runs until SIGTERM.  `config_path` and `overrides` are kept for SIGHUP.
- * Returns the process exit code. */
+/* Runs until SIGTERM/SIGINT (or a start-up failure, logged).  `config_path`
+ * and `overrides` are kept for SIGHUP and must stay valid until it returns.
+ * `s` stays the caller's: the caller frees it after server_run returns
+ * (settings loaded by SIGHUP are freed here).  Must be called before any
+ * other thread or event_base exists in the process (it enables libevent's
+ * pthreads support and may switch to the unprivileged user).  Writes nothing
+ * to stdout.  Returns the process exit code: 0 after a clean shutdown, 1 on
+ * a start-up failure or a forced exit. */
 int server_run(struct settings *s, const char *config_path, char *const *overrides, size_t n_over);
 
 #endif
