@@ -31,8 +31,8 @@ run: build
 test: build build-asan
 	meson test -C $(BUILD) --print-errorlogs
 	meson test -C $(BUILD_ASAN) --print-errorlogs
-	STRATA_BIN=$(CURDIR)/$(BUILD_ASAN)/strata $(PYTEST) -q tests/integration
-	STRATA_BIN=$(CURDIR)/$(BUILD)/strata $(PYTEST) -q -m "not slow_asan" tests/integration
+	STRATA_ASAN=1 STRATA_BIN=$(CURDIR)/$(BUILD_ASAN)/strata $(PYTEST) -q -m "not slow_asan" tests/integration
+	STRATA_BIN=$(CURDIR)/$(BUILD)/strata $(PYTEST) -q tests/integration
 
 unit: build
 	meson test -C $(BUILD) --print-errorlogs
