@@ -56,6 +56,15 @@ struct settings {
 	unsigned smtp_vrfy;        /* enum vrfy_mode */
 	unsigned smtp_bare_lf;     /* enum bare_lf_mode */
 	uint64_t smtp_error_delay_ms;
+	/* imap */
+	char *imap_listen;         /* comma-separated host:port list; empty = no IMAP */
+	uint64_t imap_max_line_length;
+	uint64_t imap_max_message_size;
+	uint64_t imap_max_connections;
+	uint64_t imap_max_errors;
+	uint64_t imap_timeout_login_ms;
+	uint64_t imap_timeout_idle_ms;
+	uint64_t imap_store_threads;
 	/* tls */
 	char *tls_cert_file;       /* resolved: default under state_dir */
 	char *tls_key_file;

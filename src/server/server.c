@@ -84,6 +84,7 @@ struct server {
 
 	struct server_addr *smtp_addrs, *admin_addrs;
 	size_t n_smtp, n_admin;
+	size_t n_imap;                /* the last n_imap of smtp_addrs are IMAP */
 	bool as_root;
 	struct server_user user;
 
@@ -146,8 +147,9 @@ static void server_addrs_text(const struct server_addr *a, size_t n, const char 
 
 static void server_log_ready(const struct server *srv)
 {
-	struct buf smtp = BUF_INIT, admin = BUF_INIT;
+	struct buf smtp = BUF_INIT, admin = BUF_INIT, imap = BUF_INIT;
 	server_addrs_text(srv->smtp_addrs, srv->n_smtp, "", &smtp);
+	server_addrs_text(srv->smtp_addrs + srv->n_smtp, srv->n_imap, "", &imap);
 	server_addrs_text(srv->admin_addrs, srv->n_admin, "http://", &admin);
 	char user[64];
 	struct passwd *pw = getpwuid(geteuid());
@@ -155,11 +157,12 @@ static void server_log_ready(const struct server *srv)
 		snprintf(user, sizeof(user), "%s", pw->pw_name);
 	else
 		snprintf(user, sizeof(user), "uid %u", (unsigned)geteuid());
-	log_info("strata %s ready: smtp %s (%llu thread%s), admin %s, state %s, user %s", STRATA_VERSION,
-		 smtp.data, (unsigned long long)srv->cur->threads, srv->cur->threads == 1 ? "" : "s",
-		 srv->n_admin ? admin.data : "off",
-		 srv->cur->state_dir, user);
+	log_info("strata %s ready: smtp %s, imap %s (%llu thread%s), admin %s, state %s, user %s",
+		 STRATA_VERSION, smtp.data, srv->n_imap ? imap.data : "off",
+		 (unsigned long long)srv->cur->threads, srv->cur->threads == 1 ? "" : "s",
+		 srv->n_admin ? admin.data : "off", srv->cur->state_dir, user);
 	buf_free(&smtp);
+	buf_free(&imap);
 	buf_free(&admin);
 }
 
@@ -365,6 +368,17 @@ static bool server_parse_addrs(struct server *srv, char **error_r)
 		*error_r = xstrdup("smtp.listen is empty: nothing to listen on");
 		return false;
 	}
+	/* IMAP listeners follow the SMTP ones in the same array, so the network
+	 * threads bind and accept them all alike; proto tells them apart. */
+	struct server_addr *imap = NULL;
+	if (!server_addr_parse_list(s->imap_listen, "imap.listen", &imap, &srv->n_imap, error_r))
+		return false;
+	srv->smtp_addrs = xreallocarray(srv->smtp_addrs, srv->n_smtp + srv->n_imap, sizeof(*imap));
+	for (size_t i = 0; i < srv->n_imap; i++) {
+		imap[i].proto = SERVER_PROTO_IMAP;
+		srv->smtp_addrs[srv->n_smtp + i] = imap[i];
+	}
+	free(imap);
 	return true;
 }
 
@@ -395,7 +409,8 @@ static bool server_open_tls(struct server *srv, char **error_r)
 
 static bool server_bind(struct server *srv, char **error_r)
 {
-	srv->net = server_listener_bind(srv->smtp_addrs, srv->n_smtp, (size_t)srv->cur->threads, error_r);
+	srv->net = server_listener_bind(srv->smtp_addrs, srv->n_smtp + srv->n_imap, (size_t)srv->cur->threads,
+					 error_r);
 	if (srv->net == NULL)
 		return false;
 	srv->admin = server_admin_bind(srv->base, srv->admin_addrs, srv->n_admin, error_r);

@@ -20,6 +20,7 @@
 
 #include "config.h"
 #include "queue.h"
+#include "imap.h"
 #include "smtp.h"
 #include "store.h"
 
@@ -31,8 +32,12 @@ struct event_base;
 #define SERVER_LISTEN_BACKLOG 4096
 #define SERVER_ADDR_TEXT 80
 
+/* The protocol a listener serves; set by the caller after parsing. */
+enum server_proto { SERVER_PROTO_SMTP = 0, SERVER_PROTO_IMAP };
+
 struct server_addr {
 	struct sockaddr_storage ss;
+	enum server_proto proto;
 	socklen_t len;
 	char text[SERVER_ADDR_TEXT]; /* "127.0.0.1:25", "[::1]:25" */
 };
@@ -66,7 +71,8 @@ struct server_net;
 /* Binds every address once per network thread (as root, before the drop). */
 struct server_net *server_listener_bind(struct server_addr *addrs, size_t n_addrs, size_t n_threads,
 					char **error_r);
-/* Creates each thread's event_base, smtp_worker and listeners, then starts
+/* Creates each thread's event_base, smtp_worker, imap_worker and listeners
+ * (each listener hands connections to the worker of its addr's proto), then starts
  * the threads.  After the privilege drop (workers open store readers). */
 bool server_listener_start(struct server_net *n, const struct settings *s, struct queue *q,
 			   SSL_CTX *tls, char **error_r);

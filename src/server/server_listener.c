@@ -55,6 +55,7 @@ struct net_listener {
 	struct evconnlistener *evl;
 	struct event *resume;       /* re-enables evl after an accept-error pause */
 	char text[SERVER_ADDR_TEXT];
+	enum server_proto proto;
 };
 
 struct net_thread {
@@ -62,6 +63,7 @@ struct net_thread {
 	size_t index;
 	struct event_base *base;
 	struct smtp_worker *worker;
+	struct imap_worker *imap;
 	struct net_listener *listeners; /* net->n_addrs */
 	struct event *drain_timer;
 	pthread_t tid;
@@ -79,6 +81,18 @@ struct server_net {
 	_Atomic uint64_t errors_not_logged;
 };
 
+/* True when some listener serves `proto` (every thread has the same ones). */
+static bool net_serves(const struct server_net *n, enum server_proto proto)
+{
+	if (n->n_threads == 0)
+		return false;
+	for (size_t i = 0; i < n->n_addrs; i++) {
+		if (n->threads[0].listeners[i].proto == proto)
+			return true;
+	}
+	return false;
+}
+
 /* ---- network-thread callbacks --------------------------------------------- */
 
 static void net_accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *peer,
@@ -93,8 +107,12 @@ static void net_accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct
 		close(fd);
 		return;
 	}
-	smtp_worker_accept(l->thread->worker, fd, peer, (socklen_t)peer_len, (struct sockaddr *)&local,
-			   local_len);
+	if (l->proto == SERVER_PROTO_IMAP)
+		imap_worker_accept(l->thread->imap, fd, peer, (socklen_t)peer_len,
+				   (struct sockaddr *)&local, local_len);
+	else
+		smtp_worker_accept(l->thread->worker, fd, peer, (socklen_t)peer_len,
+				   (struct sockaddr *)&local, local_len);
 }
 
 static void net_resume_cb(evutil_socket_t fd, short what, void *arg)
@@ -136,6 +154,8 @@ static void net_settings_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	struct net_thread *t = arg;
 	smtp_worker_set_settings(t->worker, atomic_load(&t->settings));
+	if (t->imap != NULL)
+		imap_worker_set_settings(t->imap, atomic_load(&t->settings));
 }
 
 static void net_listeners_free(struct net_thread *t)
@@ -163,6 +183,8 @@ static void net_drain_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	struct net_thread *t = arg;
 	size_t open = smtp_worker_sessions(t->worker);
+	if (t->imap != NULL)
+		open += imap_worker_sessions(t->imap);
 	atomic_store(&t->open_sessions, open);
 	if (open == 0) {
 		event_del(t->drain_timer);
@@ -177,6 +199,8 @@ static void net_shutdown_cb(evutil_socket_t fd, short what, void *arg)
 	struct net_thread *t = arg;
 	net_listeners_free(t);
 	smtp_worker_shutdown(t->worker);
+	if (t->imap != NULL)
+		imap_worker_shutdown(t->imap);
 	t->drain_timer = event_new(t->base, -1, EV_PERSIST, net_drain_cb, t);
 	if (t->drain_timer == NULL)
 		panic("network thread %zu: cannot allocate the drain timer", t->index);
@@ -229,6 +253,7 @@ struct server_net *server_listener_bind(struct server_addr *addrs, size_t n_addr
 			struct net_listener *l = &n->threads[t].listeners[a];
 			l->fd = fds[t];
 			memcpy(l->text, addrs[a].text, sizeof(l->text));
+			l->proto = addrs[a].proto;
 		}
 	}
 	free(fds);
@@ -250,6 +275,15 @@ static bool net_thread_prepare(struct net_thread *t, const struct settings *s, s
 		*error_r = xasprintf("network thread %zu: %s", t->index, err ? err : "cannot start SMTP");
 		free(err);
 		return false;
+	}
+	if (net_serves(t->net, SERVER_PROTO_IMAP)) {
+		t->imap = imap_worker_new(t->base, s, tls, &err);
+		if (t->imap == NULL) {
+			*error_r = xasprintf("network thread %zu: %s", t->index,
+					     err ? err : "cannot start IMAP");
+			free(err);
+			return false;
+		}
 	}
 	for (size_t i = 0; i < t->net->n_addrs; i++) {
 		struct net_listener *l = &t->listeners[i];
@@ -372,6 +406,8 @@ void server_listener_free(struct server_net **np)
 			event_free(th->drain_timer);
 		if (th->worker != NULL)
 			smtp_worker_free(&th->worker);
+		if (th->imap != NULL)
+			imap_worker_free(&th->imap);
 		if (th->base != NULL)
 			event_base_free(th->base);
 		free(th->listeners);

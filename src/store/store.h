@@ -228,4 +228,111 @@ struct store_stats {
 };
 enum status store_stats(struct store *st, struct store_stats *out);
 
+/* ---- IMAP access (store_imap.c) ----------------------------------------
+ * Mailbox operations for the IMAP server, by account and mailbox id.
+ *
+ * Threads: every function that writes (create, delete, rename, subscribe,
+ * set_flags, expunge, copy, append) runs ONE transaction that is durable at
+ * return (store.fsync=yes) and may wait on disk and locks: call it from a
+ * thread that may block, never from an event loop.  The read functions
+ * (mailbox_get, mailbox_list, poll, messages) run short autocommit reads
+ * and may use a network thread's own handle.
+ *
+ * Every change to a mailbox takes a new mod-sequence: highestmodseq + 1,
+ * shared by all messages changed in the same call, and given to each of
+ * them (RFC 7162).  Expunges bump highestmodseq too, so a session polling
+ * (uidnext, highestmodseq) sees every change.
+ *
+ * Blob references: a copy adds one reference; an expunge or a mailbox
+ * delete removes one, and a blob whose count reaches 0 loses its row in
+ * the same transaction and its file right after the commit.  Quota usage
+ * (used_bytes, used_messages) follows every message row added or removed.
+ *
+ * Names: "INBOX" in any case (and "INBOX/..." ) names the INBOX; other names
+ * are case-sensitive, '/' separated, at most STORE_MAILBOX_NAME_MAX bytes
+ * of printable ASCII (modified UTF-7 is the client's business) without
+ * '*', '%', empty levels or a leading/trailing '/'.  Invalid: ST_INVALID.
+ */
+#define STORE_MAILBOX_NAME_MAX 255
+#define STORE_MAILBOX_SEP '/'
+struct store_mailbox_info {
+	int64_t id;
+	char name[STORE_MAILBOX_NAME_MAX + 1];
+	char special_use[16];          /* RFC 6154 attribute or "" */
+	uint32_t uidvalidity;
+	uint32_t uidnext;
+	uint64_t highestmodseq;
+	bool subscribed;
+	uint64_t messages;             /* counts: only when asked for */
+	uint64_t unseen;
+};
+/* Normalises a client's mailbox name into out (INBOX case folding) and
+ * validates it.  False for an invalid name. */
+bool store_imap_mailbox_name(const char *in, char out[STORE_MAILBOX_NAME_MAX + 1]);
+/* One mailbox by name; with `counts` also messages and unseen.
+ * ST_NOT_FOUND, ST_INVALID (name). */
+enum status store_imap_mailbox_get(struct store *st, int64_t account_id, const char *name, bool counts,
+				   struct store_mailbox_info *out);
+typedef void store_imap_mailbox_cb(void *ctx, const struct store_mailbox_info *mb);
+/* Every mailbox of the account, INBOX first then by name (no counts). */
+enum status store_imap_mailbox_list(struct store *st, int64_t account_id, store_imap_mailbox_cb *cb,
+				    void *ctx);
+/* The cheap change check: ST_NOT_FOUND once the mailbox is gone. */
+enum status store_imap_mailbox_poll(struct store *st, int64_t mailbox_id, uint32_t *uidnext_r,
+				    uint64_t *highestmodseq_r);
+/* CREATE: also creates missing superiors (RFC 3501 6.3.3).  ST_EXISTS. */
+enum status store_imap_mailbox_create(struct store *st, int64_t account_id, const char *name,
+				      char **error_r);
+/* DELETE: not INBOX, not a mailbox with inferiors (ST_INVALID);
+ * its messages are removed as by an expunge. */
+enum status store_imap_mailbox_delete(struct store *st, int64_t account_id, const char *name,
+				      char **error_r);
+/* RENAME, with inferiors.  Renaming INBOX moves its messages into a new
+ * mailbox `to` (new UIDs, new UIDVALIDITY) and leaves INBOX empty.
+ * ST_NOT_FOUND (from), ST_EXISTS (to), ST_INVALID (to inside from). */
+enum status store_imap_mailbox_rename(struct store *st, int64_t account_id, const char *from,
+				      const char *to, char **error_r);
+enum status store_imap_mailbox_subscribe(struct store *st, int64_t account_id, const char *name,
+					 bool subscribed, char **error_r);
+
+struct store_imap_msg {
+	uint32_t uid;
+	uint32_t flags;                /* MSG_FLAG_* */
+	uint64_t modseq;
+	uint64_t size;
+	int64_t received;              /* internal date, unix time */
+	struct msgid id;               /* blob: store_blob_path; read [0, size) only */
+};
+typedef void store_imap_msg_cb(void *ctx, const struct store_imap_msg *m);
+/* Messages of a mailbox with uid >= uid_min, in UID order. */
+enum status store_imap_messages(struct store *st, int64_t mailbox_id, uint32_t uid_min,
+				store_imap_msg_cb *cb, void *ctx);
+
+enum store_flag_op { STORE_FLAGS_SET, STORE_FLAGS_ADD, STORE_FLAGS_REMOVE };
+/* Applies op/flags to the messages `uids` (n, ascending).  flags_out[i]
+ * receives the message's flags afterwards, or UINT32_MAX if it is gone.
+ * *modseq_r: the mod-sequence given to changed messages (0: none changed). */
+enum status store_imap_set_flags(struct store *st, int64_t mailbox_id, const uint32_t *uids, size_t n,
+				 enum store_flag_op op, uint32_t flags, uint32_t *flags_out,
+				 uint64_t *modseq_r, char **error_r);
+/* Removes the messages flagged \Deleted - of `uids` only when uids is not
+ * NULL (UID EXPUNGE).  *expunged_r (caller frees) lists the removed UIDs in
+ * ascending order. */
+enum status store_imap_expunge(struct store *st, int64_t account_id, int64_t mailbox_id,
+			       const uint32_t *uids, size_t n, uint32_t **expunged_r, size_t *n_expunged_r,
+			       char **error_r);
+/* COPY or MOVE (RFC 6851) of `uids` (ascending) to another mailbox of the
+ * account.  dst_uids[i] receives the new UID, or 0 when the source message
+ * is gone.  A copy counts against the quota (ST_OVER_QUOTA_*: nothing is
+ * written); a move does not change usage.  Moving into the same mailbox
+ * is ST_INVALID. */
+enum status store_imap_copy(struct store *st, int64_t account_id, int64_t src_mailbox_id,
+			    const uint32_t *uids, size_t n, int64_t dst_mailbox_id, bool move,
+			    uint32_t *dst_uids, uint32_t *dst_uidvalidity_r, char **error_r);
+/* APPEND: adds the blob `id` (already durable at its final path, with its
+ * trailer) as a new message.  ST_OVER_QUOTA_*, ST_NOT_FOUND (mailbox). */
+enum status store_imap_append(struct store *st, int64_t account_id, int64_t mailbox_id,
+			      const struct msgid *id, uint64_t size, int64_t received, uint32_t flags,
+			      uint32_t *uid_r, uint32_t *uidvalidity_r, char **error_r);
+
 #endif

@@ -40,9 +40,10 @@ def test_run_demo(tmp_root):
     os.makedirs(root)
     harness.make_traversable(root)
     demo_dir = os.path.join(root, "state")
-    smtp, admin = free_port(), free_port()
+    smtp, admin, imap = free_port(), free_port(), free_port()
     env = proc_env({"STRATA_DEMO_DIR": demo_dir, "STRATA_DEMO_SMTP": "127.0.0.1:%d" % smtp,
-                    "STRATA_DEMO_ADMIN": "127.0.0.1:%d" % admin})
+                    "STRATA_DEMO_ADMIN": "127.0.0.1:%d" % admin,
+                    "STRATA_DEMO_IMAP": "127.0.0.1:%d" % imap})
     log_path = os.path.join(root, "demo.log")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([SCRIPT, harness.STRATA_BIN], stdout=subprocess.PIPE, stderr=log,
@@ -55,8 +56,11 @@ def test_run_demo(tmp_root):
         sends = [c for c in commands if c.startswith(("swaks", "python3"))]
         lists = [c for c in commands if " mail list " in c]
         cats = [c for c in commands if " mail cat " in c]
-        others = [c for c in commands if c.startswith("curl") or c.endswith(" status")]
+        imap_reads = [c for c in commands if "imap://" in c]
+        others = [c for c in commands if (c.startswith("curl") and "imap://" not in c)
+                  or c.endswith(" status")]
         assert len(sends) == 2 and len(lists) == 1 and len(cats) == 1 and len(others) == 2, text
+        assert len(imap_reads) == 1 and "127.0.0.1:%d" % imap in imap_reads[0], text
         assert "127.0.0.1:%d" % smtp in text and "127.0.0.1:%d" % admin in text, text
 
         wait_smtp(smtp)
@@ -72,6 +76,10 @@ def test_run_demo(tmp_root):
         assert r.stdout.startswith(b"Received: ") and b"Subject: Hello" in r.stdout, r.stdout
         assert b"My first Strata mail" in r.stdout, r.stdout
         assert sanitizer_report(r.stderr.decode()) is None
+        # the same message over IMAP, as a mail client would read it
+        r_imap = subprocess.run(imap_reads[0], shell=True, capture_output=True, timeout=60 * SLOW)
+        assert r_imap.returncode == 0, (imap_reads[0], r_imap.stderr)
+        assert r_imap.stdout == r.stdout, (r_imap.stdout, r.stdout)
         for c in others:
             r = subprocess.run(c, shell=True, capture_output=True, text=True, timeout=60 * SLOW)
             assert r.returncode == 0, (c, r.stdout, r.stderr)

@@ -1,0 +1,61 @@
+/*
+ * imap.h - the IMAP4rev1 server (RFC 3501) on Strata's store, with
+ * LITERAL+, SASL-IR, AUTH=PLAIN, STARTTLS, IDLE, UIDPLUS, MOVE, UNSELECT,
+ * NAMESPACE, SPECIAL-USE, ENABLE and ID.
+ *
+ * Owns: one struct imap_worker per network thread and the sessions on it,
+ * plus the worker's small pool of store threads.  A session parses commands
+ * (imap_parser.c), reads the index through the worker's own handle on the
+ * loop thread (short autocommit reads), and runs everything that writes -
+ * flag changes, expunges, copies, mailbox changes, APPEND's blob fsync and
+ * commit, password verification, and SEARCH over headers or bodies - on
+ * the pool, replying from the job's completion, which runs on the worker's
+ * loop.  No fsync ever runs on the loop thread.
+ *
+ * Change notification: a selected session polls its mailbox's (uidnext,
+ * highestmodseq) before each tagged reply and every IMAP_IDLE_POLL_MS while
+ * in IDLE, and reports other sessions' and deliveries' changes as
+ * EXISTS / EXPUNGE / FETCH (FLAGS) untagged responses.
+ *
+ * Not in this phase: ENVELOPE, BODYSTRUCTURE and BODY (without a section)
+ * need a MIME parser; FETCH of them (and of the ALL/FULL macros) is
+ * answered BAD.  No keywords (PERMANENTFLAGS lists system flags only).
+ *
+ * Threads: every function here runs on the worker's event loop thread,
+ * except imap_worker_new/free (owner thread, before/after the loop runs).
+ * The event_base must have been created after evthread_use_pthreads().
+ *
+ * Shutdown: imap_worker_shutdown sends "* BYE" to sessions and closes them;
+ * a session with a store job in flight closes when the job completes, so
+ * wait for imap_worker_sessions() to reach 0 before stopping the loop.
+ */
+#ifndef STRATA_IMAP_H
+#define STRATA_IMAP_H
+
+#include <openssl/ssl.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include "config.h"
+
+struct event_base;
+struct imap_worker;
+
+/* Opens the worker's store handles (the index must exist) and starts its
+ * store threads.  tls NULL: no STARTTLS.  NULL with *error_r on failure. */
+struct imap_worker *imap_worker_new(struct event_base *base, const struct settings *s, SSL_CTX *tls,
+				    char **error_r);
+/* Takes ownership of fd (non-blocking, accepted) and starts a session. */
+void imap_worker_accept(struct imap_worker *w, int fd, const struct sockaddr *peer, socklen_t peer_len,
+			const struct sockaddr *local, socklen_t local_len);
+/* Settings for sessions started from now on (SIGHUP); `s` must outlive
+ * imap_worker_free. */
+void imap_worker_set_settings(struct imap_worker *w, const struct settings *s);
+void imap_worker_shutdown(struct imap_worker *w);
+/* Sessions still open (shutdown is complete at 0). */
+size_t imap_worker_sessions(const struct imap_worker *w);
+/* Stops the store threads (after finishing queued jobs) and frees. */
+void imap_worker_free(struct imap_worker **w);
+
+#endif

@@ -1,0 +1,633 @@
+/*
+ * imap_command.c - command dispatch with state checks, the any-state and
+ * not-authenticated commands (CAPABILITY, NOOP, LOGOUT, STARTTLS, LOGIN,
+ * AUTHENTICATE PLAIN, ID, ENABLE) and the mailbox-level commands of the
+ * authenticated state (LIST, LSUB, NAMESPACE, STATUS, CREATE, DELETE,
+ * RENAME, SUBSCRIBE, UNSUBSCRIBE).
+ *
+ * Plaintext authentication (LOGIN, AUTHENTICATE PLAIN) is refused without
+ * TLS unless the peer is a loopback address; LOGINDISABLED is advertised
+ * then (RFC 3501 6.2.3).  Password verification (Argon2, deliberately slow)
+ * and every mailbox change run as store jobs on the pool.
+ *
+ * Threads: the worker's loop thread; job run() halves on a pool thread,
+ * touching only the job struct and the pool thread's store.
+ */
+#include "imap_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "auth.h"
+
+/* ---- helpers --------------------------------------------------------------------- */
+
+void imap_quote(struct buf *out, const char *str)
+{
+	buf_append_char(out, '"');
+	for (const char *p = str; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			buf_append_char(out, '\\');
+		buf_append_char(out, *p);
+	}
+	buf_append_char(out, '"');
+}
+
+void imap_command_reply_status(struct imap_session *s, enum status st, const char *what)
+{
+	if (st == ST_INVALID) {
+		imap_session_tagged(s, "NO", "[CANNOT] %s", what);
+		return;
+	}
+	const struct status_info *si = status_info(st);
+	if (si->imap_code != NULL)
+		imap_session_tagged(s, "NO", "[%s] %s", si->imap_code, what);
+	else
+		imap_session_tagged(s, "NO", "%s", what);
+}
+
+static bool want_args(struct imap_session *s, const struct imap_cmd *cmd, size_t min, size_t max)
+{
+	if (cmd->n_args < min || cmd->n_args > max) {
+		imap_session_bad(s, cmd->tag, "Wrong number of arguments to %s", cmd->name);
+		return false;
+	}
+	return true;
+}
+
+static bool want_strings(struct imap_session *s, const struct imap_cmd *cmd, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (!imap_arg_is_string(&cmd->args[i]) || strlen(cmd->args[i].str) != cmd->args[i].len) {
+			imap_session_bad(s, cmd->tag, "Invalid arguments to %s", cmd->name);
+			return false;
+		}
+	}
+	return true;
+}
+
+static void sync_if_selected(struct imap_session *s, bool allow_expunge)
+{
+	if (s->state == IS_SELECTED)
+		imap_mailbox_sync(s, allow_expunge);
+}
+
+/* ---- any state -------------------------------------------------------------------- */
+
+static void cmd_capability(struct imap_session *s, struct imap_cmd *cmd)
+{
+	if (!want_args(s, cmd, 0, 0))
+		return;
+	imap_session_untagged(s, "CAPABILITY %s", imap_session_capabilities(s));
+	imap_session_tagged(s, "OK", "CAPABILITY completed");
+}
+
+static void cmd_noop(struct imap_session *s, struct imap_cmd *cmd)
+{
+	if (!want_args(s, cmd, 0, 0))
+		return;
+	sync_if_selected(s, true);
+	imap_session_tagged(s, "OK", "%s completed", cmd->name);
+}
+
+static void cmd_logout(struct imap_session *s, struct imap_cmd *cmd)
+{
+	if (!want_args(s, cmd, 0, 0))
+		return;
+	imap_session_untagged(s, "BYE Logging out");
+	imap_session_tagged(s, "OK", "LOGOUT completed");
+	s->state = IS_LOGOUT;
+	s->close = IC_FLUSH;
+	if (s->bev != NULL)
+		bufferevent_disable(s->bev, EV_READ);
+}
+
+static void cmd_id(struct imap_session *s, struct imap_cmd *cmd)
+{
+	if (!want_args(s, cmd, 1, 1))
+		return;
+	if (cmd->args[0].type != IMAP_ARG_LIST && !imap_arg_is_atom(&cmd->args[0], "NIL")) {
+		imap_session_bad(s, cmd->tag, "ID takes a list or NIL");
+		return;
+	}
+	imap_session_untagged(s, "ID (\"name\" \"Strata\" \"version\" \"%s\")", STRATA_VERSION);
+	imap_session_tagged(s, "OK", "ID completed");
+}
+
+static void cmd_enable(struct imap_session *s, struct imap_cmd *cmd)
+{
+	if (!want_args(s, cmd, 1, IMAP_MAX_ARGS))
+		return;
+	/* None of the extensions ENABLE can turn on is offered yet. */
+	imap_session_untagged(s, "ENABLED");
+	imap_session_tagged(s, "OK", "ENABLE completed");
+}
+
+static void cmd_starttls(struct imap_session *s, struct imap_cmd *cmd)
+{
+	if (!want_args(s, cmd, 0, 0))
+		return;
+	if (s->w->tls == NULL || s->tls) {
+		imap_session_bad(s, cmd->tag, "STARTTLS not available");
+		return;
+	}
+	imap_session_tagged(s, "OK", "Begin TLS negotiation now");
+	imap_session_starttls(s);
+}
+
+/* ---- authentication ----------------------------------------------------------------- */
+
+struct login_job {
+	struct imap_job j;
+	char user[320];
+	char password[1024];
+	int64_t account_id;
+	char address[320];
+};
+
+static void login_run(struct imap_job *j, struct store *st)
+{
+	struct login_job *lj = (struct login_job *)j;
+	struct account a;
+	char addr[320];
+	snprintf(addr, sizeof(addr), "%s", lj->user);
+	str_lower(addr);
+	j->status = ST_NOT_FOUND;
+	if (store_user_get(st, addr, &a) == ST_OK && a.pwhash[0] != '\0' &&
+	    auth_verify_password(lj->password, a.pwhash)) {
+		j->status = ST_OK;
+		lj->account_id = a.id;
+		snprintf(lj->address, sizeof(lj->address), "%s", a.address);
+	}
+	sodium_memzero(lj->password, sizeof(lj->password));
+}
+
+static void login_done(struct imap_job *j)
+{
+	struct login_job *lj = (struct login_job *)j;
+	struct imap_session *s = j->s;
+	if (imap_session_job_finished(s)) {
+		if (j->status == ST_OK && s->state == IS_NOTAUTH) {
+			s->state = IS_AUTH;
+			s->account_id = lj->account_id;
+			s->user = xstrdup(lj->address);
+			log_info("imap: login %s from %s", s->user, s->client);
+			imap_session_tagged(s, "OK", "[CAPABILITY %s] Logged in", imap_session_capabilities(s));
+		} else {
+			char esc[128];
+			log_info("imap: authentication failed for %s from %s",
+				 log_escape(lj->user, strlen(lj->user), esc, sizeof(esc)), s->client);
+			s->errors++;
+			imap_session_tagged(s, "NO", "[AUTHENTICATIONFAILED] Authentication failed");
+			if (s->errors >= s->set->imap_max_errors)
+				imap_session_bye(s, "Too many errors");
+		}
+		imap_session_job_end(s);
+	}
+	free(lj);
+}
+
+static bool plaintext_allowed(struct imap_session *s)
+{
+	if (s->tls || s->loopback)
+		return true;
+	imap_session_tagged(s, "NO", "[PRIVACYREQUIRED] Plaintext authentication is disabled without TLS");
+	return false;
+}
+
+static void start_login(struct imap_session *s, const char *user, size_t ulen, const char *pass, size_t plen)
+{
+	struct login_job *lj = xcalloc(1, sizeof(*lj));
+	if (ulen == 0 || ulen >= sizeof(lj->user) || plen >= sizeof(lj->password) ||
+	    memchr(user, '\0', ulen) != NULL || memchr(pass, '\0', plen) != NULL) {
+		free(lj);
+		s->errors++;
+		imap_session_tagged(s, "NO", "[AUTHENTICATIONFAILED] Authentication failed");
+		return;
+	}
+	memcpy(lj->user, user, ulen);
+	memcpy(lj->password, pass, plen);
+	lj->j.run = login_run;
+	lj->j.done = login_done;
+	imap_session_submit(s, &lj->j);
+}
+
+static void cmd_login(struct imap_session *s, struct imap_cmd *cmd)
+{
+	if (!want_args(s, cmd, 2, 2) || !want_strings(s, cmd, 2))
+		return;
+	if (!plaintext_allowed(s))
+		return;
+	start_login(s, cmd->args[0].str, cmd->args[0].len, cmd->args[1].str, cmd->args[1].len);
+}
+
+/* SASL PLAIN (RFC 4616): [authzid] NUL authcid NUL passwd, base64. */
+static void sasl_plain(struct imap_session *s, const char *b64, size_t len)
+{
+	unsigned char raw[1400];
+	size_t n = 0;
+	if (len > 1800 || sodium_base642bin(raw, sizeof(raw), b64, len, NULL, &n, NULL,
+					    sodium_base64_VARIANT_ORIGINAL) != 0) {
+		imap_session_bad(s, s->tag, "Invalid base64 in SASL response");
+		return;
+	}
+	const char *authz = (const char *)raw;
+	const unsigned char *nul1 = memchr(raw, '\0', n);
+	const unsigned char *nul2 = nul1 ? memchr(nul1 + 1, '\0', n - (size_t)(nul1 + 1 - raw)) : NULL;
+	if (nul1 == NULL || nul2 == NULL) {
+		sodium_memzero(raw, sizeof(raw));
+		imap_session_bad(s, s->tag, "Malformed SASL PLAIN response");
+		return;
+	}
+	const char *authc = (const char *)nul1 + 1;
+	size_t authc_len = (size_t)(nul2 - nul1 - 1);
+	const char *pass = (const char *)nul2 + 1;
+	size_t pass_len = n - (size_t)(nul2 + 1 - raw);
+	size_t authz_len = (size_t)(nul1 - raw);
+	if (authz_len > 0 && (authz_len != authc_len || strncasecmp(authz, authc, authc_len) != 0)) {
+		sodium_memzero(raw, sizeof(raw));
+		s->errors++;
+		imap_session_tagged(s, "NO", "[AUTHORIZATIONFAILED] Authorization identity not allowed");
+		return;
+	}
+	start_login(s, authc, authc_len, pass, pass_len);
+	sodium_memzero(raw, sizeof(raw));
+}
+
+static void cmd_authenticate(struct imap_session *s, struct imap_cmd *cmd)
+{
+	if (!want_args(s, cmd, 1, 2))
+		return;
+	if (cmd->args[0].type != IMAP_ARG_ATOM) {
+		imap_session_bad(s, cmd->tag, "Invalid mechanism name");
+		return;
+	}
+	if (!str_ieq(cmd->args[0].str, "PLAIN")) {
+		imap_session_tagged(s, "NO", "[CANNOT] Unsupported authentication mechanism");
+		return;
+	}
+	if (!plaintext_allowed(s))
+		return;
+	if (cmd->n_args == 2) {
+		const struct imap_arg *ir = &cmd->args[1];
+		if (!imap_arg_is_string(ir)) {
+			imap_session_bad(s, cmd->tag, "Invalid initial response");
+			return;
+		}
+		if (ir->len == 1 && ir->str[0] == '=')
+			sasl_plain(s, "", 0);
+		else
+			sasl_plain(s, ir->str, ir->len);
+		return;
+	}
+	s->mode = IM_SASL;
+	imap_session_write(s, "+ \r\n", 4);
+}
+
+void imap_command_sasl_response(struct imap_session *s, const char *line, size_t len)
+{
+	if (len == 1 && line[0] == '*') {
+		imap_session_bad(s, s->tag, "Authentication cancelled");
+		return;
+	}
+	sasl_plain(s, line, len);
+}
+
+/* ---- LIST / LSUB ----------------------------------------------------------------------- */
+
+/* IMAP pattern match: '*' matches anything, '%' anything but '/'.
+ * Dynamic programming over two rows: O(len(pattern) * len(name)) time
+ * whatever the pattern, so "****...*" cannot blow up. */
+static bool pattern_match(const char *pat, const char *name)
+{
+	size_t m = strlen(pat), n = strlen(name);
+	bool *next = xcalloc(n + 1, sizeof(bool));
+	bool *cur = xcalloc(n + 1, sizeof(bool));
+	next[n] = true; /* empty pattern matches only the empty rest */
+	for (size_t i = m; i-- > 0;) {
+		for (size_t j = n + 1; j-- > 0;) {
+			char p = pat[i];
+			if (p == '*')
+				cur[j] = next[j] || (j < n && cur[j + 1]);
+			else if (p == '%')
+				cur[j] = next[j] || (j < n && name[j] != STORE_MAILBOX_SEP && cur[j + 1]);
+			else
+				cur[j] = j < n && p == name[j] && next[j + 1];
+		}
+		bool *t = next;
+		next = cur;
+		cur = t;
+	}
+	bool match = next[0];
+	free(next);
+	free(cur);
+	return match;
+}
+
+struct list_ctx {
+	struct imap_session *s;
+	struct store_mailbox_info *mb;
+	size_t n, cap;
+};
+
+static void list_collect(void *arg, const struct store_mailbox_info *mb)
+{
+	struct list_ctx *c = arg;
+	if (c->n == c->cap) {
+		c->cap = c->cap ? c->cap * 2 : 16;
+		c->mb = xreallocarray(c->mb, c->cap, sizeof(*c->mb));
+	}
+	c->mb[c->n++] = *mb;
+}
+
+static bool has_children(const struct list_ctx *c, const char *name)
+{
+	size_t len = strlen(name);
+	for (size_t i = 0; i < c->n; i++) {
+		if (strncmp(c->mb[i].name, name, len) == 0 && c->mb[i].name[len] == STORE_MAILBOX_SEP)
+			return true;
+	}
+	return false;
+}
+
+static void cmd_list(struct imap_session *s, struct imap_cmd *cmd, bool lsub)
+{
+	if (!want_args(s, cmd, 2, 2) || !want_strings(s, cmd, 2))
+		return;
+	const char *ref = cmd->args[0].str, *pat = cmd->args[1].str;
+	if (pat[0] == '\0') {
+		imap_session_untagged(s, "%s (\\Noselect) \"/\" \"\"", lsub ? "LSUB" : "LIST");
+		imap_session_tagged(s, "OK", "%s completed", cmd->name);
+		return;
+	}
+	if (strlen(ref) + strlen(pat) > 2 * STORE_MAILBOX_NAME_MAX) {
+		imap_session_bad(s, cmd->tag, "Pattern too long");
+		return;
+	}
+	char *full = xasprintf("%s%s", ref, pat);
+	/* "INBOX" matches case-insensitively. */
+	struct list_ctx c = { s, NULL, 0, 0 };
+	enum status st = store_imap_mailbox_list(s->w->reader, s->account_id, list_collect, &c);
+	if (st != ST_OK) {
+		free(full);
+		free(c.mb);
+		imap_command_reply_status(s, st, "Cannot list mailboxes");
+		return;
+	}
+	struct buf line = BUF_INIT;
+	for (size_t i = 0; i < c.n; i++) {
+		const struct store_mailbox_info *mb = &c.mb[i];
+		bool match = pattern_match(full, mb->name) ||
+			     (strcmp(mb->name, "INBOX") == 0 && str_ieq(full, "INBOX"));
+		if (!match || (lsub && !mb->subscribed))
+			continue;
+		buf_reset(&line);
+		buf_printf(&line, "%s (%s", lsub ? "LSUB" : "LIST",
+			   has_children(&c, mb->name) ? "\\HasChildren" : "\\HasNoChildren");
+		if (mb->special_use[0])
+			buf_printf(&line, " %s", mb->special_use);
+		buf_append_str(&line, ") \"/\" ");
+		imap_quote(&line, mb->name);
+		imap_session_untagged(s, "%s", line.data);
+	}
+	buf_free(&line);
+	free(full);
+	free(c.mb);
+	sync_if_selected(s, true);
+	imap_session_tagged(s, "OK", "%s completed", cmd->name);
+}
+
+static void cmd_namespace(struct imap_session *s, struct imap_cmd *cmd)
+{
+	if (!want_args(s, cmd, 0, 0))
+		return;
+	imap_session_untagged(s, "NAMESPACE ((\"\" \"/\")) NIL NIL");
+	imap_session_tagged(s, "OK", "NAMESPACE completed");
+}
+
+static void cmd_status(struct imap_session *s, struct imap_cmd *cmd)
+{
+	if (!want_args(s, cmd, 2, 2) || !want_strings(s, cmd, 1))
+		return;
+	const struct imap_arg *items = &cmd->args[1];
+	if (items->type != IMAP_ARG_LIST || items->n == 0) {
+		imap_session_bad(s, cmd->tag, "STATUS needs a list of items");
+		return;
+	}
+	struct store_mailbox_info mb;
+	enum status st = store_imap_mailbox_get(s->w->reader, s->account_id, cmd->args[0].str, true, &mb);
+	if (st != ST_OK) {
+		imap_command_reply_status(s, st == ST_INVALID ? ST_NOT_FOUND : st, "Mailbox does not exist");
+		return;
+	}
+	struct buf line = BUF_INIT;
+	buf_append_str(&line, "STATUS ");
+	imap_quote(&line, mb.name);
+	buf_append_str(&line, " (");
+	for (size_t i = 0; i < items->n; i++) {
+		const struct imap_arg *a = &items->list[i];
+		if (i > 0)
+			buf_append_char(&line, ' ');
+		if (imap_arg_is_atom(a, "MESSAGES"))
+			buf_printf(&line, "MESSAGES %llu", (unsigned long long)mb.messages);
+		else if (imap_arg_is_atom(a, "RECENT"))
+			buf_append_str(&line, "RECENT 0");
+		else if (imap_arg_is_atom(a, "UIDNEXT"))
+			buf_printf(&line, "UIDNEXT %u", mb.uidnext);
+		else if (imap_arg_is_atom(a, "UIDVALIDITY"))
+			buf_printf(&line, "UIDVALIDITY %u", mb.uidvalidity);
+		else if (imap_arg_is_atom(a, "UNSEEN"))
+			buf_printf(&line, "UNSEEN %llu", (unsigned long long)mb.unseen);
+		else {
+			buf_free(&line);
+			imap_session_bad(s, cmd->tag, "Unknown STATUS item");
+			return;
+		}
+	}
+	buf_append_char(&line, ')');
+	imap_session_untagged(s, "%s", line.data);
+	buf_free(&line);
+	sync_if_selected(s, true);
+	imap_session_tagged(s, "OK", "STATUS completed");
+}
+
+/* ---- mailbox changes (jobs) ----------------------------------------------------------- */
+
+enum mbox_op { MB_CREATE, MB_DELETE, MB_RENAME, MB_SUBSCRIBE, MB_UNSUBSCRIBE };
+
+struct mbox_job {
+	struct imap_job j;
+	enum mbox_op op;
+	int64_t account_id;
+	char name[STORE_MAILBOX_NAME_MAX + 1];
+	char to[STORE_MAILBOX_NAME_MAX + 1];
+	char cmd[32];
+};
+
+static void mbox_run(struct imap_job *j, struct store *st)
+{
+	struct mbox_job *mj = (struct mbox_job *)j;
+	switch (mj->op) {
+	case MB_CREATE:
+		j->status = store_imap_mailbox_create(st, mj->account_id, mj->name, &j->error);
+		break;
+	case MB_DELETE:
+		j->status = store_imap_mailbox_delete(st, mj->account_id, mj->name, &j->error);
+		break;
+	case MB_RENAME:
+		j->status = store_imap_mailbox_rename(st, mj->account_id, mj->name, mj->to, &j->error);
+		break;
+	case MB_SUBSCRIBE:
+	case MB_UNSUBSCRIBE:
+		j->status = store_imap_mailbox_subscribe(st, mj->account_id, mj->name, mj->op == MB_SUBSCRIBE,
+							 &j->error);
+		break;
+	}
+}
+
+static void mbox_done(struct imap_job *j)
+{
+	struct mbox_job *mj = (struct mbox_job *)j;
+	struct imap_session *s = j->s;
+	if (imap_session_job_finished(s)) {
+		sync_if_selected(s, true);
+		if (j->status == ST_OK) {
+			imap_session_tagged(s, "OK", "%s completed", mj->cmd);
+		} else {
+			const char *text = j->error ? j->error : "failed";
+			if (j->status == ST_INVALID)
+				imap_session_tagged(s, "NO", "[CANNOT] %s", text);
+			else if (j->status == ST_NOT_FOUND)
+				imap_session_tagged(s, "NO", "[NONEXISTENT] %s", text);
+			else
+				imap_command_reply_status(s, j->status, text);
+		}
+		imap_session_job_end(s);
+	}
+	free(j->error);
+	free(mj);
+}
+
+static void cmd_mailbox_change(struct imap_session *s, struct imap_cmd *cmd, enum mbox_op op)
+{
+	size_t n = op == MB_RENAME ? 2 : 1;
+	if (!want_args(s, cmd, n, n) || !want_strings(s, cmd, n))
+		return;
+	struct mbox_job *mj = xcalloc(1, sizeof(*mj));
+	if (!store_imap_mailbox_name(cmd->args[0].str, mj->name) ||
+	    (op == MB_RENAME && !store_imap_mailbox_name(cmd->args[1].str, mj->to))) {
+		free(mj);
+		imap_session_tagged(s, "NO", "[CANNOT] Invalid mailbox name");
+		return;
+	}
+	mj->op = op;
+	mj->account_id = s->account_id;
+	snprintf(mj->cmd, sizeof(mj->cmd), "%s", cmd->name);
+	mj->j.run = mbox_run;
+	mj->j.done = mbox_done;
+	imap_session_submit(s, &mj->j);
+}
+
+/* ---- dispatch --------------------------------------------------------------------------- */
+
+enum need { ANY, NOTAUTH, AUTH, SELECTED };
+
+static void dispatch_selected(struct imap_session *s, struct imap_cmd *cmd);
+
+void imap_command_execute(struct imap_session *s, struct imap_cmd *cmd)
+{
+	static const struct {
+		const char *name;
+		enum need need;
+		bool uid_ok;
+	} table[] = {
+		{ "CAPABILITY", ANY, false }, { "NOOP", ANY, false }, { "LOGOUT", ANY, false },
+		{ "ID", ANY, false }, { "STARTTLS", NOTAUTH, false }, { "LOGIN", NOTAUTH, false },
+		{ "AUTHENTICATE", NOTAUTH, false }, { "ENABLE", AUTH, false }, { "SELECT", AUTH, false },
+		{ "EXAMINE", AUTH, false }, { "CREATE", AUTH, false }, { "DELETE", AUTH, false },
+		{ "RENAME", AUTH, false }, { "SUBSCRIBE", AUTH, false }, { "UNSUBSCRIBE", AUTH, false },
+		{ "LIST", AUTH, false }, { "LSUB", AUTH, false }, { "NAMESPACE", AUTH, false },
+		{ "STATUS", AUTH, false }, { "APPEND", AUTH, false }, { "IDLE", AUTH, false },
+		{ "CHECK", SELECTED, false }, { "CLOSE", SELECTED, false }, { "UNSELECT", SELECTED, false },
+		{ "EXPUNGE", SELECTED, true }, { "SEARCH", SELECTED, true }, { "FETCH", SELECTED, true },
+		{ "STORE", SELECTED, true }, { "COPY", SELECTED, true }, { "MOVE", SELECTED, true },
+	};
+	size_t i;
+	for (i = 0; i < ARRAY_LEN(table); i++) {
+		if (strcmp(table[i].name, cmd->name) == 0)
+			break;
+	}
+	if (i == ARRAY_LEN(table) || (cmd->uid && !table[i].uid_ok)) {
+		imap_append_abort(s);
+		imap_session_bad(s, cmd->tag, "Unknown command");
+		return;
+	}
+	enum need need = table[i].need;
+	bool ok = need == ANY || (need == NOTAUTH && s->state == IS_NOTAUTH) ||
+		  (need == AUTH && (s->state == IS_AUTH || s->state == IS_SELECTED)) ||
+		  (need == SELECTED && s->state == IS_SELECTED);
+	if (!ok) {
+		imap_append_abort(s);
+		imap_session_bad(s, cmd->tag, "%s not allowed %s", cmd->name,
+			    s->state == IS_NOTAUTH ? "before login" : need == NOTAUTH ? "after login"
+											 : "without a selected mailbox");
+		return;
+	}
+	const char *n = cmd->name;
+	if (strcmp(n, "CAPABILITY") == 0) cmd_capability(s, cmd);
+	else if (strcmp(n, "NOOP") == 0) cmd_noop(s, cmd);
+	else if (strcmp(n, "LOGOUT") == 0) cmd_logout(s, cmd);
+	else if (strcmp(n, "ID") == 0) cmd_id(s, cmd);
+	else if (strcmp(n, "STARTTLS") == 0) cmd_starttls(s, cmd);
+	else if (strcmp(n, "LOGIN") == 0) cmd_login(s, cmd);
+	else if (strcmp(n, "AUTHENTICATE") == 0) cmd_authenticate(s, cmd);
+	else if (strcmp(n, "ENABLE") == 0) cmd_enable(s, cmd);
+	else if (strcmp(n, "SELECT") == 0) imap_mailbox_select(s, cmd, false);
+	else if (strcmp(n, "EXAMINE") == 0) imap_mailbox_select(s, cmd, true);
+	else if (strcmp(n, "CREATE") == 0) cmd_mailbox_change(s, cmd, MB_CREATE);
+	else if (strcmp(n, "DELETE") == 0) cmd_mailbox_change(s, cmd, MB_DELETE);
+	else if (strcmp(n, "RENAME") == 0) cmd_mailbox_change(s, cmd, MB_RENAME);
+	else if (strcmp(n, "SUBSCRIBE") == 0) cmd_mailbox_change(s, cmd, MB_SUBSCRIBE);
+	else if (strcmp(n, "UNSUBSCRIBE") == 0) cmd_mailbox_change(s, cmd, MB_UNSUBSCRIBE);
+	else if (strcmp(n, "LIST") == 0) cmd_list(s, cmd, false);
+	else if (strcmp(n, "LSUB") == 0) cmd_list(s, cmd, true);
+	else if (strcmp(n, "NAMESPACE") == 0) cmd_namespace(s, cmd);
+	else if (strcmp(n, "STATUS") == 0) cmd_status(s, cmd);
+	else if (strcmp(n, "APPEND") == 0) imap_append_command(s, cmd);
+	else if (strcmp(n, "IDLE") == 0) {
+		if (want_args(s, cmd, 0, 0)) {
+			sync_if_selected(s, true);
+			imap_session_write(s, "+ idling\r\n", 10);
+			imap_session_idle_start(s);
+		}
+	} else dispatch_selected(s, cmd);
+}
+
+static void dispatch_selected(struct imap_session *s, struct imap_cmd *cmd)
+{
+	const char *n = cmd->name;
+	if (strcmp(n, "CHECK") == 0) {
+		cmd_noop(s, cmd);
+	} else if (strcmp(n, "CLOSE") == 0) {
+		if (want_args(s, cmd, 0, 0))
+			imap_mailbox_close(s, cmd, true);
+	} else if (strcmp(n, "UNSELECT") == 0) {
+		if (want_args(s, cmd, 0, 0))
+			imap_mailbox_close(s, cmd, false);
+	} else if (strcmp(n, "EXPUNGE") == 0) {
+		imap_mailbox_expunge(s, cmd);
+	} else if (strcmp(n, "SEARCH") == 0) {
+		imap_search_run(s, cmd);
+	} else if (strcmp(n, "FETCH") == 0) {
+		imap_fetch_start(s, cmd);
+	} else if (strcmp(n, "STORE") == 0) {
+		imap_mailbox_store(s, cmd);
+	} else if (strcmp(n, "COPY") == 0) {
+		imap_mailbox_copy(s, cmd, false);
+	} else {
+		imap_mailbox_copy(s, cmd, true);
+	}
+}

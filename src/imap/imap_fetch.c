@@ -1,0 +1,740 @@
+/*
+ * imap_fetch.c - FETCH and UID FETCH: FLAGS, INTERNALDATE, RFC822.SIZE,
+ * UID, RFC822, RFC822.HEADER, RFC822.TEXT, BODY[section]<partial> and
+ * BODY.PEEK[...] for the sections "", HEADER, TEXT, HEADER.FIELDS and
+ * HEADER.FIELDS.NOT; the FAST macro.
+ *
+ * ENVELOPE, BODYSTRUCTURE, BODY without a section, MIME part numbers and
+ * the ALL/FULL macros (which contain ENVELOPE) need a MIME parser that this
+ * phase does not have: they are answered BAD with a clear text, before any
+ * output.
+ *
+ * Output is produced incrementally (imap_fetch_continue): a response is written
+ * until the output buffer passes IMAP_OUTPUT_HIGH, then the session waits
+ * for the socket to drain (write_cb calls imap_fetch_continue again).  Message
+ * bodies are streamed from the blob in FETCH_CHUNK pieces, so memory per
+ * session stays bounded whatever the messages' and the set's size.  Blob
+ * reads cover [0, size) only: the trailer is never served.
+ *
+ * \Seen: a non-PEEK body item first sets \Seen on the messages that lack
+ * it, with one store job; those messages' responses then include FLAGS.
+ *
+ * Threads: the loop thread (blob reads are page-cache reads of files that
+ * are never written again; no fsync here).
+ */
+#include "imap_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FETCH_CHUNK (64u * 1024u)
+#define FETCH_MAX_FIELDS 64
+#define FETCH_HEADER_MAX (1u << 20)   /* header bytes kept in memory for HEADER.FIELDS */
+
+enum fitem_kind { FI_FLAGS, FI_INTERNALDATE, FI_SIZE, FI_UID, FI_BODY };
+enum fsection { SEC_ALL, SEC_HEADER, SEC_TEXT, SEC_FIELDS, SEC_FIELDS_NOT };
+
+struct fitem {
+	enum fitem_kind kind;
+	enum fsection section;
+	bool peek;
+	char *name;                  /* response name, e.g. "BODY[TEXT]" or "RFC822" */
+	bool partial;
+	uint64_t p_off, p_len;
+	char **fields;               /* HEADER.FIELDS names */
+	size_t n_fields;
+};
+
+struct fmsg {
+	uint32_t uid;
+	size_t seq;
+	uint64_t size;
+	int64_t received;
+	struct msgid id;
+	bool flags_changed;          /* \Seen set by this FETCH */
+	bool loaded;
+};
+
+struct imap_fetch {
+	struct fitem *items;
+	size_t n_items;
+	bool uid_cmd;
+	bool set_seen;
+	struct fmsg *msgs;
+	size_t n_msgs;
+	size_t pos;                  /* current message */
+	size_t item;                 /* next item of it */
+	bool started;                /* "* n FETCH (" written */
+	bool need_space;             /* an item was written after "(" */
+	int fd;                      /* streaming a body range, or -1 */
+	uint64_t s_off, s_left;
+	bool failed;                 /* a blob could not be read */
+};
+
+static void fitem_free(struct fitem *it)
+{
+	free(it->name);
+	for (size_t i = 0; i < it->n_fields; i++)
+		free(it->fields[i]);
+	free(it->fields);
+}
+
+void imap_fetch_free(struct imap_fetch **fp)
+{
+	struct imap_fetch *f = *fp;
+	if (f == NULL)
+		return;
+	for (size_t i = 0; i < f->n_items; i++)
+		fitem_free(&f->items[i]);
+	free(f->items);
+	free(f->msgs);
+	if (f->fd >= 0)
+		close(f->fd);
+	free(f);
+	*fp = NULL;
+}
+
+/* ---- item parsing ------------------------------------------------------------------- */
+
+static struct fitem *add_item(struct imap_fetch *f, enum fitem_kind kind)
+{
+	f->items = xreallocarray(f->items, f->n_items + 1, sizeof(*f->items));
+	struct fitem *it = &f->items[f->n_items++];
+	memset(it, 0, sizeof(*it));
+	it->kind = kind;
+	return it;
+}
+
+/* Splits "(From To)" into field names (atoms or quoted, space separated). */
+static bool parse_fields(const char *p, const char *end, struct fitem *it)
+{
+	while (p < end && *p == ' ')
+		p++;
+	if (p >= end || *p != '(' || end[-1] != ')')
+		return false;
+	p++;
+	end--;
+	while (p < end) {
+		const char *start = p;
+		if (*p == '"') {
+			start = ++p;
+			while (p < end && *p != '"')
+				p++;
+			if (p >= end)
+				return false;
+		} else {
+			while (p < end && *p != ' ')
+				p++;
+		}
+		size_t len = (size_t)(p - start);
+		if (*p == '"')
+			p++;
+		if (len == 0 || len > 128 || it->n_fields == FETCH_MAX_FIELDS)
+			return false;
+		for (size_t i = 0; i < len; i++) {
+			unsigned char c = (unsigned char)start[i];
+			if (c <= 0x20 || c >= 0x7f || c == ':')
+				return false;
+		}
+		it->fields = xreallocarray(it->fields, it->n_fields + 1, sizeof(*it->fields));
+		it->fields[it->n_fields++] = xstrndup(start, len);
+		if (p < end && *p != ' ')
+			return false;
+		while (p < end && *p == ' ')
+			p++;
+	}
+	return it->n_fields > 0;
+}
+
+/* BODY[...]<o.n> / BODY.PEEK[...]<o.n>; *why_r set on failure. */
+static bool parse_body(struct imap_fetch *f, const char *atom, bool peek, const char **why_r)
+{
+	const char *lb = strchr(atom, '[');
+	const char *rb = strrchr(atom, ']');
+	if (lb == NULL || rb == NULL || rb < lb) {
+		*why_r = "Invalid BODY item";
+		return false;
+	}
+	struct fitem *it = add_item(f, FI_BODY);
+	it->peek = peek;
+	const char *sec = lb + 1;
+	size_t sec_len = (size_t)(rb - sec);
+	if (sec_len == 0)
+		it->section = SEC_ALL;
+	else if (sec_len == 6 && strncasecmp(sec, "HEADER", 6) == 0)
+		it->section = SEC_HEADER;
+	else if (sec_len == 4 && strncasecmp(sec, "TEXT", 4) == 0)
+		it->section = SEC_TEXT;
+	else if (sec_len > 18 && strncasecmp(sec, "HEADER.FIELDS.NOT ", 18) == 0) {
+		it->section = SEC_FIELDS_NOT;
+		if (!parse_fields(sec + 17, rb, it)) {
+			*why_r = "Invalid HEADER.FIELDS.NOT list";
+			return false;
+		}
+	} else if (sec_len > 14 && strncasecmp(sec, "HEADER.FIELDS ", 14) == 0) {
+		it->section = SEC_FIELDS;
+		if (!parse_fields(sec + 13, rb, it)) {
+			*why_r = "Invalid HEADER.FIELDS list";
+			return false;
+		}
+	} else {
+		*why_r = "MIME part sections are not supported yet";
+		return false;
+	}
+	const char *tail = rb + 1;
+	if (*tail == '<') {
+		char *e1, *e2;
+		errno = 0;
+		unsigned long long o = strtoull(tail + 1, &e1, 10);
+		if (e1 == tail + 1 || *e1 != '.' || errno != 0) {
+			*why_r = "Invalid partial";
+			return false;
+		}
+		unsigned long long n = strtoull(e1 + 1, &e2, 10);
+		if (e2 == e1 + 1 || *e2 != '>' || e2[1] != '\0' || errno != 0 || n == 0 || tail[1] == '-' ||
+		    e1[1] == '-') {
+			*why_r = "Invalid partial";
+			return false;
+		}
+		it->partial = true;
+		it->p_off = o;
+		it->p_len = n;
+	} else if (*tail != '\0') {
+		*why_r = "Invalid BODY item";
+		return false;
+	}
+	/* The response names the section without PEEK and without the
+	 * partial's length: BODY[HEADER]<0>. */
+	it->name = xasprintf("BODY[%.*s]", (int)sec_len, sec);
+	return true;
+}
+
+static bool parse_item(struct imap_fetch *f, const struct imap_arg *a, const char **why_r)
+{
+	if (a->type != IMAP_ARG_ATOM) {
+		*why_r = "Invalid FETCH item";
+		return false;
+	}
+	const char *s = a->str;
+	struct fitem *it;
+	if (str_ieq(s, "FLAGS")) {
+		add_item(f, FI_FLAGS);
+	} else if (str_ieq(s, "INTERNALDATE")) {
+		add_item(f, FI_INTERNALDATE);
+	} else if (str_ieq(s, "RFC822.SIZE")) {
+		add_item(f, FI_SIZE);
+	} else if (str_ieq(s, "UID")) {
+		add_item(f, FI_UID);
+	} else if (str_ieq(s, "RFC822") || str_ieq(s, "RFC822.HEADER") || str_ieq(s, "RFC822.TEXT")) {
+		it = add_item(f, FI_BODY);
+		it->section = str_ieq(s, "RFC822") ? SEC_ALL : str_ieq(s, "RFC822.HEADER") ? SEC_HEADER : SEC_TEXT;
+		it->peek = it->section == SEC_HEADER;
+		it->name = xstrdup(it->section == SEC_ALL ? "RFC822" : it->section == SEC_HEADER ? "RFC822.HEADER"
+											 : "RFC822.TEXT");
+	} else if (str_istarts(s, "BODY.PEEK[")) {
+		return parse_body(f, s, true, why_r);
+	} else if (str_istarts(s, "BODY[")) {
+		return parse_body(f, s, false, why_r);
+	} else if (str_ieq(s, "ENVELOPE") || str_ieq(s, "BODYSTRUCTURE") || str_ieq(s, "BODY") ||
+		   str_ieq(s, "ALL") || str_ieq(s, "FULL")) {
+		*why_r = "ENVELOPE, BODYSTRUCTURE and BODY need MIME parsing, not supported yet";
+		return false;
+	} else {
+		*why_r = "Unknown FETCH item";
+		return false;
+	}
+	return true;
+}
+
+static bool parse_items(struct imap_fetch *f, const struct imap_arg *a, const char **why_r)
+{
+	if (a->type == IMAP_ARG_ATOM && str_ieq(a->str, "FAST")) {
+		add_item(f, FI_FLAGS);
+		add_item(f, FI_INTERNALDATE);
+		add_item(f, FI_SIZE);
+		return true;
+	}
+	if (a->type != IMAP_ARG_LIST)
+		return parse_item(f, a, why_r);
+	if (a->n == 0) {
+		*why_r = "Empty FETCH item list";
+		return false;
+	}
+	for (size_t i = 0; i < a->n; i++) {
+		if (!parse_item(f, &a->list[i], why_r))
+			return false;
+	}
+	return true;
+}
+
+/* ---- blob reading ---------------------------------------------------------------------- */
+
+bool imap_blob_read(const char *path, uint64_t off, uint64_t len, struct buf *out)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		log_error("imap: cannot open %s: %s", path, strerror(errno));
+		return false;
+	}
+	buf_reserve(out, (size_t)len);
+	uint64_t done = 0;
+	while (done < len) {
+		ssize_t n = pread(fd, out->data + out->len, (size_t)(len - done), (off_t)(off + done));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			log_error("imap: cannot read %s: %s", path, n < 0 ? strerror(errno) : "short file");
+			close(fd);
+			return false;
+		}
+		out->len += (size_t)n;
+		done += (uint64_t)n;
+	}
+	out->data[out->len] = '\0';
+	close(fd);
+	return true;
+}
+
+/* Length of the header including its blank line (the whole message when
+ * there is no body).  Reads in chunks up to the blank line. */
+static bool header_length(int fd, uint64_t size, uint64_t *len_r)
+{
+	char chunk[8192 + 4];
+	uint64_t off = 0;
+	size_t carry = 0; /* last bytes of the previous chunk */
+	/* An empty header: the message starts with its blank line. */
+	char first[2];
+	ssize_t got = size >= 1 ? pread(fd, first, size >= 2 ? 2 : 1, 0) : 0;
+	if (got >= 1 && first[0] == '\n') {
+		*len_r = 1;
+		return true;
+	}
+	if (got == 2 && first[0] == '\r' && first[1] == '\n') {
+		*len_r = 2;
+		return true;
+	}
+	while (off < size) {
+		size_t want = size - off < 8192 ? (size_t)(size - off) : 8192;
+		ssize_t n = pread(fd, chunk + carry, want, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return false;
+		size_t total = carry + (size_t)n;
+		for (size_t i = 0; i < total; i++) {
+			if (chunk[i] != '\n')
+				continue;
+			if (i + 1 < total && chunk[i + 1] == '\n') {
+				*len_r = off - carry + i + 2;
+				return true;
+			}
+			if (i + 2 < total && chunk[i + 1] == '\r' && chunk[i + 2] == '\n') {
+				*len_r = off - carry + i + 3;
+				return true;
+			}
+		}
+		off += (uint64_t)n;
+		carry = total < 2 ? total : 2;
+		memmove(chunk, chunk + total - carry, carry);
+	}
+	*len_r = size;
+	return true;
+}
+
+/* Keeps (or drops, `not`) the header fields named in it->fields. */
+static void filter_fields(const struct fitem *it, const char *hdr, size_t len, struct buf *out)
+{
+	size_t i = 0;
+	bool keep = false;
+	while (i < len) {
+		const char *line = hdr + i;
+		const char *nl = memchr(line, '\n', len - i);
+		size_t ll = nl ? (size_t)(nl - line) + 1 : len - i;
+		if (ll <= 2 && (line[0] == '\n' || (line[0] == '\r' && ll == 2)))
+			break; /* the blank line */
+		if (line[0] != ' ' && line[0] != '\t') {
+			const char *colon = memchr(line, ':', ll);
+			bool named = false;
+			if (colon != NULL) {
+				size_t nlen = (size_t)(colon - line);
+				while (nlen > 0 && (line[nlen - 1] == ' ' || line[nlen - 1] == '\t'))
+					nlen--;
+				for (size_t k = 0; k < it->n_fields && !named; k++)
+					named = strlen(it->fields[k]) == nlen &&
+						strncasecmp(it->fields[k], line, nlen) == 0;
+			}
+			keep = it->section == SEC_FIELDS ? named : !named;
+		}
+		if (keep)
+			buf_append(out, line, ll);
+		i += ll;
+	}
+	buf_append(out, "\r\n", 2);
+}
+
+/* ---- output ---------------------------------------------------------------------------- */
+
+void imap_date_format(int64_t t, char out[32])
+{
+	static const char *const mon[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+					   "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+	time_t tt = (time_t)t;
+	struct tm tm;
+	gmtime_r(&tt, &tm);
+	snprintf(out, 32, "%02d-%s-%04d %02d:%02d:%02d +0000", tm.tm_mday, mon[tm.tm_mon], tm.tm_year + 1900,
+		 tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+/* Writes one body item; may leave f->fd set to stream the literal. */
+static bool emit_body(struct imap_session *s, struct imap_fetch *f, const struct fitem *it,
+		      const struct fmsg *m, struct buf *b)
+{
+	char path[PATH_MAX];
+	store_blob_path(s->set->store_blob_dir, &m->id, path, sizeof(path));
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		log_error("imap: cannot open %s: %s", path, strerror(errno));
+		return false;
+	}
+	uint64_t start = 0, len = m->size, hdr = 0;
+	struct buf mem = BUF_INIT;
+	bool in_memory = false;
+	if (it->section != SEC_ALL && !header_length(fd, m->size, &hdr)) {
+		close(fd);
+		return false;
+	}
+	if (it->section == SEC_HEADER) {
+		len = hdr;
+	} else if (it->section == SEC_TEXT) {
+		start = hdr;
+		len = m->size - hdr;
+	} else if (it->section == SEC_FIELDS || it->section == SEC_FIELDS_NOT) {
+		struct buf h = BUF_INIT;
+		uint64_t hl = hdr < FETCH_HEADER_MAX ? hdr : FETCH_HEADER_MAX;
+		if (!imap_blob_read(path, 0, hl, &h)) {
+			buf_free(&h);
+			close(fd);
+			return false;
+		}
+		filter_fields(it, h.data ? h.data : "", h.len, &mem);
+		buf_free(&h);
+		in_memory = true;
+		len = mem.len;
+	}
+	uint64_t off = 0;
+	if (it->partial) {
+		off = it->p_off < len ? it->p_off : len;
+		uint64_t rest = len - off;
+		len = it->p_len < rest ? it->p_len : rest;
+		buf_printf(b, "%s<%llu> ", it->name, (unsigned long long)it->p_off);
+	} else {
+		buf_printf(b, "%s ", it->name);
+	}
+	buf_printf(b, "{%llu}\r\n", (unsigned long long)len);
+	if (in_memory) {
+		buf_append(b, mem.data + off, (size_t)len);
+		buf_free(&mem);
+		close(fd);
+		return true;
+	}
+	f->fd = fd;
+	f->s_off = start + off;
+	f->s_left = len;
+	return true;
+}
+
+/* Streams the current body range; true when it is complete. */
+static bool stream_body(struct imap_session *s, struct imap_fetch *f)
+{
+	char chunk[FETCH_CHUNK];
+	while (f->s_left > 0 && !imap_session_output_full(s)) {
+		size_t want = f->s_left < FETCH_CHUNK ? (size_t)f->s_left : FETCH_CHUNK;
+		ssize_t n = pread(f->fd, chunk, want, (off_t)f->s_off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			/* The literal length is promised: the stream cannot be
+			 * repaired, so the connection must end. */
+			log_error("imap: blob read failed during FETCH for %s: %s", s->client,
+				  n < 0 ? strerror(errno) : "short file");
+			f->failed = true;
+			return true;
+		}
+		imap_session_write(s, chunk, (size_t)n);
+		f->s_off += (uint64_t)n;
+		f->s_left -= (uint64_t)n;
+	}
+	if (f->s_left > 0)
+		return false;
+	close(f->fd);
+	f->fd = -1;
+	return true;
+}
+
+static void emit_item(struct imap_session *s, struct imap_fetch *f, const struct fitem *it,
+		      const struct fmsg *m, struct buf *b)
+{
+	char date[32];
+	switch (it->kind) {
+	case FI_FLAGS: {
+		long at = -1;
+		for (size_t lo = 0, hi = s->view->n; lo < hi;) {
+			size_t mid = lo + (hi - lo) / 2;
+			if (s->view->m[mid].uid < m->uid) {
+				lo = mid + 1;
+			} else {
+				if (s->view->m[mid].uid == m->uid)
+					at = (long)mid;
+				hi = mid;
+			}
+		}
+		buf_append_str(b, "FLAGS ");
+		imap_flags_format(at >= 0 ? s->view->m[at].flags & ~VIEW_GONE : 0, b);
+		break;
+	}
+	case FI_INTERNALDATE:
+		imap_date_format(m->received, date);
+		buf_printf(b, "INTERNALDATE \"%s\"", date);
+		break;
+	case FI_SIZE:
+		buf_printf(b, "RFC822.SIZE %llu", (unsigned long long)m->size);
+		break;
+	case FI_UID:
+		buf_printf(b, "UID %u", m->uid);
+		break;
+	case FI_BODY:
+		if (!emit_body(s, f, it, m, b))
+			f->failed = true;
+		break;
+	}
+}
+
+static void fetch_finish(struct imap_session *s)
+{
+	struct imap_fetch *f = s->fetch;
+	bool failed = f->failed;
+	bool uid_cmd = f->uid_cmd;
+	imap_fetch_free(&s->fetch);
+	imap_session_resume(s, IP_FETCH);
+	if (failed) {
+		imap_session_bye(s, "Internal error reading a message");
+		return;
+	}
+	imap_mailbox_sync(s, uid_cmd);
+	imap_session_tagged(s, "OK", "FETCH completed");
+}
+
+void imap_fetch_continue(struct imap_session *s)
+{
+	struct imap_fetch *f = s->fetch;
+	struct buf b = BUF_INIT;
+	/* Bounded: each pass writes output or advances item/message; it stops
+	 * when the output buffer is full. */
+	while (f != NULL && !imap_session_output_full(s) && s->close == IC_NONE) {
+		if (f->fd >= 0) {
+			if (!stream_body(s, f))
+				break;
+			if (f->failed)
+				break;
+			continue;
+		}
+		if (f->failed || f->pos == f->n_msgs)
+			break;
+		struct fmsg *m = &f->msgs[f->pos];
+		buf_reset(&b);
+		if (!f->started) {
+			f->started = true;
+			f->item = 0;
+			f->need_space = false;
+			buf_printf(&b, "* %zu FETCH (", m->seq);
+			if (f->uid_cmd) {
+				buf_printf(&b, "UID %u", m->uid);
+				f->need_space = true;
+			}
+			if (m->flags_changed) {
+				struct fitem flags_item = { .kind = FI_FLAGS };
+				if (f->need_space)
+					buf_append_char(&b, ' ');
+				emit_item(s, f, &flags_item, m, &b);
+				f->need_space = true;
+			}
+		}
+		if (f->item < f->n_items) {
+			const struct fitem *it = &f->items[f->item++];
+			bool skip = (it->kind == FI_UID && f->uid_cmd) || (it->kind == FI_FLAGS && m->flags_changed);
+			if (!skip) {
+				if (f->need_space)
+					buf_append_char(&b, ' ');
+				emit_item(s, f, it, m, &b);
+				f->need_space = true;
+			}
+			imap_session_write(s, b.data, b.len);
+			continue;
+		}
+		buf_append_str(&b, ")\r\n");
+		imap_session_write(s, b.data, b.len);
+		f->started = false;
+		f->pos++;
+	}
+	buf_free(&b);
+	if (f != NULL && (f->failed || (f->pos == f->n_msgs && f->fd < 0)))
+		fetch_finish(s);
+}
+
+/* ---- start ----------------------------------------------------------------------------- */
+
+struct load_ctx {
+	struct imap_fetch *f;
+	size_t next;
+};
+
+static void load_cb(void *arg, const struct store_imap_msg *msg)
+{
+	struct load_ctx *c = arg;
+	struct imap_fetch *f = c->f;
+	while (c->next < f->n_msgs && f->msgs[c->next].uid < msg->uid)
+		c->next++;
+	if (c->next < f->n_msgs && f->msgs[c->next].uid == msg->uid) {
+		struct fmsg *m = &f->msgs[c->next];
+		m->size = msg->size;
+		m->received = msg->received;
+		m->id = msg->id;
+		m->loaded = true;
+	}
+}
+
+/* Drops messages that are gone from the index since the view was built. */
+static void drop_unloaded(struct imap_fetch *f)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < f->n_msgs; i++) {
+		if (f->msgs[i].loaded)
+			f->msgs[k++] = f->msgs[i];
+	}
+	f->n_msgs = k;
+}
+
+struct seen_job {
+	struct imap_job j;
+	int64_t mailbox_id;
+	uint32_t *uids;
+	uint32_t *flags_out;
+	size_t n;
+	uint64_t modseq;
+};
+
+static void seen_run(struct imap_job *j, struct store *st)
+{
+	struct seen_job *sj = (struct seen_job *)j;
+	j->status = store_imap_set_flags(st, sj->mailbox_id, sj->uids, sj->n, STORE_FLAGS_ADD, MSG_FLAG_SEEN,
+					 sj->flags_out, &sj->modseq, &j->error);
+}
+
+static void seen_done(struct imap_job *j)
+{
+	struct seen_job *sj = (struct seen_job *)j;
+	struct imap_session *s = j->s;
+	if (imap_session_job_finished(s)) {
+		struct imap_fetch *f = s->fetch;
+		if (j->status != ST_OK || f == NULL || s->view == NULL) {
+			imap_fetch_free(&s->fetch);
+			imap_session_resume(s, IP_FETCH);
+			imap_command_reply_status(s, j->status, j->error ? j->error : "FETCH failed");
+		} else {
+			size_t k = 0;
+			for (size_t i = 0; i < sj->n; i++) {
+				if (sj->flags_out[i] == UINT32_MAX)
+					continue;
+				while (k < f->n_msgs && f->msgs[k].uid < sj->uids[i])
+					k++;
+				if (k < f->n_msgs && f->msgs[k].uid == sj->uids[i]) {
+					f->msgs[k].flags_changed = true;
+					struct view_msg *vm = &s->view->m[f->msgs[k].seq - 1];
+					vm->flags = sj->flags_out[i] | (vm->flags & VIEW_GONE);
+				}
+			}
+			imap_fetch_continue(s);
+		}
+		imap_session_job_end(s);
+	}
+	free(j->error);
+	free(sj->uids);
+	free(sj->flags_out);
+	free(sj);
+}
+
+void imap_fetch_start(struct imap_session *s, struct imap_cmd *cmd)
+{
+	if (cmd->n_args != 2 || cmd->args[0].type != IMAP_ARG_ATOM) {
+		imap_session_bad(s, cmd->tag, "FETCH takes a set and items");
+		return;
+	}
+	struct imap_fetch *f = xcalloc(1, sizeof(*f));
+	f->fd = -1;
+	f->uid_cmd = cmd->uid;
+	const char *why = NULL;
+	if (!parse_items(f, &cmd->args[1], &why)) {
+		imap_fetch_free(&f);
+		imap_session_bad(s, cmd->tag, "%s", why);
+		return;
+	}
+	size_t *idx, n;
+	const char *bad;
+	if (imap_mailbox_resolve_set(s, cmd->args[0].str, cmd->uid, &idx, &n, &bad) != ST_OK) {
+		imap_fetch_free(&f);
+		imap_session_bad(s, cmd->tag, "%s", bad);
+		return;
+	}
+	struct imap_view *v = s->view;
+	f->msgs = xcalloc(n ? n : 1, sizeof(*f->msgs));
+	for (size_t i = 0; i < n; i++) {
+		if (v->m[idx[i]].flags & VIEW_GONE)
+			continue;   /* expunged meanwhile: nothing left to send */
+		f->msgs[f->n_msgs].uid = v->m[idx[i]].uid;
+		f->msgs[f->n_msgs].seq = idx[i] + 1;
+		f->n_msgs++;
+	}
+	free(idx);
+	for (size_t i = 0; i < f->n_items; i++) {
+		if (f->items[i].kind == FI_BODY && !f->items[i].peek && !v->readonly)
+			f->set_seen = true;
+	}
+	if (f->n_msgs > 0) {
+		struct load_ctx c = { f, 0 };
+		enum status st = store_imap_messages(s->w->reader, v->id, f->msgs[0].uid, load_cb, &c);
+		if (st != ST_OK) {
+			imap_fetch_free(&f);
+			imap_command_reply_status(s, st, "Cannot read the mailbox");
+			return;
+		}
+		drop_unloaded(f);
+	}
+	s->fetch = f;
+	imap_session_pause(s, IP_FETCH);
+	size_t unseen = 0;
+	for (size_t i = 0; f->set_seen && i < f->n_msgs; i++) {
+		if (!(v->m[f->msgs[i].seq - 1].flags & MSG_FLAG_SEEN))
+			unseen++;
+	}
+	if (unseen == 0) {
+		imap_fetch_continue(s);
+		return;
+	}
+	struct seen_job *sj = xcalloc(1, sizeof(*sj));
+	sj->uids = xcalloc(unseen, sizeof(*sj->uids));
+	sj->flags_out = xcalloc(unseen, sizeof(*sj->flags_out));
+	for (size_t i = 0; i < f->n_msgs; i++) {
+		if (!(v->m[f->msgs[i].seq - 1].flags & MSG_FLAG_SEEN))
+			sj->uids[sj->n++] = f->msgs[i].uid;
+	}
+	sj->mailbox_id = v->id;
+	sj->j.run = seen_run;
+	sj->j.done = seen_done;
+	imap_session_submit(s, &sj->j);
+}

@@ -1,0 +1,230 @@
+/*
+ * imap_int.h - private to src/imap: the worker, the store thread pool, the
+ * session, and the selected-mailbox view, shared by
+ *   imap_worker.c   accept, connection cap, shutdown
+ *   imap_pool.c     store threads and job completion on the loop
+ *   imap_session.c  connection I/O, input pump, replies, TLS, IDLE timer
+ *   imap_command.c  dispatch, any-state and authentication commands,
+ *                   mailbox-level commands (LIST, CREATE, STATUS, ...)
+ *   imap_mailbox.c  SELECT and the view: updates, STORE, EXPUNGE, COPY/MOVE
+ *   imap_fetch.c    FETCH (incremental, bounded output)
+ *   imap_search.c   SEARCH
+ *   imap_append.c   APPEND: streamed literal, durable blob, commit
+ *
+ * Lifetime rules (as in src/smtp):
+ *  - Handlers never free a session: they set s->close; the libevent
+ *    callback that started the work calls imap_session_settle() last.
+ *  - While a job runs (s->job != NULL) the session is never freed: if the
+ *    client goes, the connection is released and the struct is freed by
+ *    the job's completion.
+ *  - Input is consumed only while no pause bit is set, so commands are
+ *    executed strictly one after another.
+ *
+ * Threads: all of this runs on the worker's loop thread, except the run()
+ * half of a job (a pool thread, with that thread's own store handle).
+ */
+#ifndef STRATA_IMAP_INT_H
+#define STRATA_IMAP_INT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "config.h"
+#include "core.h"
+#include "imap.h"
+#include "imap_parser.h"
+#include "store.h"
+
+#define IMAP_IDLE_POLL_MS 500u            /* IDLE change polling period */
+#define IMAP_INPUT_HIGH (256u * 1024u)    /* stop reading above this */
+#define IMAP_OUTPUT_HIGH (256u * 1024u)   /* pause output producers above this */
+#define IMAP_MEMORY_LITERAL_MAX (64u * 1024u) /* in-memory literals per command */
+#define IMAP_DISCARD_MAX (64ull << 20)    /* refused non-sync literal we still read */
+
+/* ---- pool (imap_pool.c) ---------------------------------------------------- */
+
+struct imap_job;
+typedef void imap_job_fn(struct imap_job *j, struct store *st);
+typedef void imap_done_fn(struct imap_job *j);
+struct imap_job {
+	imap_job_fn *run;               /* pool thread */
+	imap_done_fn *done;             /* loop thread, exactly once */
+	struct event_base *base;
+	struct imap_session *s;
+	struct imap_job *next;
+	enum status status;
+	char *error;                    /* malloc'd, for logs */
+};
+struct imap_pool;
+struct imap_pool *imap_pool_new(const struct settings *s, size_t threads, char **error_r);
+void imap_pool_submit(struct imap_pool *p, struct imap_job *j);
+/* Runs the queued jobs, joins the threads, frees. */
+void imap_pool_free(struct imap_pool **p);
+
+/* ---- worker --------------------------------------------------------------- */
+
+struct imap_session;
+struct imap_worker {
+	struct event_base *base;
+	const struct settings *s;
+	SSL_CTX *tls;
+	struct store *reader;           /* reads on this loop thread only */
+	struct imap_pool *pool;
+	struct imap_session *sessions;
+	size_t n_sessions;
+	bool shutting_down;
+};
+void imap_worker_release_slot(void);
+
+/* ---- the selected mailbox ------------------------------------------------- */
+
+#define VIEW_GONE (1u << 31)            /* expunged, not yet reported */
+struct view_msg {
+	uint32_t uid;
+	uint32_t flags;                 /* MSG_FLAG_* | VIEW_GONE */
+};
+struct imap_view {
+	int64_t id;
+	char name[STORE_MAILBOX_NAME_MAX + 1];
+	bool readonly;
+	uint32_t uidvalidity;
+	uint32_t uidnext;
+	uint64_t highestmodseq;
+	struct view_msg *m;             /* sequence number = index + 1 */
+	size_t n, cap;
+	bool pending_expunge;           /* some entries are VIEW_GONE */
+};
+
+/* ---- session -------------------------------------------------------------- */
+
+enum imap_state { IS_NOTAUTH = 0, IS_AUTH, IS_SELECTED, IS_LOGOUT };
+enum imap_mode {
+	IM_CMD = 0,     /* reading commands */
+	IM_IDLE,        /* after "+ idling": waiting for DONE */
+	IM_SASL,        /* AUTHENTICATE: waiting for the client's response */
+	IM_TLS_WAIT,    /* STARTTLS reply queued, waiting for it to flush */
+	IM_TLS,         /* handshake running */
+};
+enum imap_close { IC_NONE = 0, IC_FLUSH, IC_NOW };
+
+#define IP_JOB    (1u << 0)   /* a store job is running */
+#define IP_OUTPUT (1u << 1)   /* client is not reading */
+#define IP_FETCH  (1u << 2)   /* a FETCH is producing output */
+
+struct imap_fetch;
+struct imap_append;
+
+struct imap_session {
+	struct imap_worker *w;
+	const struct settings *set;
+	struct imap_session *prev, *next;
+	struct bufferevent *bev;
+	enum imap_state state;
+	enum imap_mode mode;
+	enum imap_close close;
+	unsigned pause;
+	struct imap_job *job;           /* in flight */
+	char ip[64];
+	char client[80];
+	bool loopback;
+	bool tls;
+	bool shutdown;
+	unsigned errors;
+	struct imap_reader rd;
+	char tag[IMAP_TAG_MAX + 1];     /* of the command in progress */
+	const char *refuse_text;        /* reply for a refused literal's command */
+	/* authenticated */
+	int64_t account_id;
+	char *user;                     /* account address */
+	struct imap_view *view;         /* IS_SELECTED */
+	struct event *idle_ev;
+	struct imap_fetch *fetch;       /* FETCH in progress (IP_FETCH) */
+	struct imap_append *append;     /* APPEND literal being received */
+};
+
+/* imap_session.c */
+void imap_session_start(struct imap_worker *w, int fd, const struct sockaddr *peer, socklen_t peer_len);
+void imap_session_shutdown(struct imap_session *s);
+void imap_session_destroy(struct imap_session *s);
+void imap_session_settle(struct imap_session *s);
+void imap_session_drive(struct imap_session *s);
+void imap_session_pause(struct imap_session *s, unsigned bit);
+void imap_session_resume(struct imap_session *s, unsigned bit);
+void imap_session_write(struct imap_session *s, const void *data, size_t len);
+/* "* text" */
+void imap_session_untagged(struct imap_session *s, const char *fmt, ...) ATTR_PRINTF(2, 3);
+/* "<tag> OK|NO|BAD text" for the current command (s->tag). */
+void imap_session_tagged(struct imap_session *s, const char *result, const char *fmt, ...) ATTR_PRINTF(3, 4);
+/* A BAD reply that counts towards the error limit (closes with BYE). */
+void imap_session_bad(struct imap_session *s, const char *tag, const char *fmt, ...) ATTR_PRINTF(3, 4);
+/* "* BYE text" and close after flushing. */
+void imap_session_bye(struct imap_session *s, const char *fmt, ...) ATTR_PRINTF(2, 3);
+void imap_session_starttls(struct imap_session *s);
+/* Submits a job; input pauses until its done callback (which must call
+ * imap_session_job_finished first). */
+void imap_session_submit(struct imap_session *s, struct imap_job *j);
+/* Returns false when the session is gone (orphan freed): do nothing more.
+ * Otherwise the caller replies, then calls imap_session_job_end (which resumes
+ * input, closes if shutting down, and settles). */
+bool imap_session_job_finished(struct imap_session *s);
+void imap_session_job_end(struct imap_session *s);
+const char *imap_session_capabilities(const struct imap_session *s);
+void imap_session_idle_start(struct imap_session *s);
+void imap_session_idle_stop(struct imap_session *s);
+bool imap_session_output_full(const struct imap_session *s);
+
+/* imap_command.c */
+void imap_command_execute(struct imap_session *s, struct imap_cmd *cmd);
+void imap_command_sasl_response(struct imap_session *s, const char *line, size_t len);
+/* Reply for a status (tagged NO [CODE] text / BAD). */
+void imap_command_reply_status(struct imap_session *s, enum status st, const char *what);
+void imap_quote(struct buf *out, const char *str);
+
+/* imap_mailbox.c */
+void imap_mailbox_select(struct imap_session *s, struct imap_cmd *cmd, bool readonly);
+void imap_mailbox_unselect(struct imap_session *s);
+/* Reports changes (EXISTS/EXPUNGE/FETCH).  allow_expunge false during
+ * FETCH/STORE/SEARCH (RFC 3501 7.4.1). */
+void imap_mailbox_sync(struct imap_session *s, bool allow_expunge);
+void imap_mailbox_close(struct imap_session *s, struct imap_cmd *cmd, bool expunge);
+void imap_mailbox_expunge(struct imap_session *s, struct imap_cmd *cmd);
+void imap_mailbox_store(struct imap_session *s, struct imap_cmd *cmd);
+void imap_mailbox_copy(struct imap_session *s, struct imap_cmd *cmd, bool move);
+/* Resolves a sequence set (UIDs when `uid`) against the view into a sorted
+ * array of view indexes; ST_INVALID for a bad set (message in *bad_r). */
+enum status imap_mailbox_resolve_set(struct imap_session *s, const char *set, bool uid, size_t **idx_r,
+				size_t *n_r, const char **bad_r);
+void imap_view_free(struct imap_view **v);
+/* The FLAGS list text for a flags word: "(\\Seen \\Deleted)". */
+void imap_flags_format(uint32_t flags, struct buf *out);
+/* Parses a flag list argument; keywords are accepted and ignored. */
+bool imap_flags_parse(const struct imap_arg *a, uint32_t *flags_r);
+
+/* imap_fetch.c */
+void imap_fetch_start(struct imap_session *s, struct imap_cmd *cmd);
+void imap_fetch_continue(struct imap_session *s);
+void imap_fetch_free(struct imap_fetch **f);
+
+/* imap_search.c */
+void imap_search_run(struct imap_session *s, struct imap_cmd *cmd);
+
+/* imap_append.c */
+/* A literal was announced for an APPEND: sets up streaming or refuses. */
+bool imap_append_literal(struct imap_session *s, uint64_t size, const char **refuse_r);
+void imap_append_data(struct imap_session *s, const char *data, size_t len);
+void imap_append_command(struct imap_session *s, struct imap_cmd *cmd);
+void imap_append_abort(struct imap_session *s);
+/* Reads [off, off+len) of a blob into out; false on error (logged). */
+bool imap_blob_read(const char *path, uint64_t off, uint64_t len, struct buf *out);
+
+/* Internal date / date parsing shared by APPEND and SEARCH. */
+bool imap_date_parse(const char *s, bool with_time, int64_t *t_r);
+void imap_date_format(int64_t t, char out[32]);
+
+#endif

@@ -1,0 +1,125 @@
+/*
+ * imap_worker.c - one IMAP worker per network thread: its store handles,
+ * accepting connections into sessions, the process-wide connection cap,
+ * shutdown.
+ *
+ * Contract: see imap.h.  The worker owns a read-write store handle used
+ * only for reads on its loop thread, and a pool of imap.store_threads store
+ * threads (imap_pool.c) for everything that writes or blocks.
+ *
+ * Connection cap: imap.max_connections counts the IMAP sessions of the
+ * whole process in one atomic counter; a connection over the cap gets
+ * "* BYE" with one non-blocking send() and is closed.
+ *
+ * Threads: imap_worker_new/free on the owner thread while the loop is not
+ * running; everything else on the loop thread.
+ */
+#include "imap_int.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static atomic_size_t g_connections;
+
+void imap_worker_release_slot(void)
+{
+	size_t prev = atomic_fetch_sub(&g_connections, 1);
+	if (prev == 0)
+		panic("imap: connection slot released twice");
+}
+
+static bool take_slot(uint64_t max)
+{
+	size_t cur = atomic_load(&g_connections);
+	do {
+		if (cur >= max)
+			return false;
+	} while (!atomic_compare_exchange_weak(&g_connections, &cur, cur + 1));
+	return true;
+}
+
+struct imap_worker *imap_worker_new(struct event_base *base, const struct settings *s, SSL_CTX *tls,
+				    char **error_r)
+{
+	char *err = NULL;
+	struct store *reader = store_open(s, false, &err);
+	if (reader == NULL) {
+		*error_r = xasprintf("imap worker: cannot open the store: %s", err ? err : "unknown error");
+		free(err);
+		return NULL;
+	}
+	struct imap_pool *pool = imap_pool_new(s, (size_t)s->imap_store_threads, error_r);
+	if (pool == NULL) {
+		store_close(&reader);
+		return NULL;
+	}
+	struct imap_worker *w = xcalloc(1, sizeof(*w));
+	w->base = base;
+	w->s = s;
+	w->tls = tls;
+	w->reader = reader;
+	w->pool = pool;
+	return w;
+}
+
+static void refuse(int fd, const char *line)
+{
+	ssize_t n = send(fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
+	(void)n;   /* best effort */
+	close(fd);
+}
+
+void imap_worker_accept(struct imap_worker *w, int fd, const struct sockaddr *peer, socklen_t peer_len,
+			const struct sockaddr *local, socklen_t local_len)
+{
+	(void)local;
+	(void)local_len;
+	if (w->shutting_down) {
+		refuse(fd, "* BYE Server shutting down\r\n");
+		return;
+	}
+	if (!take_slot(w->s->imap_max_connections)) {
+		refuse(fd, "* BYE [UNAVAILABLE] Too many connections, try again later\r\n");
+		return;
+	}
+	imap_session_start(w, fd, peer, peer_len);
+}
+
+void imap_worker_set_settings(struct imap_worker *w, const struct settings *s)
+{
+	w->s = s;
+}
+
+void imap_worker_shutdown(struct imap_worker *w)
+{
+	w->shutting_down = true;
+	struct imap_session *s = w->sessions;
+	while (s != NULL) {
+		struct imap_session *next = s->next;
+		imap_session_shutdown(s);
+		s = next;
+	}
+}
+
+size_t imap_worker_sessions(const struct imap_worker *w)
+{
+	return w->n_sessions;
+}
+
+void imap_worker_free(struct imap_worker **wp)
+{
+	struct imap_worker *w = *wp;
+	if (w == NULL)
+		return;
+	while (w->sessions != NULL)
+		imap_session_destroy(w->sessions);
+	/* Jobs still queued finish on the pool; their completions were
+	 * detached from sessions by imap_session_destroy. */
+	imap_pool_free(&w->pool);
+	store_close(&w->reader);
+	free(w);
+	*wp = NULL;
+}

@@ -1,0 +1,1024 @@
+/*
+ * store_imap.c - the mailbox operations of the IMAP server.
+ *
+ * Owns: mailbox create/delete/rename/subscribe, listing and change polling,
+ * message listing, flag changes, expunge, copy/move and append, as
+ * declared in store.h ("IMAP access").
+ *
+ * Transactions: each writing function is one BEGIN IMMEDIATE ... COMMIT on
+ * the caller's writer handle; any failure rolls the whole call back, so a
+ * COPY of 50 messages is all or nothing.  A change takes the mod-sequence
+ * highestmodseq + 1 of its mailbox (one value per call and mailbox).
+ *
+ * Blob files: a blob whose reference count falls to 0 loses its row inside
+ * the transaction and its file only after COMMIT returned, so a crash in
+ * between leaves an orphan file (found by a verify pass) and never an index
+ * row naming a missing file.
+ *
+ * Statements here are prepared per call (sqlite3_prepare_v3): IMAP mailbox
+ * operations are rare next to deliveries, and this keeps the handle's
+ * prepared-statement table (store_db.c) to the hot paths.
+ *
+ * Threads: see store.h - writers on a blocking thread, reads anywhere the
+ * handle is owned.
+ */
+#include "store_internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MSG_FLAGS_ALL (MSG_FLAG_SEEN | MSG_FLAG_ANSWERED | MSG_FLAG_FLAGGED | MSG_FLAG_DELETED | MSG_FLAG_DRAFT)
+
+/* ---- small helpers --------------------------------------------------------- */
+
+static enum status prep(struct store *st, const char *sql, sqlite3_stmt **q, char **error_r)
+{
+	int rc = sqlite3_prepare_v3(st->db, sql, -1, 0, q, NULL);
+	if (rc != SQLITE_OK) {
+		enum status s = store_db_fail(st->db, rc, "preparing an IMAP statement", error_r);
+		sqlite3_finalize(*q);
+		*q = NULL;
+		return s;
+	}
+	return ST_OK;
+}
+
+/* Steps a statement expected to finish (no rows wanted), keeping it. */
+static enum status run(struct store *st, sqlite3_stmt *q, const char *what, char **error_r)
+{
+	int rc = sqlite3_step(q);
+	enum status s = ST_OK;
+	if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+		s = store_db_fail(st->db, rc, what, error_r);
+	sqlite3_reset(q);
+	sqlite3_clear_bindings(q);
+	return s;
+}
+
+static bool column_id(sqlite3_stmt *q, int col, struct msgid *id)
+{
+	const void *b = sqlite3_column_blob(q, col);
+	if (b == NULL || sqlite3_column_bytes(q, col) != MSGID_BYTES)
+		return false;
+	memcpy(id->b, b, MSGID_BYTES);
+	return true;
+}
+
+bool store_imap_mailbox_name(const char *in, char out[STORE_MAILBOX_NAME_MAX + 1])
+{
+	size_t len = strlen(in);
+	if (len == 0 || len > STORE_MAILBOX_NAME_MAX)
+		return false;
+	if (in[0] == STORE_MAILBOX_SEP || in[len - 1] == STORE_MAILBOX_SEP)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)in[i];
+		if (c < 0x20 || c >= 0x7f || c == '*' || c == '%')
+			return false;
+		if (c == STORE_MAILBOX_SEP && in[i + 1] == STORE_MAILBOX_SEP)
+			return false;
+	}
+	memcpy(out, in, len + 1);
+	if (len >= 5 && strncasecmp(in, "INBOX", 5) == 0 && (len == 5 || in[5] == STORE_MAILBOX_SEP))
+		memcpy(out, "INBOX", 5);
+	return true;
+}
+
+/* Account quota state. */
+struct quota {
+	uint64_t quota_bytes, quota_messages, used_bytes, used_messages;
+};
+
+static enum status quota_get(struct store *st, int64_t account_id, struct quota *qt, char **error_r)
+{
+	sqlite3_stmt *q = st->q[Q_DELIVER_QUOTA];
+	sqlite3_bind_int64(q, 1, account_id);
+	int rc = sqlite3_step(q);
+	enum status s = ST_OK;
+	if (rc == SQLITE_ROW) {
+		qt->quota_bytes = store_db_column_u64(q, 0);
+		qt->quota_messages = store_db_column_u64(q, 1);
+		qt->used_bytes = store_db_column_u64(q, 2);
+		qt->used_messages = store_db_column_u64(q, 3);
+	} else if (rc == SQLITE_DONE) {
+		s = ST_NOT_FOUND;
+		if (error_r)
+			*error_r = xstrdup("account not found");
+	} else {
+		s = store_db_fail(st->db, rc, "reading quota", error_r);
+	}
+	store_db_reset(q);
+	return s;
+}
+
+/* ST_OVER_QUOTA_* when adding `messages` messages of `bytes` in total
+ * would pass either limit. */
+static enum status quota_check(struct store *st, const struct quota *qt, uint64_t messages, uint64_t bytes,
+			       char **error_r)
+{
+	bool over = (qt->quota_bytes && (qt->used_bytes > qt->quota_bytes ||
+					 bytes > qt->quota_bytes - qt->used_bytes)) ||
+		    (qt->quota_messages && (qt->used_messages > qt->quota_messages ||
+					    messages > qt->quota_messages - qt->used_messages));
+	if (!over)
+		return ST_OK;
+	if (error_r)
+		*error_r = xstrdup("quota exceeded");
+	return st->s->quota_over_reply == QUOTA_REPLY_PERMANENT ? ST_OVER_QUOTA_PERM : ST_OVER_QUOTA_TEMP;
+}
+
+/* Adds (sign +1) or removes (-1) messages from the account's usage. */
+static enum status usage_add(struct store *st, int64_t account_id, int sign, uint64_t messages,
+			     uint64_t bytes, char **error_r)
+{
+	sqlite3_stmt *q = NULL;
+	enum status s = prep(st, sign > 0
+		? "UPDATE accounts SET used_bytes = used_bytes + ?2, used_messages = used_messages + ?3"
+		  " WHERE id = ?1"
+		: "UPDATE accounts SET used_bytes = max(0, used_bytes - ?2),"
+		  " used_messages = max(0, used_messages - ?3) WHERE id = ?1", &q, error_r);
+	if (s != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, account_id);
+	store_db_bind_u64(q, 2, bytes);
+	store_db_bind_u64(q, 3, messages);
+	s = run(st, q, "updating quota usage", error_r);
+	sqlite3_finalize(q);
+	return s;
+}
+
+/* Takes the next mod-sequence of a mailbox (and optionally `uids` UIDs). */
+static enum status mailbox_bump(struct store *st, int64_t mailbox_id, uint32_t uids, uint32_t *first_uid_r,
+				uint64_t *modseq_r, char **error_r)
+{
+	sqlite3_stmt *q = NULL;
+	enum status s = prep(st, "UPDATE mailboxes SET uidnext = uidnext + ?2, highestmodseq = highestmodseq + 1"
+				 " WHERE id = ?1 RETURNING uidnext - ?2, highestmodseq", &q, error_r);
+	if (s != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, mailbox_id);
+	sqlite3_bind_int64(q, 2, uids);
+	int rc = sqlite3_step(q);
+	if (rc == SQLITE_ROW) {
+		int64_t first = sqlite3_column_int64(q, 0);
+		if (first < 1 || first + (int64_t)uids - 1 > (int64_t)UINT32_MAX) {
+			s = ST_TEMPFAIL;
+			if (error_r)
+				*error_r = xstrdup("mailbox has run out of UIDs");
+		} else {
+			if (first_uid_r)
+				*first_uid_r = (uint32_t)first;
+			*modseq_r = store_db_column_u64(q, 1);
+		}
+	} else if (rc == SQLITE_DONE) {
+		s = ST_NOT_FOUND;
+		if (error_r)
+			*error_r = xstrdup("mailbox not found");
+	} else {
+		s = store_db_fail(st->db, rc, "mailbox modseq", error_r);
+	}
+	sqlite3_finalize(q);
+	return s;
+}
+
+/* Blob ids whose files go once the transaction commits. */
+struct unlink_list {
+	struct msgid *ids;
+	size_t n, cap;
+};
+
+/* Removes one reference from a blob; at 0 the row goes and the id is
+ * remembered for unlinking after commit. */
+static enum status blob_decref(struct store *st, int64_t blob_id, struct unlink_list *ul, char **error_r)
+{
+	sqlite3_stmt *q = st->q[Q_BLOB_DECREF];
+	sqlite3_bind_int64(q, 1, blob_id);
+	sqlite3_bind_int64(q, 2, 1);
+	int rc = sqlite3_step(q);
+	if (rc != SQLITE_ROW) {
+		enum status s = rc == SQLITE_DONE ? ST_OK : store_db_fail(st->db, rc, "blob reference", error_r);
+		store_db_reset(q);
+		return s;
+	}
+	int64_t refs = sqlite3_column_int64(q, 0);
+	struct msgid id = { { 0 } };
+	bool have_id = column_id(q, 1, &id);
+	int64_t tier = sqlite3_column_int64(q, 2);
+	store_db_reset(q);
+	if (refs > 0)
+		return ST_OK;
+	q = st->q[Q_BLOB_DELETE];
+	sqlite3_bind_int64(q, 1, blob_id);
+	rc = store_db_run(q);
+	if (rc != SQLITE_DONE)
+		return store_db_fail(st->db, rc, "blob row", error_r);
+	if (have_id && tier == 0) {
+		if (ul->n == ul->cap) {
+			ul->cap = ul->cap ? ul->cap * 2 : 16;
+			ul->ids = xreallocarray(ul->ids, ul->cap, sizeof(*ul->ids));
+		}
+		ul->ids[ul->n++] = id;
+	}
+	return ST_OK;
+}
+
+static void unlink_blobs(struct store *st, struct unlink_list *ul)
+{
+	for (size_t i = 0; i < ul->n; i++) {
+		char path[PATH_MAX];
+		store_blob_path(st->s->store_blob_dir, &ul->ids[i], path, sizeof(path));
+		if (unlink(path) != 0 && errno != ENOENT)
+			log_error("store: cannot remove blob %s: %s", path, strerror(errno));
+	}
+	free(ul->ids);
+	ul->ids = NULL;
+	ul->n = ul->cap = 0;
+}
+
+/* COMMIT, or ROLLBACK when s is not ST_OK; returns the final status. */
+static enum status finish(struct store *st, enum status s, char **error_r)
+{
+	if (s == ST_OK)
+		return store_db_commit(st, error_r);
+	store_db_rollback(st);
+	return s;
+}
+
+/* ---- reading ------------------------------------------------------------------ */
+
+#define MAILBOX_COLS "id, name, coalesce(special_use, ''), uidvalidity, uidnext, highestmodseq, subscribed"
+
+static void mailbox_row(sqlite3_stmt *q, struct store_mailbox_info *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->id = sqlite3_column_int64(q, 0);
+	const unsigned char *name = sqlite3_column_text(q, 1);
+	snprintf(out->name, sizeof(out->name), "%s", name ? (const char *)name : "");
+	const unsigned char *su = sqlite3_column_text(q, 2);
+	snprintf(out->special_use, sizeof(out->special_use), "%s", su ? (const char *)su : "");
+	out->uidvalidity = (uint32_t)sqlite3_column_int64(q, 3);
+	out->uidnext = (uint32_t)sqlite3_column_int64(q, 4);
+	out->highestmodseq = store_db_column_u64(q, 5);
+	out->subscribed = sqlite3_column_int64(q, 6) != 0;
+}
+
+enum status store_imap_mailbox_get(struct store *st, int64_t account_id, const char *name, bool counts,
+				   struct store_mailbox_info *out)
+{
+	char norm[STORE_MAILBOX_NAME_MAX + 1];
+	if (!store_imap_mailbox_name(name, norm))
+		return ST_INVALID;
+	sqlite3_stmt *q = NULL;
+	enum status s = prep(st, counts
+		? "SELECT " MAILBOX_COLS ", (SELECT count(*) FROM messages WHERE mailbox_id = mb.id),"
+		  " (SELECT count(*) FROM messages WHERE mailbox_id = mb.id AND (flags & 1) = 0)"
+		  " FROM mailboxes mb WHERE account_id = ?1 AND name = ?2"
+		: "SELECT " MAILBOX_COLS " FROM mailboxes WHERE account_id = ?1 AND name = ?2", &q, NULL);
+	if (s != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, account_id);
+	sqlite3_bind_text(q, 2, norm, -1, SQLITE_STATIC);
+	int rc = sqlite3_step(q);
+	if (rc == SQLITE_ROW) {
+		mailbox_row(q, out);
+		if (counts) {
+			out->messages = store_db_column_u64(q, 7);
+			out->unseen = store_db_column_u64(q, 8);
+		}
+	} else if (rc == SQLITE_DONE) {
+		s = ST_NOT_FOUND;
+	} else {
+		log_error("store: mailbox lookup: %s", sqlite3_errmsg(st->db));
+		s = store_db_status(rc);
+	}
+	sqlite3_finalize(q);
+	return s;
+}
+
+enum status store_imap_mailbox_list(struct store *st, int64_t account_id, store_imap_mailbox_cb *cb,
+				    void *ctx)
+{
+	sqlite3_stmt *q = NULL;
+	enum status s = prep(st, "SELECT " MAILBOX_COLS " FROM mailboxes WHERE account_id = ?1"
+				 " ORDER BY name <> 'INBOX', name", &q, NULL);
+	if (s != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, account_id);
+	int rc;
+	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+		struct store_mailbox_info mb;
+		mailbox_row(q, &mb);
+		cb(ctx, &mb);
+	}
+	if (rc != SQLITE_DONE) {
+		log_error("store: listing mailboxes: %s", sqlite3_errmsg(st->db));
+		s = store_db_status(rc);
+	}
+	sqlite3_finalize(q);
+	return s;
+}
+
+enum status store_imap_mailbox_poll(struct store *st, int64_t mailbox_id, uint32_t *uidnext_r,
+				    uint64_t *highestmodseq_r)
+{
+	sqlite3_stmt *q = NULL;
+	enum status s = prep(st, "SELECT uidnext, highestmodseq FROM mailboxes WHERE id = ?1", &q, NULL);
+	if (s != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, mailbox_id);
+	int rc = sqlite3_step(q);
+	if (rc == SQLITE_ROW) {
+		*uidnext_r = (uint32_t)sqlite3_column_int64(q, 0);
+		*highestmodseq_r = store_db_column_u64(q, 1);
+	} else if (rc == SQLITE_DONE) {
+		s = ST_NOT_FOUND;
+	} else {
+		s = store_db_status(rc);
+	}
+	sqlite3_finalize(q);
+	return s;
+}
+
+enum status store_imap_messages(struct store *st, int64_t mailbox_id, uint32_t uid_min,
+				store_imap_msg_cb *cb, void *ctx)
+{
+	sqlite3_stmt *q = NULL;
+	enum status s = prep(st, "SELECT m.uid, m.flags, m.modseq, b.size, b.received, b.msgid"
+				 " FROM messages m JOIN blobs b ON b.id = m.blob_id"
+				 " WHERE m.mailbox_id = ?1 AND m.uid >= ?2 ORDER BY m.uid", &q, NULL);
+	if (s != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, mailbox_id);
+	sqlite3_bind_int64(q, 2, uid_min);
+	int rc;
+	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+		struct store_imap_msg m;
+		m.uid = (uint32_t)sqlite3_column_int64(q, 0);
+		m.flags = (uint32_t)sqlite3_column_int64(q, 1) & MSG_FLAGS_ALL;
+		m.modseq = store_db_column_u64(q, 2);
+		m.size = store_db_column_u64(q, 3);
+		m.received = sqlite3_column_int64(q, 4);
+		if (!column_id(q, 5, &m.id))
+			continue; /* impossible by the CHECK constraint */
+		cb(ctx, &m);
+	}
+	if (rc != SQLITE_DONE) {
+		log_error("store: listing messages: %s", sqlite3_errmsg(st->db));
+		s = store_db_status(rc);
+	}
+	sqlite3_finalize(q);
+	return s;
+}
+
+/* ---- mailboxes ----------------------------------------------------------------- */
+
+/* Looks a mailbox up inside a transaction: id and uidvalidity. */
+static enum status mailbox_find(struct store *st, int64_t account_id, const char *norm, int64_t *id_r,
+				char **error_r)
+{
+	sqlite3_stmt *q = st->q[Q_MAILBOX_ID];
+	sqlite3_bind_int64(q, 1, account_id);
+	sqlite3_bind_text(q, 2, norm, -1, SQLITE_STATIC);
+	int rc = sqlite3_step(q);
+	enum status s = ST_OK;
+	if (rc == SQLITE_ROW)
+		*id_r = sqlite3_column_int64(q, 0);
+	else if (rc == SQLITE_DONE)
+		s = ST_NOT_FOUND;
+	else
+		s = store_db_fail(st->db, rc, "mailbox lookup", error_r);
+	store_db_reset(q);
+	return s;
+}
+
+/* Inserts one mailbox with a fresh UIDVALIDITY. */
+static enum status mailbox_insert(struct store *st, int64_t account_id, const char *norm, int64_t *id_r,
+				  char **error_r)
+{
+	sqlite3_stmt *q = st->q[Q_UIDV_RESERVE];
+	sqlite3_bind_int64(q, 1, 1);
+	int rc = sqlite3_step(q);
+	int64_t uidv = rc == SQLITE_ROW ? sqlite3_column_int64(q, 0) : 0;
+	enum status s = rc == SQLITE_ROW ? ST_OK : store_db_fail(st->db, rc, "reserving UIDVALIDITY", error_r);
+	store_db_reset(q);
+	if (s != ST_OK)
+		return s;
+	if (uidv < 1 || uidv > (int64_t)UINT32_MAX) {
+		if (error_r)
+			*error_r = xstrdup("UIDVALIDITY counter exhausted");
+		return ST_TEMPFAIL;
+	}
+	q = st->q[Q_MAILBOX_INSERT];
+	sqlite3_bind_int64(q, 1, account_id);
+	sqlite3_bind_text(q, 2, norm, -1, SQLITE_STATIC);
+	sqlite3_bind_null(q, 3);
+	sqlite3_bind_int64(q, 4, uidv);
+	rc = store_db_run(q);
+	if (rc != SQLITE_DONE)
+		return store_db_fail(st->db, rc, "creating mailbox", error_r);
+	if (id_r)
+		*id_r = sqlite3_last_insert_rowid(st->db);
+	return ST_OK;
+}
+
+/* Creates `norm` and each missing superior (inside the caller's transaction).
+ * ST_EXISTS only when `norm` itself exists. */
+static enum status create_with_superiors(struct store *st, int64_t account_id, const char *norm,
+					 int64_t *id_r, char **error_r)
+{
+	char part[STORE_MAILBOX_NAME_MAX + 1];
+	size_t len = strlen(norm);
+	for (size_t i = 0; i <= len; i++) {
+		if (norm[i] != STORE_MAILBOX_SEP && norm[i] != '\0')
+			continue;
+		memcpy(part, norm, i);
+		part[i] = '\0';
+		int64_t id;
+		enum status s = mailbox_find(st, account_id, part, &id, error_r);
+		if (s == ST_OK) {
+			if (i == len) {
+				if (error_r)
+					*error_r = xstrdup("mailbox already exists");
+				return ST_EXISTS;
+			}
+			continue;
+		}
+		if (s != ST_NOT_FOUND)
+			return s;
+		if ((s = mailbox_insert(st, account_id, part, &id, error_r)) != ST_OK)
+			return s;
+		if (i == len && id_r)
+			*id_r = id;
+	}
+	return ST_OK;
+}
+
+enum status store_imap_mailbox_create(struct store *st, int64_t account_id, const char *name,
+				      char **error_r)
+{
+	char norm[STORE_MAILBOX_NAME_MAX + 1];
+	if (!store_imap_mailbox_name(name, norm)) {
+		if (error_r)
+			*error_r = xstrdup("invalid mailbox name");
+		return ST_INVALID;
+	}
+	enum status s = store_db_begin(st, error_r);
+	if (s != ST_OK)
+		return s;
+	s = create_with_superiors(st, account_id, norm, NULL, error_r);
+	return finish(st, s, error_r);
+}
+
+/* True if the mailbox `norm` has inferiors. */
+static enum status has_inferiors(struct store *st, int64_t account_id, const char *norm, bool *yes,
+				 char **error_r)
+{
+	sqlite3_stmt *q = NULL;
+	enum status s = prep(st, "SELECT 1 FROM mailboxes WHERE account_id = ?1"
+				 " AND substr(name, 1, length(?2) + 1) = ?2 || '/' LIMIT 1", &q, error_r);
+	if (s != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, account_id);
+	sqlite3_bind_text(q, 2, norm, -1, SQLITE_STATIC);
+	int rc = sqlite3_step(q);
+	*yes = rc == SQLITE_ROW;
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		s = store_db_fail(st->db, rc, "mailbox children", error_r);
+	sqlite3_finalize(q);
+	return s;
+}
+
+/* Deletes message rows of a mailbox: all, or those matching `filter` (SQL
+ * over messages m; with uids, run once per uid bound to ?2), dropping blob
+ * references and usage.  Removed UIDs go to *uids_r (ascending) if given. */
+static enum status remove_messages(struct store *st, int64_t account_id, int64_t mailbox_id,
+				   const char *filter, const uint32_t *uids, size_t n_uids,
+				   struct unlink_list *ul, uint32_t **uids_r, size_t *n_r, char **error_r)
+{
+	char sql[512];
+	snprintf(sql, sizeof(sql),
+		 "SELECT m.uid, m.blob_id, b.size FROM messages m JOIN blobs b ON b.id = m.blob_id"
+		 " WHERE m.mailbox_id = ?1 %s ORDER BY m.uid", filter);
+	sqlite3_stmt *q = NULL, *del = NULL;
+	enum status s = prep(st, sql, &q, error_r);
+	if (s == ST_OK)
+		s = prep(st, "DELETE FROM messages WHERE mailbox_id = ?1 AND uid = ?2", &del, error_r);
+	uint64_t bytes = 0;
+	struct { uint32_t uid; int64_t blob; } *rows = NULL;
+	size_t n = 0, cap = 0;
+	/* With a UID list, run once per uid; otherwise once.  Rows are
+	 * collected first: deleting while the SELECT steps would disturb it. */
+	for (size_t k = 0; s == ST_OK && k < (uids ? n_uids : 1); k++) {
+		sqlite3_bind_int64(q, 1, mailbox_id);
+		if (uids)
+			sqlite3_bind_int64(q, 2, uids[k]);
+		int rc;
+		while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+			if (n == cap) {
+				cap = cap ? cap * 2 : 64;
+				rows = xreallocarray(rows, cap, sizeof(*rows));
+			}
+			rows[n].uid = (uint32_t)sqlite3_column_int64(q, 0);
+			rows[n].blob = sqlite3_column_int64(q, 1);
+			bytes += store_db_column_u64(q, 2);
+			n++;
+		}
+		if (rc != SQLITE_DONE)
+			s = store_db_fail(st->db, rc, "reading messages to remove", error_r);
+		sqlite3_reset(q);
+		sqlite3_clear_bindings(q);
+	}
+	sqlite3_finalize(q);
+	for (size_t i = 0; s == ST_OK && i < n; i++) {
+		sqlite3_bind_int64(del, 1, mailbox_id);
+		sqlite3_bind_int64(del, 2, rows[i].uid);
+		if ((s = run(st, del, "removing a message", error_r)) == ST_OK)
+			s = blob_decref(st, rows[i].blob, ul, error_r);
+	}
+	sqlite3_finalize(del);
+	if (s == ST_OK && n > 0)
+		s = usage_add(st, account_id, -1, n, bytes, error_r);
+	if (s == ST_OK && uids_r) {
+		uint32_t *out = xcalloc(n ? n : 1, sizeof(*out));
+		for (size_t i = 0; i < n; i++)
+			out[i] = rows[i].uid;
+		*uids_r = out;
+		*n_r = n;
+	}
+	free(rows);
+	return s;
+}
+
+enum status store_imap_mailbox_delete(struct store *st, int64_t account_id, const char *name,
+				      char **error_r)
+{
+	char norm[STORE_MAILBOX_NAME_MAX + 1];
+	if (!store_imap_mailbox_name(name, norm)) {
+		if (error_r)
+			*error_r = xstrdup("invalid mailbox name");
+		return ST_INVALID;
+	}
+	if (strcmp(norm, "INBOX") == 0) {
+		if (error_r)
+			*error_r = xstrdup("INBOX cannot be deleted");
+		return ST_INVALID;
+	}
+	struct unlink_list ul = { NULL, 0, 0 };
+	enum status s = store_db_begin(st, error_r);
+	if (s != ST_OK)
+		return s;
+	int64_t id = 0;
+	bool inferiors = false;
+	s = mailbox_find(st, account_id, norm, &id, error_r);
+	if (s == ST_NOT_FOUND && error_r)
+		*error_r = xstrdup("no such mailbox");
+	if (s == ST_OK)
+		s = has_inferiors(st, account_id, norm, &inferiors, error_r);
+	if (s == ST_OK && inferiors) {
+		s = ST_INVALID;
+		if (error_r)
+			*error_r = xstrdup("mailbox has inferior hierarchical names");
+	}
+	if (s == ST_OK)
+		s = remove_messages(st, account_id, id, "", NULL, 0, &ul, NULL, NULL, error_r);
+	if (s == ST_OK) {
+		sqlite3_stmt *q = NULL;
+		s = prep(st, "DELETE FROM mailboxes WHERE id = ?1", &q, error_r);
+		if (s == ST_OK) {
+			sqlite3_bind_int64(q, 1, id);
+			s = run(st, q, "deleting mailbox", error_r);
+			sqlite3_finalize(q);
+		}
+	}
+	s = finish(st, s, error_r);
+	if (s == ST_OK)
+		unlink_blobs(st, &ul);
+	free(ul.ids);
+	return s;
+}
+
+/* Moves every message of INBOX into `dst` (new UIDs in order, new modseq). */
+static enum status move_inbox(struct store *st, int64_t inbox_id, int64_t dst, char **error_r)
+{
+	sqlite3_stmt *q = NULL;
+	enum status s = prep(st, "SELECT count(*) FROM messages WHERE mailbox_id = ?1", &q, error_r);
+	if (s != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, inbox_id);
+	int64_t count = sqlite3_step(q) == SQLITE_ROW ? sqlite3_column_int64(q, 0) : 0;
+	sqlite3_finalize(q);
+	if (count == 0)
+		return ST_OK;
+	uint32_t first;
+	uint64_t modseq, inbox_modseq;
+	if ((s = mailbox_bump(st, dst, (uint32_t)count, &first, &modseq, error_r)) != ST_OK ||
+	    (s = mailbox_bump(st, inbox_id, 0, NULL, &inbox_modseq, error_r)) != ST_OK)
+		return s;
+	/* row_number() keeps the UID order in the new mailbox. */
+	s = prep(st, "INSERT INTO messages(mailbox_id, uid, blob_id, flags, keywords, modseq)"
+		     " SELECT ?2, ?3 + row_number() OVER (ORDER BY uid) - 1, blob_id, flags, keywords, ?4"
+		     " FROM messages WHERE mailbox_id = ?1", &q, error_r);
+	if (s != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, inbox_id);
+	sqlite3_bind_int64(q, 2, dst);
+	sqlite3_bind_int64(q, 3, first);
+	store_db_bind_u64(q, 4, modseq);
+	s = run(st, q, "moving INBOX messages", error_r);
+	sqlite3_finalize(q);
+	if (s != ST_OK)
+		return s;
+	if ((s = prep(st, "DELETE FROM messages WHERE mailbox_id = ?1", &q, error_r)) != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, inbox_id);
+	s = run(st, q, "emptying INBOX", error_r);
+	sqlite3_finalize(q);
+	return s;
+}
+
+enum status store_imap_mailbox_rename(struct store *st, int64_t account_id, const char *from,
+				      const char *to, char **error_r)
+{
+	char src[STORE_MAILBOX_NAME_MAX + 1], dst[STORE_MAILBOX_NAME_MAX + 1];
+	if (!store_imap_mailbox_name(from, src) || !store_imap_mailbox_name(to, dst)) {
+		if (error_r)
+			*error_r = xstrdup("invalid mailbox name");
+		return ST_INVALID;
+	}
+	size_t sl = strlen(src);
+	if (strcmp(dst, "INBOX") == 0 || strcmp(src, dst) == 0 ||
+	    (strncmp(dst, src, sl) == 0 && dst[sl] == STORE_MAILBOX_SEP)) {
+		if (error_r)
+			*error_r = xstrdup(strcmp(dst, "INBOX") == 0 || strcmp(src, dst) == 0
+						   ? "target mailbox already exists"
+						   : "cannot rename a mailbox into itself");
+		return strcmp(src, dst) == 0 || strcmp(dst, "INBOX") == 0 ? ST_EXISTS : ST_INVALID;
+	}
+	enum status s = store_db_begin(st, error_r);
+	if (s != ST_OK)
+		return s;
+	int64_t src_id = 0, dst_id = 0;
+	s = mailbox_find(st, account_id, src, &src_id, error_r);
+	if (s == ST_NOT_FOUND && error_r)
+		*error_r = xstrdup("no such mailbox");
+	if (s == ST_OK) {
+		s = mailbox_find(st, account_id, dst, &dst_id, error_r);
+		if (s == ST_OK) {
+			s = ST_EXISTS;
+			if (error_r)
+				*error_r = xstrdup("target mailbox already exists");
+		} else if (s == ST_NOT_FOUND) {
+			/* Inferiors of the target would collide with the moved ones. */
+			bool taken = false;
+			s = has_inferiors(st, account_id, dst, &taken, error_r);
+			if (s == ST_OK && taken) {
+				s = ST_EXISTS;
+				if (error_r)
+					*error_r = xstrdup("target mailbox has inferiors already");
+			}
+		}
+	}
+	if (s == ST_OK && strcmp(src, "INBOX") == 0) {
+		/* RFC 3501 6.3.5: messages move to a new mailbox; INBOX stays. */
+		s = create_with_superiors(st, account_id, dst, &dst_id, error_r);
+		if (s == ST_OK)
+			s = move_inbox(st, src_id, dst_id, error_r);
+		return finish(st, s, error_r);
+	}
+	if (s == ST_OK) {
+		/* Inferiors keep their suffix: "a/b" -> "c/b". */
+		sqlite3_stmt *q = NULL;
+		s = prep(st, "UPDATE mailboxes SET name = ?3 || substr(name, length(?2) + 1)"
+			     " WHERE account_id = ?1 AND (name = ?2 OR substr(name, 1, length(?2) + 1) = ?2 || '/')",
+			 &q, error_r);
+		if (s == ST_OK) {
+			sqlite3_bind_int64(q, 1, account_id);
+			sqlite3_bind_text(q, 2, src, -1, SQLITE_STATIC);
+			sqlite3_bind_text(q, 3, dst, -1, SQLITE_STATIC);
+			s = run(st, q, "renaming mailbox", error_r);
+			sqlite3_finalize(q);
+		}
+	}
+	if (s == ST_OK) {
+		/* Superiors of the new name that do not exist yet. */
+		const char *slash = strrchr(dst, STORE_MAILBOX_SEP);
+		if (slash != NULL) {
+			char parent[STORE_MAILBOX_NAME_MAX + 1];
+			memcpy(parent, dst, (size_t)(slash - dst));
+			parent[slash - dst] = '\0';
+			s = create_with_superiors(st, account_id, parent, NULL, NULL);
+			if (s == ST_EXISTS)
+				s = ST_OK;
+		}
+	}
+	return finish(st, s, error_r);
+}
+
+enum status store_imap_mailbox_subscribe(struct store *st, int64_t account_id, const char *name,
+					 bool subscribed, char **error_r)
+{
+	char norm[STORE_MAILBOX_NAME_MAX + 1];
+	if (!store_imap_mailbox_name(name, norm)) {
+		if (error_r)
+			*error_r = xstrdup("invalid mailbox name");
+		return ST_INVALID;
+	}
+	sqlite3_stmt *q = NULL;
+	enum status s = prep(st, "UPDATE mailboxes SET subscribed = ?3 WHERE account_id = ?1 AND name = ?2",
+			     &q, error_r);
+	if (s != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, account_id);
+	sqlite3_bind_text(q, 2, norm, -1, SQLITE_STATIC);
+	sqlite3_bind_int(q, 3, subscribed ? 1 : 0);
+	s = run(st, q, "subscribing", error_r);
+	if (s == ST_OK && sqlite3_changes(st->db) == 0) {
+		s = ST_NOT_FOUND;
+		if (error_r)
+			*error_r = xstrdup("no such mailbox");
+	}
+	sqlite3_finalize(q);
+	return s;
+}
+
+/* ---- messages ------------------------------------------------------------------ */
+
+enum status store_imap_set_flags(struct store *st, int64_t mailbox_id, const uint32_t *uids, size_t n,
+				 enum store_flag_op op, uint32_t flags, uint32_t *flags_out,
+				 uint64_t *modseq_r, char **error_r)
+{
+	flags &= MSG_FLAGS_ALL;
+	*modseq_r = 0;
+	enum status s = store_db_begin(st, error_r);
+	if (s != ST_OK)
+		return s;
+	sqlite3_stmt *get = NULL, *set = NULL;
+	uint64_t modseq = 0;
+	if ((s = prep(st, "SELECT flags FROM messages WHERE mailbox_id = ?1 AND uid = ?2", &get, error_r)) ==
+		    ST_OK)
+		s = prep(st, "UPDATE messages SET flags = ?3, modseq = ?4 WHERE mailbox_id = ?1 AND uid = ?2",
+			 &set, error_r);
+	for (size_t i = 0; s == ST_OK && i < n; i++) {
+		sqlite3_bind_int64(get, 1, mailbox_id);
+		sqlite3_bind_int64(get, 2, uids[i]);
+		int rc = sqlite3_step(get);
+		uint32_t old = rc == SQLITE_ROW ? (uint32_t)sqlite3_column_int64(get, 0) : 0;
+		sqlite3_reset(get);
+		if (rc == SQLITE_DONE) {
+			flags_out[i] = UINT32_MAX;
+			continue;
+		}
+		if (rc != SQLITE_ROW) {
+			s = store_db_fail(st->db, rc, "reading flags", error_r);
+			break;
+		}
+		uint32_t now = op == STORE_FLAGS_SET ? flags : op == STORE_FLAGS_ADD ? (old | flags) : (old & ~flags);
+		now = (now & MSG_FLAGS_ALL) | (old & ~MSG_FLAGS_ALL);
+		flags_out[i] = now & MSG_FLAGS_ALL;
+		if (now == old)
+			continue;
+		if (modseq == 0 && (s = mailbox_bump(st, mailbox_id, 0, NULL, &modseq, error_r)) != ST_OK)
+			break;
+		sqlite3_bind_int64(set, 1, mailbox_id);
+		sqlite3_bind_int64(set, 2, uids[i]);
+		sqlite3_bind_int64(set, 3, now);
+		store_db_bind_u64(set, 4, modseq);
+		s = run(st, set, "setting flags", error_r);
+	}
+	sqlite3_finalize(get);
+	sqlite3_finalize(set);
+	s = finish(st, s, error_r);
+	if (s == ST_OK)
+		*modseq_r = modseq;
+	return s;
+}
+
+enum status store_imap_expunge(struct store *st, int64_t account_id, int64_t mailbox_id,
+			       const uint32_t *uids, size_t n, uint32_t **expunged_r, size_t *n_expunged_r,
+			       char **error_r)
+{
+	*expunged_r = NULL;
+	*n_expunged_r = 0;
+	struct unlink_list ul = { NULL, 0, 0 };
+	enum status s = store_db_begin(st, error_r);
+	if (s != ST_OK)
+		return s;
+	uint32_t *out = NULL;
+	size_t n_out = 0;
+	s = remove_messages(st, account_id, mailbox_id,
+			    uids ? "AND (m.flags & 8) != 0 AND m.uid = ?2" : "AND (m.flags & 8) != 0", uids, n,
+			    &ul, &out, &n_out, error_r);
+	uint64_t modseq;
+	if (s == ST_OK && n_out > 0)
+		s = mailbox_bump(st, mailbox_id, 0, NULL, &modseq, error_r);
+	s = finish(st, s, error_r);
+	if (s == ST_OK) {
+		unlink_blobs(st, &ul);
+		*expunged_r = out;
+		*n_expunged_r = n_out;
+	} else {
+		free(out);
+	}
+	free(ul.ids);
+	return s;
+}
+
+/* Source rows of a copy, in the caller's UID order. */
+struct copy_src {
+	uint32_t uid;
+	int64_t blob;
+	uint32_t flags;
+	uint64_t size;
+	bool found;
+};
+
+static enum status copy_read(struct store *st, int64_t mailbox_id, const uint32_t *uids, size_t n,
+			     struct copy_src *src, uint64_t *count_r, uint64_t *bytes_r, char **error_r)
+{
+	sqlite3_stmt *q = NULL;
+	enum status s = prep(st, "SELECT m.blob_id, m.flags, b.size FROM messages m JOIN blobs b ON b.id = m.blob_id"
+				 " WHERE m.mailbox_id = ?1 AND m.uid = ?2", &q, error_r);
+	*count_r = *bytes_r = 0;
+	for (size_t i = 0; s == ST_OK && i < n; i++) {
+		sqlite3_bind_int64(q, 1, mailbox_id);
+		sqlite3_bind_int64(q, 2, uids[i]);
+		int rc = sqlite3_step(q);
+		src[i].uid = uids[i];
+		src[i].found = rc == SQLITE_ROW;
+		if (rc == SQLITE_ROW) {
+			src[i].blob = sqlite3_column_int64(q, 0);
+			src[i].flags = (uint32_t)sqlite3_column_int64(q, 1);
+			src[i].size = store_db_column_u64(q, 2);
+			(*count_r)++;
+			*bytes_r += src[i].size;
+		} else if (rc != SQLITE_DONE) {
+			s = store_db_fail(st->db, rc, "reading messages to copy", error_r);
+		}
+		sqlite3_reset(q);
+	}
+	sqlite3_finalize(q);
+	return s;
+}
+
+static enum status copy_write(struct store *st, int64_t src_mailbox, int64_t dst_mailbox, bool move,
+			      struct copy_src *src, size_t n, uint64_t count, uint32_t *dst_uids,
+			      char **error_r)
+{
+	uint32_t uid;
+	uint64_t modseq, src_modseq = 0;
+	enum status s = mailbox_bump(st, dst_mailbox, (uint32_t)count, &uid, &modseq, error_r);
+	if (s == ST_OK && move)
+		s = mailbox_bump(st, src_mailbox, 0, NULL, &src_modseq, error_r);
+	sqlite3_stmt *ins = NULL, *ref = NULL, *del = NULL;
+	if (s == ST_OK)
+		s = prep(st, "INSERT INTO messages(mailbox_id, uid, blob_id, flags, keywords, modseq)"
+			     " SELECT ?1, ?2, blob_id, flags, keywords, ?3 FROM messages WHERE mailbox_id = ?4 AND uid = ?5",
+			 &ins, error_r);
+	if (s == ST_OK)
+		s = prep(st, move ? "DELETE FROM messages WHERE mailbox_id = ?1 AND uid = ?2"
+				  : "UPDATE blobs SET refcount = refcount + 1 WHERE id = ?1",
+			 move ? &del : &ref, error_r);
+	for (size_t i = 0; s == ST_OK && i < n; i++) {
+		dst_uids[i] = 0;
+		if (!src[i].found)
+			continue;
+		sqlite3_bind_int64(ins, 1, dst_mailbox);
+		sqlite3_bind_int64(ins, 2, uid);
+		store_db_bind_u64(ins, 3, modseq);
+		sqlite3_bind_int64(ins, 4, src_mailbox);
+		sqlite3_bind_int64(ins, 5, src[i].uid);
+		if ((s = run(st, ins, "copying a message", error_r)) != ST_OK)
+			break;
+		if (move) {
+			sqlite3_bind_int64(del, 1, src_mailbox);
+			sqlite3_bind_int64(del, 2, src[i].uid);
+			s = run(st, del, "moving a message", error_r);
+		} else {
+			sqlite3_bind_int64(ref, 1, src[i].blob);
+			s = run(st, ref, "blob reference", error_r);
+		}
+		dst_uids[i] = uid++;
+	}
+	sqlite3_finalize(ins);
+	sqlite3_finalize(ref);
+	sqlite3_finalize(del);
+	return s;
+}
+
+enum status store_imap_copy(struct store *st, int64_t account_id, int64_t src_mailbox_id,
+			    const uint32_t *uids, size_t n, int64_t dst_mailbox_id, bool move,
+			    uint32_t *dst_uids, uint32_t *dst_uidvalidity_r, char **error_r)
+{
+	if (src_mailbox_id == dst_mailbox_id && move) {
+		if (error_r)
+			*error_r = xstrdup("cannot move into the same mailbox");
+		return ST_INVALID;
+	}
+	enum status s = store_db_begin(st, error_r);
+	if (s != ST_OK)
+		return s;
+	struct copy_src *src = xcalloc(n ? n : 1, sizeof(*src));
+	uint64_t count = 0, bytes = 0;
+	struct quota qt;
+	s = copy_read(st, src_mailbox_id, uids, n, src, &count, &bytes, error_r);
+	if (s == ST_OK && count > UINT32_MAX)
+		s = ST_INVALID;
+	if (s == ST_OK && !move && (s = quota_get(st, account_id, &qt, error_r)) == ST_OK)
+		s = quota_check(st, &qt, count, bytes, error_r);
+	if (s == ST_OK) {
+		sqlite3_stmt *q = NULL;
+		s = prep(st, "SELECT uidvalidity FROM mailboxes WHERE id = ?1 AND account_id = ?2", &q, error_r);
+		if (s == ST_OK) {
+			sqlite3_bind_int64(q, 1, dst_mailbox_id);
+			sqlite3_bind_int64(q, 2, account_id);
+			if (sqlite3_step(q) == SQLITE_ROW) {
+				*dst_uidvalidity_r = (uint32_t)sqlite3_column_int64(q, 0);
+			} else {
+				s = ST_NOT_FOUND;
+				if (error_r)
+					*error_r = xstrdup("no such mailbox");
+			}
+			sqlite3_finalize(q);
+		}
+	}
+	if (s == ST_OK && count > 0)
+		s = copy_write(st, src_mailbox_id, dst_mailbox_id, move, src, n, count, dst_uids, error_r);
+	else if (s == ST_OK)
+		memset(dst_uids, 0, n * sizeof(*dst_uids));
+	if (s == ST_OK && !move && count > 0)
+		s = usage_add(st, account_id, 1, count, bytes, error_r);
+	free(src);
+	return finish(st, s, error_r);
+}
+
+enum status store_imap_append(struct store *st, int64_t account_id, int64_t mailbox_id,
+			      const struct msgid *id, uint64_t size, int64_t received, uint32_t flags,
+			      uint32_t *uid_r, uint32_t *uidvalidity_r, char **error_r)
+{
+	if (size > (uint64_t)INT64_MAX)
+		return ST_INVALID;
+	enum status s = store_db_begin(st, error_r);
+	if (s != ST_OK)
+		return s;
+	struct quota qt;
+	if ((s = quota_get(st, account_id, &qt, error_r)) == ST_OK)
+		s = quota_check(st, &qt, 1, size, error_r);
+	sqlite3_stmt *q = NULL;
+	if (s == ST_OK && (s = prep(st, "SELECT uidvalidity FROM mailboxes WHERE id = ?1 AND account_id = ?2",
+				    &q, error_r)) == ST_OK) {
+		sqlite3_bind_int64(q, 1, mailbox_id);
+		sqlite3_bind_int64(q, 2, account_id);
+		if (sqlite3_step(q) == SQLITE_ROW) {
+			*uidvalidity_r = (uint32_t)sqlite3_column_int64(q, 0);
+		} else {
+			s = ST_NOT_FOUND;
+			if (error_r)
+				*error_r = xstrdup("no such mailbox");
+		}
+		sqlite3_finalize(q);
+	}
+	int64_t blob_id = 0;
+	if (s == ST_OK) {
+		q = st->q[Q_DELIVER_BLOB];
+		sqlite3_bind_blob(q, 1, id->b, MSGID_BYTES, SQLITE_STATIC);
+		store_db_bind_u64(q, 2, size);
+		sqlite3_bind_int64(q, 3, received);
+		sqlite3_bind_int64(q, 4, 1);
+		int rc = store_db_run(q);
+		if (rc != SQLITE_DONE)
+			s = store_db_fail(st->db, rc, "blob row", error_r);
+		blob_id = sqlite3_last_insert_rowid(st->db);
+	}
+	uint32_t uid = 0;
+	uint64_t modseq = 0;
+	if (s == ST_OK)
+		s = mailbox_bump(st, mailbox_id, 1, &uid, &modseq, error_r);
+	if (s == ST_OK) {
+		q = st->q[Q_DELIVER_MESSAGE];
+		sqlite3_bind_int64(q, 1, mailbox_id);
+		sqlite3_bind_int64(q, 2, uid);
+		sqlite3_bind_int64(q, 3, blob_id);
+		store_db_bind_u64(q, 4, modseq);
+		int rc = store_db_run(q);
+		if (rc != SQLITE_DONE)
+			s = store_db_fail(st->db, rc, "message row", error_r);
+	}
+	if (s == ST_OK && (flags & MSG_FLAGS_ALL) != 0 && (s = prep(st,
+		"UPDATE messages SET flags = ?3 WHERE mailbox_id = ?1 AND uid = ?2", &q, error_r)) == ST_OK) {
+		sqlite3_bind_int64(q, 1, mailbox_id);
+		sqlite3_bind_int64(q, 2, uid);
+		sqlite3_bind_int64(q, 3, flags & MSG_FLAGS_ALL);
+		s = run(st, q, "message flags", error_r);
+		sqlite3_finalize(q);
+	}
+	if (s == ST_OK)
+		s = usage_add(st, account_id, 1, 1, size, error_r);
+	s = finish(st, s, error_r);
+	if (s == ST_OK)
+		*uid_r = uid;
+	return s;
+}
