@@ -5,6 +5,8 @@ PYTEST     ?= /usr/bin/python3 -m pytest
 
 .PHONY: all deps build build-asan run test unit integration bench stress fuzz clean
 
+FUZZ_SECONDS ?= 60
+
 all: build
 
 deps:
@@ -43,6 +45,11 @@ integration: build
 bench: build
 	@scripts/deps bench
 	/usr/bin/python3 bench/run.py --strata $(BUILD)/strata
+
+# Runs every libFuzzer target for FUZZ_SECONDS each (clang, ASan+UBSan).
+fuzz:
+	@scripts/deps fuzz
+	scripts/fuzz $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)

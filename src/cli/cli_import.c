@@ -437,6 +437,16 @@ static enum import_line_kind parse_passwd(const char *line, size_t len, struct i
 	return kind;
 }
 
+/* Blank lines and '#' comments, with the same notion of blank everywhere
+ * (a stray CR counts as blank, as it does at the end of a line). */
+static bool is_blank_or_comment(const char *line, size_t len)
+{
+	size_t i = 0;
+	while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r'))
+		i++;
+	return i == len || line[i] == '#';
+}
+
 enum import_line_kind import_parse_line(enum import_format fmt, const char *line, size_t len,
 					bool first_record, struct import_entry *out, char **error_r)
 {
@@ -445,10 +455,7 @@ enum import_line_kind import_parse_line(enum import_format fmt, const char *line
 		len--;
 	if (memchr(line, '\0', len) != NULL)
 		return line_error(error_r, "line contains a NUL byte");
-	size_t lead = 0;
-	while (lead < len && (line[lead] == ' ' || line[lead] == '\t'))
-		lead++;
-	if (lead == len || line[lead] == '#')
+	if (is_blank_or_comment(line, len))
 		return IMPORT_LINE_SKIP;
 	if (fmt == IMPORT_AUTO) {
 		char *t = xstrndup(line, len);
@@ -484,14 +491,6 @@ static int read_line(FILE *fp, char *buf, size_t max, size_t *len_r)
 			return 0;
 	}
 	return 1;
-}
-
-static bool is_blank_or_comment(const char *line, size_t len)
-{
-	size_t i = 0;
-	while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r'))
-		i++;
-	return i == len || line[i] == '#';
 }
 
 bool import_read(FILE *fp, const char *name, enum import_format fmt, struct import_list *out,

@@ -49,6 +49,7 @@ bool log_level_parse(const char *s, enum log_level *out)
 	return false;
 }
 
+static void log_vmsg(enum log_level lvl, const char *fmt, va_list ap) ATTR_PRINTF(2, 0);
 static void log_vmsg(enum log_level lvl, const char *fmt, va_list ap)
 {
 	char line[2048];

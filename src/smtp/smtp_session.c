@@ -216,6 +216,7 @@ static void flush_delayed(struct smtp_session *s)
 	s->pause &= ~PAUSE_DELAY;
 }
 
+static void vreply(struct smtp_session *s, const char *fmt, va_list ap) ATTR_PRINTF(2, 0);
 static void vreply(struct smtp_session *s, const char *fmt, va_list ap)
 {
 	struct buf line = BUF_INIT;
