@@ -319,10 +319,9 @@ def make_message(subject=None, body=None, size=None, sender="sender@remote.examp
     if isinstance(body, str):
         body = body.encode()
     data = head + body
-    if size is not None:
+    if size is not None and size > len(data):
         line = b"x" * 70 + CRLF
-        while len(data) + len(line) <= size:
-            data += line
+        data += line * ((size - len(data)) // len(line))
     return data
 
 
