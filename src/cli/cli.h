@@ -65,6 +65,19 @@ int cli_cmd_config(struct cli *c);
 int cli_cmd_status(struct cli *c);
 int cli_cmd_mailbox(struct cli *c);
 int cli_cmd_mail(struct cli *c);
+int cli_cmd_store(struct cli *c);
+int cli_cmd_tier(struct cli *c);
+int cli_cmd_guard(struct cli *c);
+
+/* ---- cli_admin.c ---- */
+
+#define CLI_ADMIN_TIMEOUT_MS 5000  /* `strata guard`; `strata status` uses 2 s */
+/* One HTTP/1.0 request to the daemon's admin endpoint: the first address of
+ * admin.listen, loopback only; `form` (or NULL) is sent as a form-encoded
+ * body; the whole exchange within timeout_ms.  1: answered, *code_r and the
+ * body appended to `body`; 0: nothing answers (not running); -1: *error_r. */
+int cli_admin_http(const struct settings *s, const char *method, const char *path, const char *form,
+		   unsigned timeout_ms, int *code_r, struct buf *body, char **error_r);
 
 /* ---- cli_common.c ---- */
 
@@ -86,6 +99,11 @@ bool cli_load_config(struct cli *c);
  * returns false on failure.
  */
 bool cli_open_store(struct cli *c);
+/* As root, becomes the owner of an existing state_dir that belongs to another
+ * user (so nothing a command creates there ends up root-owned where the
+ * daemon cannot open it), without opening the store.  Not root, a missing or
+ * a root-owned state_dir: unchanged.  False (message printed) on failure. */
+bool cli_become_state_owner(const struct settings *s);
 
 /* Options of a command: "--name VALUE", "--name=VALUE" or a flag "--name".
  * Exactly one of value / flag is set. */

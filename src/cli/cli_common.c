@@ -117,17 +117,23 @@ static bool create_state_dir(const char *dir, const struct passwd *pw)
 	return true;
 }
 
+bool cli_become_state_owner(const struct settings *s)
+{
+	umask(027); /* the index and its backups hold password hashes */
+	struct stat st;
+	if (geteuid() != 0 || stat(s->state_dir, &st) != 0 || st.st_uid == 0)
+		return true; /* not root, no state yet, or a root-owned state */
+	const struct passwd *pw = getpwuid(st.st_uid);
+	return become(st.st_uid, pw ? pw->pw_gid : st.st_gid, pw ? pw->pw_name : NULL);
+}
+
 static bool apply_privilege_rule(const struct settings *s)
 {
 	if (geteuid() != 0)
 		return true;
 	struct stat st;
-	if (stat(s->state_dir, &st) == 0) {
-		if (st.st_uid == 0)
-			return true; /* a root-owned state: nothing to protect */
-		const struct passwd *pw = getpwuid(st.st_uid);
-		return become(st.st_uid, pw ? pw->pw_gid : st.st_gid, pw ? pw->pw_name : NULL);
-	}
+	if (stat(s->state_dir, &st) == 0)
+		return cli_become_state_owner(s);
 	if (errno != ENOENT) {
 		cli_error("cannot examine %s: %s", s->state_dir, strerror(errno));
 		return false;

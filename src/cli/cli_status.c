@@ -33,167 +33,13 @@
 #include <unistd.h>
 
 #define STATUS_TIMEOUT_MS 2000
-#define STATUS_MAX_RESPONSE (4u << 20)
 #define STATUS_MAX_BUCKETS 64
 
-struct target {
-	struct sockaddr_storage ss;
-	socklen_t len;
-	char text[80];           /* as configured, for messages */
-};
-
-/* Parses the first entry of admin.listen into a loopback address. */
-static bool parse_target(const char *list, struct target *t, char **error_r)
+/* The first entry of admin.listen, as configured, for messages. */
+static void admin_text(const char *list, char *out, size_t outlen)
 {
 	size_t n = strcspn(list, ",");
-	char entry[128];
-	if (n == 0 || n >= sizeof(entry)) {
-		*error_r = xasprintf("admin.listen '%s' has no usable first address", list);
-		return false;
-	}
-	memcpy(entry, list, n);
-	entry[n] = '\0';
-	char *e = str_trim(entry);
-	snprintf(t->text, sizeof(t->text), "%s", e);
-	char *host = e, *port;
-	if (*e == '[') {
-		char *close = strchr(e, ']');
-		if (close == NULL || close[1] != ':') {
-			*error_r = xasprintf("admin.listen: cannot parse '%s'", e);
-			return false;
-		}
-		*close = '\0';
-		host = e + 1;
-		port = close + 2;
-	} else {
-		port = strrchr(e, ':');
-		if (port == NULL) {
-			*error_r = xasprintf("admin.listen: '%s' has no port", e);
-			return false;
-		}
-		*port++ = '\0';
-	}
-	uint64_t p;
-	if (!str_parse_u64(port, &p) || p == 0 || p > 65535) {
-		*error_r = xasprintf("admin.listen: bad port in '%s'", t->text);
-		return false;
-	}
-	memset(&t->ss, 0, sizeof(t->ss));
-	struct sockaddr_in *v4 = (struct sockaddr_in *)&t->ss;
-	struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&t->ss;
-	if (strcmp(host, "*") == 0 || strcmp(host, "0.0.0.0") == 0 || str_ieq(host, "localhost"))
-		host = "127.0.0.1";
-	else if (strcmp(host, "::") == 0)
-		host = "::1";
-	if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
-		if ((ntohl(v4->sin_addr.s_addr) >> 24) != 127) {
-			*error_r = xasprintf("admin.listen %s is not a loopback address; `strata status` only "
-					     "asks loopback", t->text);
-			return false;
-		}
-		v4->sin_family = AF_INET;
-		v4->sin_port = htons((uint16_t)p);
-		t->len = sizeof(*v4);
-		return true;
-	}
-	if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
-		if (!IN6_IS_ADDR_LOOPBACK(&v6->sin6_addr)) {
-			*error_r = xasprintf("admin.listen %s is not a loopback address; `strata status` only "
-					     "asks loopback", t->text);
-			return false;
-		}
-		v6->sin6_family = AF_INET6;
-		v6->sin6_port = htons((uint16_t)p);
-		t->len = sizeof(*v6);
-		return true;
-	}
-	*error_r = xasprintf("admin.listen: '%s' is not a numeric address", host);
-	return false;
-}
-
-static int remaining_ms(uint64_t deadline)
-{
-	uint64_t now = time_mono_ms();
-	return now >= deadline ? 0 : (int)(deadline - now);
-}
-
-/* Waits for `events` on fd until the deadline.  False on timeout or error. */
-static bool wait_fd(int fd, short events, uint64_t deadline)
-{
-	for (;;) {
-		struct pollfd p = { fd, events, 0 };
-		int left = remaining_ms(deadline);
-		if (left == 0)
-			return false;
-		int r = poll(&p, 1, left);
-		if (r > 0)
-			return true;
-		if (r == 0 || errno != EINTR)
-			return false;
-	}
-}
-
-/*
- * GET /metrics.  Returns 1 with the whole response in *resp, 0 when nothing
- * answered (refused, timed out: "not running"), -1 on other errors
- * (*error_r).
- */
-static int http_get_metrics(const struct target *t, struct buf *resp, char **error_r)
-{
-	uint64_t deadline = time_mono_ms() + STATUS_TIMEOUT_MS;
-	int fd = socket(t->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		*error_r = xasprintf("socket: %s", strerror(errno));
-		return -1;
-	}
-	int result = 0;
-	if (connect(fd, (const struct sockaddr *)&t->ss, t->len) != 0) {
-		int err = 0;
-		socklen_t el = sizeof(err);
-		if (errno != EINPROGRESS || !wait_fd(fd, POLLOUT, deadline) ||
-		    getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0 || err != 0)
-			goto out; /* refused or no answer in time */
-	}
-	static const char req[] = "GET /metrics HTTP/1.0\r\nHost: localhost\r\nUser-Agent: strata-status\r\n"
-				  "Connection: close\r\n\r\n";
-	size_t sent = 0;
-	while (sent < sizeof(req) - 1) {
-		if (!wait_fd(fd, POLLOUT, deadline))
-			goto out;
-		ssize_t w = send(fd, req + sent, sizeof(req) - 1 - sent, MSG_NOSIGNAL);
-		if (w < 0 && errno != EINTR && errno != EAGAIN)
-			goto out;
-		if (w > 0)
-			sent += (size_t)w;
-	}
-	char chunk[16384];
-	for (;;) {
-		if (!wait_fd(fd, POLLIN, deadline)) {
-			if (resp->len > 0) {
-				*error_r = xstrdup("the daemon's answer did not complete within 2 s");
-				result = -1;
-			}
-			goto out;
-		}
-		ssize_t r = recv(fd, chunk, sizeof(chunk), 0);
-		if (r == 0)
-			break;
-		if (r < 0) {
-			if (errno == EINTR || errno == EAGAIN)
-				continue;
-			goto out;
-		}
-		if (resp->len + (size_t)r > STATUS_MAX_RESPONSE) {
-			*error_r = xasprintf("the daemon's answer exceeds %u bytes", STATUS_MAX_RESPONSE);
-			result = -1;
-			goto out;
-		}
-		buf_append(resp, chunk, (size_t)r);
-	}
-	result = 1;
-out:
-	close(fd);
-	return result;
+	snprintf(out, outlen, "%.*s", (int)n, list);
 }
 
 /* ---- reading the Prometheus text ------------------------------------------ */
@@ -323,9 +169,9 @@ static void print_rejections(const char *body)
 	buf_free(&detail);
 }
 
-static void print_daemon(const struct target *t, const char *body)
+static void print_daemon(const char *admin, const char *body)
 {
-	printf("daemon: running (admin endpoint %s)\n", t->text);
+	printf("daemon: running (admin endpoint %s)\n", admin);
 	printf("  %-22s %.0f\n", "sessions active:", sample_or_zero(body, "strata_smtp_sessions_active"));
 	printf("  %-22s %.0f\n", "connections:", sample_or_zero(body, "strata_smtp_connections_total"));
 	printf("  %-22s %.0f\n", "messages accepted:",
@@ -373,25 +219,6 @@ static int print_index(struct cli *c)
 	return CLI_OK;
 }
 
-/* Body of an HTTP response after a "200" status line; NULL otherwise. */
-static const char *http_body(const struct buf *resp, char **error_r)
-{
-	const char *d = resp->data ? resp->data : "";
-	if (strncmp(d, "HTTP/1.", 7) != 0 || strlen(d) < 12 || strncmp(d + 8, " 200", 4) != 0) {
-		char line[80];
-		size_t n = strcspn(d, "\r\n");
-		log_escape(d, n, line, sizeof(line));
-		*error_r = xasprintf("unexpected answer from the admin endpoint: '%s'", line);
-		return NULL;
-	}
-	const char *body = strstr(d, "\r\n\r\n");
-	if (body == NULL) {
-		*error_r = xstrdup("malformed answer from the admin endpoint (no end of headers)");
-		return NULL;
-	}
-	return body + 4;
-}
-
 int cli_cmd_status(struct cli *c)
 {
 	/* no subcommand: options and arguments start at args[0] */
@@ -405,34 +232,28 @@ int cli_cmd_status(struct cli *c)
 		return cli_usage_error(c, "unexpected argument '%s'", extra);
 	if (!cli_load_config(c))
 		return CLI_ERROR;
-	struct target t;
+	char admin[128];
+	admin_text(c->s->admin_listen, admin, sizeof(admin));
+	struct buf body = BUF_INIT;
 	char *err = NULL;
-	if (!parse_target(c->s->admin_listen, &t, &err)) {
-		print_index(c);
-		cli_error("%s", err);
-		free(err);
-		return CLI_ERROR;
-	}
-	struct buf resp = BUF_INIT;
-	int got = http_get_metrics(&t, &resp, &err);
+	int code = 0;
+	int got = cli_admin_http(c->s, "GET", "/metrics", NULL, STATUS_TIMEOUT_MS, &code, &body, &err);
 	int rc = CLI_OK;
-	if (got == 1) {
-		const char *body = http_body(&resp, &err);
-		if (body == NULL) {
-			rc = cli_error("%s", err);
-		} else {
-			print_daemon(&t, body);
-			rc = print_index(c);
-		}
+	if (got == 1 && code == 200) {
+		print_daemon(admin, body.data ? body.data : "");
+		rc = print_index(c);
+	} else if (got == 1) {
+		rc = cli_error("unexpected answer from the admin endpoint %s: HTTP status %d", admin, code);
 	} else if (got == 0) {
 		rc = print_index(c);
-		printf("daemon: not running (no answer on %s)\n", t.text);
+		printf("daemon: not running (no answer on %s)\n", admin);
 		if (rc == CLI_OK)
 			rc = CLI_DOWN;
 	} else {
+		print_index(c);
 		rc = cli_error("%s", err);
 	}
 	free(err);
-	buf_free(&resp);
+	buf_free(&body);
 	return rc;
 }

@@ -55,15 +55,26 @@ static const struct cli_command commands[] = {
 	{ "mail", cli_cmd_mail, "list messages or print one",
 	  "  strata mail list ADDRESS [MAILBOX]      (default INBOX)\n"
 	  "  strata mail cat ADDRESS UID [MAILBOX]   (raw message on stdout)\n" },
+	{ "tier", cli_cmd_tier, "storage tiers: status, policy, move, verify",
+	  "  strata tier status\n"
+	  "  strata tier policy\n"
+	  "  strata tier move [--account ADDRESS] [--folder NAME] [--older-than AGE] --to TIER\n"
+	  "  strata tier verify            (exit 1 when the index and the tiers disagree)\n" },
 	{ "status", cli_cmd_status, "daemon metrics and index figures",
 	  "  strata status\n"
 	  "      Asks the daemon's admin endpoint (admin.listen, loopback only) for its\n"
 	  "      metrics and prints a summary, then the index figures.  Exit code 3 when\n"
 	  "      the daemon does not answer.\n" },
+	{ "guard", cli_cmd_guard, "the running daemon's connection guard: status, ban, unban, allow",
+	  "  strata guard status\n"
+	  "  strata guard ban ADDR [DURATION]    (default 1h)\n"
+	  "  strata guard unban ADDR             (at once; also forgets its offences)\n"
+	  "  strata guard allow ADDR|CIDR        (beats every limit and ban; kept across restarts)\n" },
 	{ "config", cli_cmd_config, "check, show or document the configuration",
 	  "  strata config check\n"
 	  "  strata config show [--all]\n"
 	  "  strata config doc              (Markdown reference of every setting)\n" },
+	{ "store", cli_cmd_store, "verify, back up or rebuild the index", "  strata store verify | backup | rebuild    (rebuild: daemon stopped; docs/STORAGE.md)\n" },
 	{ "version", cmd_version, "print the version", "  strata version\n" },
 };
 

@@ -25,6 +25,28 @@
 #include "core.h"
 
 #define CONFIG_DEFAULT_PATH "/etc/strata/strata.conf"
+#define CONFIG_MAX_ALLOW 1024       /* entries in guard.allow */
+
+/* ---- Tiers (docs/TIERING.md) -------------------------------------------
+ * tier.names lists the tiers, fastest first; per tier `tier.<name>.path`
+ * and `tier.<name>.capacity` are parsed outside the fixed key table into
+ * settings->tiers.  Tier 0's path is always store.blob_dir (new mail lands
+ * there); `tier.<first>.path`, when given, sets it. */
+#define CONFIG_TIER_MAX 8
+#define CONFIG_TIER_NAME_MAX 31
+#define CONFIG_TIER_PIN_MAX 64
+struct tier_setting {
+	char name[CONFIG_TIER_NAME_MAX + 1];
+	char *path;                /* resolved, absolute or as given; never empty */
+	uint64_t capacity_bytes;   /* target; 0 = unlimited (unless capacity_percent) */
+	unsigned capacity_percent; /* 1..100 of the filesystem's size; 0 = use bytes */
+};
+enum tier_pin_kind { TIER_PIN_FOLDER = 0, TIER_PIN_ACCOUNT = 1 };
+struct tier_pin_setting {
+	unsigned kind;             /* enum tier_pin_kind */
+	char *match;               /* folder name or role (case-insensitive), or address */
+	unsigned tier;             /* index into settings->tiers */
+};
 
 enum cfg_type { CFG_STRING, CFG_BOOL, CFG_UINT, CFG_SIZE, CFG_DURATION, CFG_ENUM };
 
@@ -50,6 +72,12 @@ struct settings {
 	uint64_t smtp_max_recipients;
 	uint64_t smtp_max_line_length;
 	uint64_t smtp_max_errors;
+	uint64_t smtp_max_unknown_recipients;
+	uint64_t smtp_max_commands_before_helo;
+	uint64_t smtp_max_commands;
+	uint64_t smtp_min_rate;          /* bytes per smtp_min_rate_window_ms while transferring; 0 = off */
+	uint64_t smtp_min_rate_window_ms;
+	uint64_t smtp_max_session_time_ms;
 	uint64_t smtp_max_connections;
 	uint64_t smtp_timeout_command_ms;
 	uint64_t smtp_timeout_data_ms;
@@ -65,6 +93,15 @@ struct settings {
 	uint64_t imap_timeout_login_ms;
 	uint64_t imap_timeout_idle_ms;
 	uint64_t imap_store_threads;
+	char *imaps_listen;        /* implicit-TLS IMAP (993); empty = none */
+	/* pop3 */
+	char *pop3_listen;         /* comma-separated host:port list; empty = no POP3 */
+	char *pop3s_listen;        /* implicit-TLS POP3 (995); empty = none */
+	uint64_t pop3_max_connections;
+	uint64_t pop3_max_errors;
+	uint64_t pop3_timeout_login_ms;
+	uint64_t pop3_timeout_idle_ms;
+	uint64_t pop3_store_threads;
 	/* tls */
 	char *tls_cert_file;       /* resolved: default under state_dir */
 	char *tls_key_file;
@@ -74,10 +111,52 @@ struct settings {
 	bool store_fsync;
 	uint64_t store_blob_writers;
 	uint64_t store_commit_batch;
+	char *store_backup_dir;    /* resolved: default <state_dir>/backup */
+	uint64_t store_backup_interval_ms; /* 0 = no periodic backup */
+	uint64_t store_backup_keep;
 	/* quota */
 	uint64_t quota_default_bytes;
 	uint64_t quota_default_messages;
 	unsigned quota_over_reply; /* enum quota_reply */
+	/* guard (src/guard): [class][level], class 0 = mx, 1 = user; level
+	 * 0 = address, 1 = network, 2 = wide network (IPv6 only) */
+	bool guard_enabled;
+	char *guard_allow;         /* comma-separated CIDRs; checked by config_load */
+	uint64_t guard_table_entries;
+	uint64_t guard_ban_entries;
+	uint64_t guard_ipv4_prefix;
+	uint64_t guard_ipv6_prefix;
+	uint64_t guard_ipv6_wide_prefix;
+	uint64_t guard_fair_share_percent;
+	char *guard_offence_bans;  /* durations "1m,10m,1h,1d"; checked by guard_new */
+	uint64_t guard_offence_forget_ms;
+	uint64_t guard_smtp_banner_delay_ms; /* at a full mx class; scaled by its load */
+	uint64_t guard_auth_delay_ms;        /* first failed login's delay; doubles per failure */
+	uint64_t guard_auth_max_delay_ms;
+	uint64_t guard_auth_ban_after;       /* failed logins from one source before it is banned */
+	uint64_t guard_auth_window_ms;       /* failures are forgotten this long after the last one */
+	char *guard_proxy_from[2];           /* [class]: load balancers whose PROXY header is read */
+	uint64_t guard_proxy_timeout_ms;
+	uint64_t guard_max_connections[2];
+	struct guard_limit_settings {
+		uint64_t rate;         /* connections per minute refilled; 0 = no rate limit */
+		uint64_t burst;        /* bucket size */
+		uint64_t concurrency;  /* open connections; 0 = no limit */
+	} guard_limits[2][3];
+	/* Tiers: table keys, then the structured list built by config_load */
+	char *tier_names;          /* "fast,standard,archive"; empty = one tier "fast" */
+	char *tier_pin;            /* "folder:Archive=archive,account:a@b=fast" */
+	uint64_t tier_half_life_ms;
+	uint64_t tier_promote_days;
+	uint64_t tier_move_bytes_per_s;
+	uint64_t tier_move_files_per_s;
+	uint64_t tier_interval_ms;
+	uint64_t tier_batch;
+	char *tier_defs;           /* raw "name.attr=value\n" lines; config.c only */
+	struct tier_setting tiers[CONFIG_TIER_MAX];
+	size_t n_tiers;            /* >= 1 after config_load */
+	struct tier_pin_setting tier_pins[CONFIG_TIER_PIN_MAX];
+	size_t n_tier_pins;
 };
 
 struct config_key {

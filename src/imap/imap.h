@@ -38,6 +38,7 @@
 #include <sys/socket.h>
 
 #include "config.h"
+#include "guard.h"
 
 struct event_base;
 struct imap_worker;
@@ -46,9 +47,17 @@ struct imap_worker;
  * store threads.  tls NULL: no STARTTLS.  NULL with *error_r on failure. */
 struct imap_worker *imap_worker_new(struct event_base *base, const struct settings *s, SSL_CTX *tls,
 				    char **error_r);
-/* Takes ownership of fd (non-blocking, accepted) and starts a session. */
+/* Takes ownership of fd (non-blocking, accepted) and starts a session.
+ * Also takes over *ticket (the guard's; NULL or empty: none) and clears it:
+ * it is released exactly once, when the connection closes or at once when
+ * the worker refuses the connection. */
 void imap_worker_accept(struct imap_worker *w, int fd, const struct sockaddr *peer, socklen_t peer_len,
-			const struct sockaddr *local, socklen_t local_len);
+			const struct sockaddr *local, socklen_t local_len, struct guard_ticket *ticket);
+/* The same for an implicit-TLS port (993, RFC 8314): the TLS handshake
+ * starts at once and the greeting follows it.  Needs a worker with TLS
+ * (without, the connection is closed). */
+void imap_worker_accept_tls(struct imap_worker *w, int fd, const struct sockaddr *peer, socklen_t peer_len,
+			    const struct sockaddr *local, socklen_t local_len, struct guard_ticket *ticket);
 /* Settings for sessions started from now on (SIGHUP); `s` must outlive
  * imap_worker_free. */
 void imap_worker_set_settings(struct imap_worker *w, const struct settings *s);

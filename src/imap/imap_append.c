@@ -11,7 +11,8 @@
  * When the command line is complete a store job (pool thread) finishes the
  * blob exactly like the queue does - trailer (store_blob_trailer), fsync,
  * checked close, mkdir -p of its directory, rename, directory fsync (with
- * store.fsync=yes) - and only then inserts the index rows
+ * store.fsync=yes) - computes the blob's MIME structure (src/mime, for
+ * FETCH's cache), and only then inserts the index rows with it
  * (store_imap_append).  OK is sent from the job's completion, so an OK
  * APPEND is durable.  Any failure removes the file: no orphan, no partial
  * message ever visible.
@@ -29,6 +30,8 @@
 #include <unistd.h>
 
 #include <sodium.h>
+
+#include "mime.h"
 
 #define APPEND_HASH_BYTES 32
 
@@ -113,6 +116,7 @@ struct append_job {
 	char address[320];
 	char mailbox[STORE_MAILBOX_NAME_MAX + 1];
 	uint32_t flags;
+	char *keywords;                 /* space-separated, NULL = none */
 	int64_t received;
 	char hash_hex[65];
 	bool trycreate;
@@ -128,6 +132,9 @@ static bool finish_blob(struct append_job *aj, char *final, size_t final_len)
 	struct blob_meta meta = { .id = a->id, .received = aj->received, .size = a->size,
 				  .n_rcpts = 1, .rcpt_addresses = addrs };
 	memcpy(meta.hash_hex, aj->hash_hex, sizeof(meta.hash_hex));
+	/* The target mailbox (normalised by store_imap_mailbox_name at parse
+	 * time), so an index rebuild files the message where it was appended. */
+	snprintf(meta.mailbox, sizeof(meta.mailbox), "%s", aj->mailbox);
 	struct buf t = BUF_INIT;
 	store_blob_trailer(&meta, &t);
 	bool ok = fs_write_all(a->fd, t.data, t.len);
@@ -177,10 +184,33 @@ static void append_run(struct imap_job *j, struct store *st)
 		return;
 	}
 	a->tmp_path[0] = '\0'; /* renamed: nothing left to remove there */
+	/* MIME hook: the FETCH cache row is computed here, on the pool thread,
+	 * and committed with the message; without it FETCH computes it later. */
+	struct mime_summary sum;
+	char *merr = NULL;
+	bool have_mime = mime_parse_file(final, a->size, &sum, &merr) == ST_OK;
+	if (!have_mime) {
+		log_warn("imap: MIME structure not cached: %s", merr);
+		free(merr);
+	}
+	struct store_mime row = { sum.envelope, sum.bodystructure, sum.body, sum.parts, sum.parts_len };
 	j->status = store_imap_append(st, aj->account_id, mb.id, &a->id, a->size, aj->received, aj->flags,
-				      &aj->uid, &aj->uidvalidity, &j->error);
-	if (j->status != ST_OK && unlink(final) != 0 && errno != ENOENT)
+				      aj->keywords, have_mime ? &row : NULL, &aj->uid, &aj->uidvalidity, &j->error);
+	mime_summary_free(&sum);
+	/* An I/O error from the index may have come from the WAL fsync at
+	 * COMMIT, in which case SQLite can still replay the row at the next
+	 * open: keep the blob then (at worst an orphan, never a row without its
+	 * file).  Any other failure wrote nothing: remove it, durably. */
+	if (j->status == ST_OK || j->status == ST_IO_ERROR)
+		return;
+	if (unlink(final) == 0) {
+		char dir[PATH_MAX];
+		fs_dirname(final, dir, sizeof(dir));
+		if (!fs_fsync_dir(dir))
+			log_warn("imap: fsync of %s after removal failed: %s", dir, strerror(errno));
+	} else if (errno != ENOENT) {
 		log_error("imap: cannot remove %s: %s", final, strerror(errno));
+	}
 }
 
 static void append_done(struct imap_job *j)
@@ -194,6 +224,9 @@ static void append_done(struct imap_job *j)
 			imap_session_tagged(s, "OK", "[APPENDUID %u %u] APPEND completed", aj->uidvalidity, aj->uid);
 		} else if (aj->trycreate) {
 			imap_session_tagged(s, "NO", "[TRYCREATE] Mailbox does not exist");
+		} else if (j->status == ST_INVALID) {
+			/* valid flags refused: the mailbox's keyword limit */
+			imap_session_tagged(s, "NO", "[LIMIT] %s", j->error ? j->error : "Too many keywords");
 		} else {
 			if (j->error)
 				log_warn("imap: APPEND for %s failed: %s", s->user, j->error);
@@ -208,6 +241,7 @@ static void append_done(struct imap_job *j)
 		log_warn("imap: cannot remove %s: %s", a->tmp_path, strerror(errno));
 	free(a);
 	free(j->error);
+	free(aj->keywords);
 	free(aj);
 }
 
@@ -227,13 +261,15 @@ void imap_append_command(struct imap_session *s, struct imap_cmd *cmd)
 		return;
 	}
 	uint32_t flags = 0;
+	struct buf kw = BUF_INIT;
 	int64_t received = (int64_t)time(NULL);
 	for (size_t i = 1; i + 1 < n; i++) {
 		const struct imap_arg *a = &cmd->args[i];
 		if (a->type == IMAP_ARG_LIST && i == 1) {
-			if (!imap_flags_parse(a, &flags)) {
+			if (!imap_flags_parse(a, &flags, &kw)) {
 				imap_append_abort(s);
 				imap_session_bad(s, cmd->tag, "Invalid flags");
+				buf_free(&kw);
 				return;
 			}
 		} else if (a->type == IMAP_ARG_QUOTED && imap_date_parse(a->str, true, &received)) {
@@ -241,6 +277,7 @@ void imap_append_command(struct imap_session *s, struct imap_cmd *cmd)
 		} else {
 			imap_append_abort(s);
 			imap_session_bad(s, cmd->tag, "Invalid APPEND argument");
+			buf_free(&kw);
 			return;
 		}
 	}
@@ -253,6 +290,7 @@ void imap_append_command(struct imap_session *s, struct imap_cmd *cmd)
 			buf_printf(&t, "%s %s\r\n", cmd->tag, refuse);
 			imap_session_write(s, t.data, t.len);
 			buf_free(&t);
+			buf_free(&kw);
 			return;
 		}
 		imap_append_data(s, msg->str, msg->len);
@@ -261,6 +299,7 @@ void imap_append_command(struct imap_session *s, struct imap_cmd *cmd)
 	if (a == NULL || a->written != a->size) {
 		imap_append_abort(s);
 		imap_session_tagged(s, "NO", "[UNAVAILABLE] Message data incomplete");
+		buf_free(&kw);
 		return;
 	}
 	if (a->err != 0) {
@@ -268,6 +307,7 @@ void imap_append_command(struct imap_session *s, struct imap_cmd *cmd)
 		log_error("imap: writing an APPEND for %s: %s", s->user, strerror(a->err));
 		imap_append_abort(s);
 		imap_command_reply_status(s, st == ST_OK ? ST_IO_ERROR : st, "Cannot store the message");
+		buf_free(&kw);
 		return;
 	}
 	struct append_job *aj = xcalloc(1, sizeof(*aj));
@@ -281,6 +321,8 @@ void imap_append_command(struct imap_session *s, struct imap_cmd *cmd)
 	snprintf(aj->address, sizeof(aj->address), "%s", s->user);
 	memcpy(aj->mailbox, mailbox, sizeof(mailbox));
 	aj->flags = flags;
+	aj->keywords = kw.len > 0 ? buf_steal(&kw) : NULL;
+	buf_free(&kw);
 	aj->received = received;
 	aj->j.run = append_run;
 	aj->j.done = append_done;

@@ -1,9 +1,11 @@
 /*
  * imap_command.c - command dispatch with state checks, the any-state and
  * not-authenticated commands (CAPABILITY, NOOP, LOGOUT, STARTTLS, LOGIN,
- * AUTHENTICATE PLAIN, ID, ENABLE) and the mailbox-level commands of the
- * authenticated state (LIST, LSUB, NAMESPACE, STATUS, CREATE, DELETE,
- * RENAME, SUBSCRIBE, UNSUBSCRIBE).
+ * AUTHENTICATE PLAIN, ID, ENABLE of CONDSTORE and QRESYNC) and the
+ * mailbox-level commands of the authenticated state (LIST with
+ * LIST-EXTENDED and LIST-STATUS, LSUB, NAMESPACE, STATUS, CREATE, DELETE,
+ * RENAME, SUBSCRIBE, UNSUBSCRIBE) and QUOTA (GETQUOTA, GETQUOTAROOT; SETQUOTA
+ * is refused: limits are the administrator's).
  *
  * Plaintext authentication (LOGIN, AUTHENTICATE PLAIN) is refused without
  * TLS unless the peer is a loopback address; LOGINDISABLED is advertised
@@ -121,8 +123,17 @@ static void cmd_enable(struct imap_session *s, struct imap_cmd *cmd)
 {
 	if (!want_args(s, cmd, 1, IMAP_MAX_ARGS))
 		return;
-	/* None of the extensions ENABLE can turn on is offered yet. */
-	imap_session_untagged(s, "ENABLED");
+	/* RFC 5161: unknown extensions are ignored; ENABLED names only those
+	 * this command turned on. */
+	bool cs_on = false, qr_on = false;
+	for (size_t i = 0; i < cmd->n_args; i++) {
+		bool qr = imap_arg_is_atom(&cmd->args[i], "QRESYNC");
+		if ((qr || imap_arg_is_atom(&cmd->args[i], "CONDSTORE")) && !s->condstore)
+			cs_on = s->condstore = true;   /* QRESYNC implies CONDSTORE (RFC 7162 3.2.3) */
+		if (qr && !s->qresync)
+			qr_on = s->qresync = true;
+	}
+	imap_session_untagged(s, "ENABLED%s%s", cs_on ? " CONDSTORE" : "", qr_on ? " QRESYNC" : "");
 	imap_session_tagged(s, "OK", "ENABLE completed");
 }
 
@@ -146,7 +157,38 @@ struct login_job {
 	char password[1024];
 	int64_t account_id;
 	char address[320];
+	bool delayed;                   /* the guard's brute-force delay was applied */
 };
+
+static void login_done(struct imap_job *j);
+
+static void login_delay_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	login_done(arg);
+}
+
+/* A failed login is answered after the guard's brute-force delay
+ * (guard_auth_failure), on a timer of the loop: the job stays outstanding
+ * meanwhile, so the session reads nothing more, and login_done runs again
+ * when it fires.  True when the reply was deferred. */
+static bool login_delayed(struct login_job *lj)
+{
+	struct imap_job *j = &lj->j;
+	struct guard *g = guard_process();
+	struct guard_addr a;
+	if (lj->delayed || j->status == ST_OK || g == NULL || !guard_addr_parse(j->s->ip, &a))
+		return false;
+	lj->delayed = true;
+	uint64_t ms = guard_auth_failure(g, &a, lj->user, time_mono_ms());
+	if (ms == 0)
+		return false;
+	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
+	if (event_base_once(j->base, -1, EV_TIMEOUT, login_delay_cb, j, &tv) != 0)
+		panic("imap: event_base_once failed");
+	return true;
+}
 
 static void login_run(struct imap_job *j, struct store *st)
 {
@@ -169,6 +211,8 @@ static void login_done(struct imap_job *j)
 {
 	struct login_job *lj = (struct login_job *)j;
 	struct imap_session *s = j->s;
+	if (login_delayed(lj))
+		return;
 	if (imap_session_job_finished(s)) {
 		if (j->status == ST_OK && s->state == IS_NOTAUTH) {
 			s->state = IS_AUTH;
@@ -353,48 +397,181 @@ static bool has_children(const struct list_ctx *c, const char *name)
 	return false;
 }
 
+static bool status_items_valid(const struct imap_arg *items);
+static void status_reply(struct imap_session *s, const struct store_mailbox_info *mb,
+			 const struct imap_arg *items);
+
+/* LIST-EXTENDED (RFC 5258) options, LIST-STATUS (RFC 5819), SPECIAL-USE
+ * selection (RFC 6154).  Subscriptions are a property of existing
+ * mailboxes here, so \NonExistent never appears. */
+struct list_opts {
+	bool sel_subscribed, sel_special, recursive;
+	bool ret_subscribed;
+	const struct imap_arg *status;  /* RETURN (STATUS (items)), or NULL */
+	const struct imap_arg *pats;    /* one pattern, or a list of them */
+};
+
+static bool list_selection(const struct imap_arg *a, struct list_opts *o)
+{
+	bool other = false;
+	for (size_t i = 0; i < a->n; i++) {
+		const struct imap_arg *x = &a->list[i];
+		if (imap_arg_is_atom(x, "SUBSCRIBED"))
+			o->sel_subscribed = other = true;
+		else if (imap_arg_is_atom(x, "SPECIAL-USE"))
+			o->sel_special = other = true;
+		else if (imap_arg_is_atom(x, "RECURSIVEMATCH"))
+			o->recursive = true;
+		else if (!imap_arg_is_atom(x, "REMOTE"))   /* no remote mailboxes: nothing to add */
+			return false;
+	}
+	/* RECURSIVEMATCH alone is a syntax error (RFC 5258 3.1). */
+	return !o->recursive || other;
+}
+
+static bool list_return(const struct imap_arg *a, struct list_opts *o)
+{
+	for (size_t i = 0; i < a->n; i++) {
+		const struct imap_arg *x = &a->list[i];
+		if (imap_arg_is_atom(x, "SUBSCRIBED")) {
+			o->ret_subscribed = true;
+		} else if (imap_arg_is_atom(x, "CHILDREN") || imap_arg_is_atom(x, "SPECIAL-USE")) {
+			continue;   /* child and special-use attributes are always returned */
+		} else if (imap_arg_is_atom(x, "STATUS") && o->status == NULL && i + 1 < a->n &&
+			   status_items_valid(&a->list[i + 1])) {
+			o->status = &a->list[++i];
+		} else {
+			return false;
+		}
+	}
+	return true;
+}
+
+/* [(selection)] reference pattern(s) [RETURN (options)] */
+static bool list_parse(const struct imap_cmd *cmd, struct list_opts *o)
+{
+	size_t i = 0, n = cmd->n_args;
+	if (n > 0 && cmd->args[0].type == IMAP_ARG_LIST) {
+		if (!list_selection(&cmd->args[0], o))
+			return false;
+		i = 1;
+	}
+	if (i + 2 > n || !imap_arg_is_string(&cmd->args[i]) || strlen(cmd->args[i].str) != cmd->args[i].len)
+		return false;
+	const struct imap_arg *p = &cmd->args[i + 1];
+	if (p->type == IMAP_ARG_LIST) {
+		if (p->n == 0)
+			return false;
+		for (size_t k = 0; k < p->n; k++) {
+			if (!imap_arg_is_string(&p->list[k]) || strlen(p->list[k].str) != p->list[k].len)
+				return false;
+		}
+	} else if (!imap_arg_is_string(p) || strlen(p->str) != p->len) {
+		return false;
+	}
+	o->pats = p;
+	i += 2;
+	if (i == n)
+		return true;
+	return i + 2 == n && imap_arg_is_atom(&cmd->args[i], "RETURN") && cmd->args[i + 1].type == IMAP_ARG_LIST &&
+	       list_return(&cmd->args[i + 1], o);
+}
+
+static bool list_pattern_match(const char *ref, const struct imap_arg *pats, const char *name)
+{
+	size_t n = pats->type == IMAP_ARG_LIST ? pats->n : 1;
+	for (size_t i = 0; i < n; i++) {
+		const char *pat = pats->type == IMAP_ARG_LIST ? pats->list[i].str : pats->str;
+		char *full = xasprintf("%s%s", ref, pat);
+		/* "INBOX" matches case-insensitively. */
+		bool match = pattern_match(full, name) || (strcmp(name, "INBOX") == 0 && str_ieq(full, "INBOX"));
+		free(full);
+		if (match)
+			return true;
+	}
+	return false;
+}
+
+static bool list_meets(const struct list_opts *o, const struct store_mailbox_info *mb)
+{
+	return (!o->sel_subscribed || mb->subscribed) && (!o->sel_special || mb->special_use[0] != '\0');
+}
+
+/* RECURSIVEMATCH: a descendant meets the selection (CHILDINFO). */
+static bool list_childinfo(const struct list_ctx *c, const struct list_opts *o, const char *name)
+{
+	size_t len = strlen(name);
+	for (size_t i = 0; i < c->n; i++) {
+		if (strncmp(c->mb[i].name, name, len) == 0 && c->mb[i].name[len] == STORE_MAILBOX_SEP &&
+		    list_meets(o, &c->mb[i]))
+			return true;
+	}
+	return false;
+}
+
 static void cmd_list(struct imap_session *s, struct imap_cmd *cmd, bool lsub)
 {
-	if (!want_args(s, cmd, 2, 2) || !want_strings(s, cmd, 2))
+	struct list_opts o = { 0 };
+	if (lsub ? !(want_args(s, cmd, 2, 2) && want_strings(s, cmd, 2)) : !list_parse(cmd, &o)) {
+		if (!lsub)
+			imap_session_bad(s, cmd->tag, "Invalid LIST arguments");
 		return;
-	const char *ref = cmd->args[0].str, *pat = cmd->args[1].str;
-	if (pat[0] == '\0') {
+	}
+	if (lsub)
+		o.pats = &cmd->args[1];
+	const char *ref = cmd->args[cmd->args[0].type == IMAP_ARG_LIST ? 1 : 0].str;
+	size_t n_pats = o.pats->type == IMAP_ARG_LIST ? o.pats->n : 1;
+	if (n_pats == 1 && o.pats->type != IMAP_ARG_LIST && o.pats->str[0] == '\0' && !o.sel_subscribed &&
+	    !o.sel_special) {
 		imap_session_untagged(s, "%s (\\Noselect) \"/\" \"\"", lsub ? "LSUB" : "LIST");
 		imap_session_tagged(s, "OK", "%s completed", cmd->name);
 		return;
 	}
-	if (strlen(ref) + strlen(pat) > 2 * STORE_MAILBOX_NAME_MAX) {
-		imap_session_bad(s, cmd->tag, "Pattern too long");
-		return;
+	for (size_t i = 0; i < n_pats; i++) {
+		const char *pat = o.pats->type == IMAP_ARG_LIST ? o.pats->list[i].str : o.pats->str;
+		if (strlen(ref) + strlen(pat) > 2 * STORE_MAILBOX_NAME_MAX) {
+			imap_session_bad(s, cmd->tag, "Pattern too long");
+			return;
+		}
 	}
-	char *full = xasprintf("%s%s", ref, pat);
-	/* "INBOX" matches case-insensitively. */
 	struct list_ctx c = { s, NULL, 0, 0 };
 	enum status st = store_imap_mailbox_list(s->w->reader, s->account_id, list_collect, &c);
 	if (st != ST_OK) {
-		free(full);
 		free(c.mb);
 		imap_command_reply_status(s, st, "Cannot list mailboxes");
 		return;
 	}
+	if (lsub)
+		o.sel_subscribed = true;
 	struct buf line = BUF_INIT;
 	for (size_t i = 0; i < c.n; i++) {
 		const struct store_mailbox_info *mb = &c.mb[i];
-		bool match = pattern_match(full, mb->name) ||
-			     (strcmp(mb->name, "INBOX") == 0 && str_ieq(full, "INBOX"));
-		if (!match || (lsub && !mb->subscribed))
+		if (!list_pattern_match(ref, o.pats, mb->name))
+			continue;
+		bool meets = list_meets(&o, mb);
+		bool childinfo = o.recursive && list_childinfo(&c, &o, mb->name);
+		if (!meets && !childinfo)
 			continue;
 		buf_reset(&line);
 		buf_printf(&line, "%s (%s", lsub ? "LSUB" : "LIST",
 			   has_children(&c, mb->name) ? "\\HasChildren" : "\\HasNoChildren");
 		if (mb->special_use[0])
 			buf_printf(&line, " %s", mb->special_use);
+		if (!lsub && (o.sel_subscribed || o.ret_subscribed) && mb->subscribed)
+			buf_append_str(&line, " \\Subscribed");
 		buf_append_str(&line, ") \"/\" ");
 		imap_quote(&line, mb->name);
+		if (childinfo)   /* the selection options a descendant meets */
+			buf_printf(&line, " (\"CHILDINFO\" (%s%s%s))", o.sel_subscribed ? "\"SUBSCRIBED\"" : "",
+				   o.sel_subscribed && o.sel_special ? " " : "",
+				   o.sel_special ? "\"SPECIAL-USE\"" : "");
 		imap_session_untagged(s, "%s", line.data);
+		struct store_mailbox_info full;
+		if (o.status != NULL &&
+		    store_imap_mailbox_get(s->w->reader, s->account_id, mb->name, true, &full) == ST_OK)
+			status_reply(s, &full, o.status);
 	}
 	buf_free(&line);
-	free(full);
 	free(c.mb);
 	sync_if_selected(s, true);
 	imap_session_tagged(s, "OK", "%s completed", cmd->name);
@@ -408,6 +585,55 @@ static void cmd_namespace(struct imap_session *s, struct imap_cmd *cmd)
 	imap_session_tagged(s, "OK", "NAMESPACE completed");
 }
 
+/* STATUS items (RFC 3501 6.3.10, RFC 7162 HIGHESTMODSEQ). */
+static const char *const status_items[] = { "MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN",
+					    "HIGHESTMODSEQ" };
+
+static bool status_items_valid(const struct imap_arg *items)
+{
+	if (items->type != IMAP_ARG_LIST || items->n == 0)
+		return false;
+	for (size_t i = 0; i < items->n; i++) {
+		size_t k = 0;
+		while (k < ARRAY_LEN(status_items) && !imap_arg_is_atom(&items->list[i], status_items[k]))
+			k++;
+		if (k == ARRAY_LEN(status_items))
+			return false;
+	}
+	return true;
+}
+
+/* "* STATUS name (items)" for a mailbox read with counts; items valid. */
+static void status_reply(struct imap_session *s, const struct store_mailbox_info *mb, const struct imap_arg *items)
+{
+	struct buf line = BUF_INIT;
+	buf_append_str(&line, "STATUS ");
+	imap_quote(&line, mb->name);
+	buf_append_str(&line, " (");
+	for (size_t i = 0; i < items->n; i++) {
+		const struct imap_arg *a = &items->list[i];
+		if (i > 0)
+			buf_append_char(&line, ' ');
+		if (imap_arg_is_atom(a, "MESSAGES"))
+			buf_printf(&line, "MESSAGES %llu", (unsigned long long)mb->messages);
+		else if (imap_arg_is_atom(a, "RECENT"))
+			buf_append_str(&line, "RECENT 0");
+		else if (imap_arg_is_atom(a, "UIDNEXT"))
+			buf_printf(&line, "UIDNEXT %u", mb->uidnext);
+		else if (imap_arg_is_atom(a, "UIDVALIDITY"))
+			buf_printf(&line, "UIDVALIDITY %u", mb->uidvalidity);
+		else if (imap_arg_is_atom(a, "UNSEEN"))
+			buf_printf(&line, "UNSEEN %llu", (unsigned long long)mb->unseen);
+		else {   /* HIGHESTMODSEQ: a CONDSTORE enabling item (RFC 7162 3.1) */
+			buf_printf(&line, "HIGHESTMODSEQ %llu", (unsigned long long)mb->highestmodseq);
+			s->condstore = true;
+		}
+	}
+	buf_append_char(&line, ')');
+	imap_session_untagged(s, "%s", line.data);
+	buf_free(&line);
+}
+
 static void cmd_status(struct imap_session *s, struct imap_cmd *cmd)
 {
 	if (!want_args(s, cmd, 2, 2) || !want_strings(s, cmd, 1))
@@ -417,41 +643,113 @@ static void cmd_status(struct imap_session *s, struct imap_cmd *cmd)
 		imap_session_bad(s, cmd->tag, "STATUS needs a list of items");
 		return;
 	}
+	if (!status_items_valid(items)) {
+		imap_session_bad(s, cmd->tag, "Unknown STATUS item");
+		return;
+	}
 	struct store_mailbox_info mb;
 	enum status st = store_imap_mailbox_get(s->w->reader, s->account_id, cmd->args[0].str, true, &mb);
 	if (st != ST_OK) {
 		imap_command_reply_status(s, st == ST_INVALID ? ST_NOT_FOUND : st, "Mailbox does not exist");
 		return;
 	}
-	struct buf line = BUF_INIT;
-	buf_append_str(&line, "STATUS ");
-	imap_quote(&line, mb.name);
-	buf_append_str(&line, " (");
-	for (size_t i = 0; i < items->n; i++) {
-		const struct imap_arg *a = &items->list[i];
-		if (i > 0)
-			buf_append_char(&line, ' ');
-		if (imap_arg_is_atom(a, "MESSAGES"))
-			buf_printf(&line, "MESSAGES %llu", (unsigned long long)mb.messages);
-		else if (imap_arg_is_atom(a, "RECENT"))
-			buf_append_str(&line, "RECENT 0");
-		else if (imap_arg_is_atom(a, "UIDNEXT"))
-			buf_printf(&line, "UIDNEXT %u", mb.uidnext);
-		else if (imap_arg_is_atom(a, "UIDVALIDITY"))
-			buf_printf(&line, "UIDVALIDITY %u", mb.uidvalidity);
-		else if (imap_arg_is_atom(a, "UNSEEN"))
-			buf_printf(&line, "UNSEEN %llu", (unsigned long long)mb.unseen);
-		else {
-			buf_free(&line);
-			imap_session_bad(s, cmd->tag, "Unknown STATUS item");
-			return;
-		}
+	status_reply(s, &mb, items);
+	sync_if_selected(s, true);
+	imap_session_tagged(s, "OK", "STATUS completed");
+}
+
+/* ---- QUOTA (RFC 9208) ----------------------------------------------------------------- */
+
+/* Every mailbox of an account shares one quota root, named "" (the
+ * account's limits from accounts.quota_*).  STORAGE is in KiB: usage
+ * rounded up, the limit rounded down, so a client never believes it has
+ * room the server will refuse.  A resource without a limit is not listed;
+ * an account without any limit has no quota root. */
+#define QUOTA_ROOT ""
+
+static bool quota_account(struct imap_session *s, struct account *a)
+{
+	enum status st = store_user_get(s->w->reader, s->user, a);
+	if (st != ST_OK) {
+		imap_command_reply_status(s, st == ST_NOT_FOUND ? ST_TEMPFAIL : st, "Cannot read the quota");
+		return false;
 	}
+	return true;
+}
+
+static void quota_untagged(struct imap_session *s, const struct account *a)
+{
+	struct buf line = BUF_INIT;
+	buf_append_str(&line, "QUOTA ");
+	imap_quote(&line, QUOTA_ROOT);
+	buf_append_str(&line, " (");
+	if (a->quota_bytes > 0)
+		buf_printf(&line, "STORAGE %llu %llu", (unsigned long long)((a->used_bytes + 1023) / 1024),
+			   (unsigned long long)(a->quota_bytes / 1024));
+	if (a->quota_messages > 0)
+		buf_printf(&line, "%sMESSAGE %llu %llu", a->quota_bytes > 0 ? " " : "",
+			   (unsigned long long)a->used_messages, (unsigned long long)a->quota_messages);
 	buf_append_char(&line, ')');
 	imap_session_untagged(s, "%s", line.data);
 	buf_free(&line);
+}
+
+static bool quota_limited(const struct account *a)
+{
+	return a->quota_bytes > 0 || a->quota_messages > 0;
+}
+
+static void cmd_getquota(struct imap_session *s, struct imap_cmd *cmd)
+{
+	if (!want_args(s, cmd, 1, 1) || !want_strings(s, cmd, 1))
+		return;
+	struct account a;
+	if (!quota_account(s, &a))
+		return;
+	if (strcmp(cmd->args[0].str, QUOTA_ROOT) != 0 || !quota_limited(&a)) {
+		imap_session_tagged(s, "NO", "[NONEXISTENT] No such quota root");
+		return;
+	}
+	quota_untagged(s, &a);
 	sync_if_selected(s, true);
-	imap_session_tagged(s, "OK", "STATUS completed");
+	imap_session_tagged(s, "OK", "GETQUOTA completed");
+}
+
+static void cmd_getquotaroot(struct imap_session *s, struct imap_cmd *cmd)
+{
+	if (!want_args(s, cmd, 1, 1) || !want_strings(s, cmd, 1))
+		return;
+	struct store_mailbox_info mb;
+	enum status st = store_imap_mailbox_get(s->w->reader, s->account_id, cmd->args[0].str, false, &mb);
+	if (st != ST_OK) {
+		imap_session_tagged(s, "NO", "[NONEXISTENT] Mailbox does not exist");
+		return;
+	}
+	struct account a;
+	if (!quota_account(s, &a))
+		return;
+	struct buf line = BUF_INIT;
+	buf_append_str(&line, "QUOTAROOT ");
+	imap_quote(&line, mb.name);
+	if (quota_limited(&a)) {
+		buf_append_char(&line, ' ');
+		imap_quote(&line, QUOTA_ROOT);
+	}
+	imap_session_untagged(s, "%s", line.data);
+	buf_free(&line);
+	if (quota_limited(&a))
+		quota_untagged(s, &a);
+	sync_if_selected(s, true);
+	imap_session_tagged(s, "OK", "GETQUOTAROOT completed");
+}
+
+static void cmd_setquota(struct imap_session *s, struct imap_cmd *cmd)
+{
+	if (!want_args(s, cmd, 2, 2) || !want_strings(s, cmd, 1) || cmd->args[1].type != IMAP_ARG_LIST) {
+		imap_session_bad(s, cmd->tag, "SETQUOTA takes a quota root and a list of limits");
+		return;
+	}
+	imap_session_tagged(s, "NO", "[NOPERM] Quotas are set by the administrator");
 }
 
 /* ---- mailbox changes (jobs) ----------------------------------------------------------- */
@@ -551,6 +849,7 @@ void imap_command_execute(struct imap_session *s, struct imap_cmd *cmd)
 		{ "RENAME", AUTH, false }, { "SUBSCRIBE", AUTH, false }, { "UNSUBSCRIBE", AUTH, false },
 		{ "LIST", AUTH, false }, { "LSUB", AUTH, false }, { "NAMESPACE", AUTH, false },
 		{ "STATUS", AUTH, false }, { "APPEND", AUTH, false }, { "IDLE", AUTH, false },
+		{ "GETQUOTA", AUTH, false }, { "GETQUOTAROOT", AUTH, false }, { "SETQUOTA", AUTH, false },
 		{ "CHECK", SELECTED, false }, { "CLOSE", SELECTED, false }, { "UNSELECT", SELECTED, false },
 		{ "EXPUNGE", SELECTED, true }, { "SEARCH", SELECTED, true }, { "FETCH", SELECTED, true },
 		{ "STORE", SELECTED, true }, { "COPY", SELECTED, true }, { "MOVE", SELECTED, true },
@@ -597,6 +896,9 @@ void imap_command_execute(struct imap_session *s, struct imap_cmd *cmd)
 	else if (strcmp(n, "NAMESPACE") == 0) cmd_namespace(s, cmd);
 	else if (strcmp(n, "STATUS") == 0) cmd_status(s, cmd);
 	else if (strcmp(n, "APPEND") == 0) imap_append_command(s, cmd);
+	else if (strcmp(n, "GETQUOTA") == 0) cmd_getquota(s, cmd);
+	else if (strcmp(n, "GETQUOTAROOT") == 0) cmd_getquotaroot(s, cmd);
+	else if (strcmp(n, "SETQUOTA") == 0) cmd_setquota(s, cmd);
 	else if (strcmp(n, "IDLE") == 0) {
 		if (want_args(s, cmd, 0, 0)) {
 			sync_if_selected(s, true);

@@ -1,13 +1,19 @@
 /*
  * imap_fetch.c - FETCH and UID FETCH: FLAGS, INTERNALDATE, RFC822.SIZE,
- * UID, RFC822, RFC822.HEADER, RFC822.TEXT, BODY[section]<partial> and
- * BODY.PEEK[...] for the sections "", HEADER, TEXT, HEADER.FIELDS and
- * HEADER.FIELDS.NOT; the FAST macro.
+ * UID, RFC822, RFC822.HEADER, RFC822.TEXT, ENVELOPE, BODYSTRUCTURE, BODY,
+ * BODY[section]<partial> and BODY.PEEK[...] for every RFC 3501 section:
+ * "", HEADER, TEXT, HEADER.FIELDS, HEADER.FIELDS.NOT, each optionally
+ * after a part number ("1.2.HEADER"), and <part>.MIME; the FAST, ALL and
+ * FULL macros.
  *
- * ENVELOPE, BODYSTRUCTURE, BODY without a section, MIME part numbers and
- * the ALL/FULL macros (which contain ENVELOPE) need a MIME parser that this
- * phase does not have: they are answered BAD with a clear text, before any
- * output.
+ * MIME data: ENVELOPE, BODYSTRUCTURE, BODY and part sections are served
+ * from the blob's cached MIME row (store_mime_get on the loop thread's
+ * handle: one indexed read per message).  A blob without a row (stored
+ * before the cache existed) gets it computed by src/mime in a pool job,
+ * FETCH_MIME_BATCH messages at a time, and stored for next time: the loop
+ * thread never parses a message.  A part section is a byte range of the
+ * blob taken from the part map; a part that does not exist, or HEADER/TEXT
+ * of a part that is not message/rfc822, is answered NIL.
  *
  * Output is produced incrementally (imap_fetch_continue): a response is written
  * until the output buffer passes IMAP_OUTPUT_HIGH, then the session waits
@@ -17,12 +23,21 @@
  * reads cover [0, size) only: the trailer is never served.
  *
  * \Seen: a non-PEEK body item first sets \Seen on the messages that lack
- * it, with one store job; those messages' responses then include FLAGS.
+ * it, with one store job; those messages' responses then include FLAGS
+ * (and MODSEQ once CONDSTORE is on).
+ *
+ * CONDSTORE (RFC 7162): the MODSEQ item, and the (CHANGEDSINCE n) modifier
+ * that keeps only messages whose mod-sequence is above n and implies
+ * MODSEQ; either turns CONDSTORE on for the session.  With QRESYNC on,
+ * UID FETCH ... (CHANGEDSINCE n VANISHED) first reports the set's UIDs
+ * expunged after n as VANISHED (EARLIER).
  *
  * Threads: the loop thread (blob reads are page-cache reads of files that
  * are never written again; no fsync here).
  */
 #include "imap_int.h"
+
+#include "mime.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -36,13 +51,16 @@
 #define FETCH_CHUNK (64u * 1024u)
 #define FETCH_MAX_FIELDS 64
 #define FETCH_HEADER_MAX (1u << 20)   /* header bytes kept in memory for HEADER.FIELDS */
+#define FETCH_MIME_BATCH 16           /* messages per MIME computing job */
 
-enum fitem_kind { FI_FLAGS, FI_INTERNALDATE, FI_SIZE, FI_UID, FI_BODY };
-enum fsection { SEC_ALL, SEC_HEADER, SEC_TEXT, SEC_FIELDS, SEC_FIELDS_NOT };
+enum fitem_kind { FI_FLAGS, FI_INTERNALDATE, FI_SIZE, FI_UID, FI_BODY, FI_ENVELOPE, FI_BODYSTRUCTURE,
+		  FI_BODY_STRUCT, FI_MODSEQ };
+enum fsection { SEC_ALL, SEC_HEADER, SEC_TEXT, SEC_FIELDS, SEC_FIELDS_NOT, SEC_MIME };
 
 struct fitem {
 	enum fitem_kind kind;
 	enum fsection section;
+	char *part;                  /* "1.2" or NULL for the whole message */
 	bool peek;
 	char *name;                  /* response name, e.g. "BODY[TEXT]" or "RFC822" */
 	bool partial;
@@ -56,9 +74,12 @@ struct fmsg {
 	size_t seq;
 	uint64_t size;
 	int64_t received;
+	uint64_t modseq;
 	struct msgid id;
 	bool flags_changed;          /* \Seen set by this FETCH */
 	bool loaded;
+	bool mime_ready;             /* mime holds the blob's cached row */
+	struct store_mime mime;
 };
 
 struct imap_fetch {
@@ -66,6 +87,7 @@ struct imap_fetch {
 	size_t n_items;
 	bool uid_cmd;
 	bool set_seen;
+	bool want_modseq;            /* MODSEQ item or CHANGEDSINCE */
 	struct fmsg *msgs;
 	size_t n_msgs;
 	size_t pos;                  /* current message */
@@ -75,11 +97,14 @@ struct imap_fetch {
 	int fd;                      /* streaming a body range, or -1 */
 	uint64_t s_off, s_left;
 	bool failed;                 /* a blob could not be read */
+	bool need_mime;              /* some item needs the MIME row */
+	bool job_pending;            /* a MIME job runs: produce nothing */
 };
 
 static void fitem_free(struct fitem *it)
 {
 	free(it->name);
+	free(it->part);
 	for (size_t i = 0; i < it->n_fields; i++)
 		free(it->fields[i]);
 	free(it->fields);
@@ -93,6 +118,8 @@ void imap_fetch_free(struct imap_fetch **fp)
 	for (size_t i = 0; i < f->n_items; i++)
 		fitem_free(&f->items[i]);
 	free(f->items);
+	for (size_t i = 0; i < f->n_msgs; i++)
+		store_mime_free(&f->msgs[i].mime);
 	free(f->msgs);
 	if (f->fd >= 0)
 		close(f->fd);
@@ -152,6 +179,32 @@ static bool parse_fields(const char *p, const char *end, struct fitem *it)
 	return it->n_fields > 0;
 }
 
+/* The numeric part of a section ("1.2."): its length in *part_len (0 if
+ * none); *rest_r points past it and its final dot.  False when malformed. */
+static bool parse_section_part(const char *sec, const char *end, size_t *part_len, const char **rest_r)
+{
+	const char *p = sec;
+	*part_len = 0;
+	/* Bounded: each pass consumes a number and a dot, or stops. */
+	while (p < end && *p >= '0' && *p <= '9') {
+		const char *num = p;
+		if (*p == '0')
+			return false;                /* nz-number */
+		while (p < end && *p >= '0' && *p <= '9')
+			p++;
+		if (p - num > 9)
+			return false;
+		*part_len = (size_t)(p - sec);
+		if (p == end)
+			break;
+		if (*p != '.' || p + 1 == end)
+			return false;
+		p++;
+	}
+	*rest_r = p;
+	return *part_len <= MIME_SECTION_MAX;
+}
+
 /* BODY[...]<o.n> / BODY.PEEK[...]<o.n>; *why_r set on failure. */
 static bool parse_body(struct imap_fetch *f, const char *atom, bool peek, const char **why_r)
 {
@@ -165,26 +218,39 @@ static bool parse_body(struct imap_fetch *f, const char *atom, bool peek, const 
 	it->peek = peek;
 	const char *sec = lb + 1;
 	size_t sec_len = (size_t)(rb - sec);
-	if (sec_len == 0)
+	size_t part_len;
+	const char *rest;
+	if (!parse_section_part(sec, rb, &part_len, &rest)) {
+		*why_r = "Invalid section part number";
+		return false;
+	}
+	if (part_len > 0) {
+		it->part = xstrndup(sec, part_len);
+		f->need_mime = true;
+	}
+	size_t rest_len = (size_t)(rb - rest);
+	if (rest_len == 0)
 		it->section = SEC_ALL;
-	else if (sec_len == 6 && strncasecmp(sec, "HEADER", 6) == 0)
+	else if (rest_len == 4 && part_len > 0 && strncasecmp(rest, "MIME", 4) == 0)
+		it->section = SEC_MIME;
+	else if (rest_len == 6 && strncasecmp(rest, "HEADER", 6) == 0)
 		it->section = SEC_HEADER;
-	else if (sec_len == 4 && strncasecmp(sec, "TEXT", 4) == 0)
+	else if (rest_len == 4 && strncasecmp(rest, "TEXT", 4) == 0)
 		it->section = SEC_TEXT;
-	else if (sec_len > 18 && strncasecmp(sec, "HEADER.FIELDS.NOT ", 18) == 0) {
+	else if (rest_len > 18 && strncasecmp(rest, "HEADER.FIELDS.NOT ", 18) == 0) {
 		it->section = SEC_FIELDS_NOT;
-		if (!parse_fields(sec + 17, rb, it)) {
+		if (!parse_fields(rest + 17, rb, it)) {
 			*why_r = "Invalid HEADER.FIELDS.NOT list";
 			return false;
 		}
-	} else if (sec_len > 14 && strncasecmp(sec, "HEADER.FIELDS ", 14) == 0) {
+	} else if (rest_len > 14 && strncasecmp(rest, "HEADER.FIELDS ", 14) == 0) {
 		it->section = SEC_FIELDS;
-		if (!parse_fields(sec + 13, rb, it)) {
+		if (!parse_fields(rest + 13, rb, it)) {
 			*why_r = "Invalid HEADER.FIELDS list";
 			return false;
 		}
 	} else {
-		*why_r = "MIME part sections are not supported yet";
+		*why_r = "Invalid section";
 		return false;
 	}
 	const char *tail = rb + 1;
@@ -231,6 +297,10 @@ static bool parse_item(struct imap_fetch *f, const struct imap_arg *a, const cha
 		add_item(f, FI_SIZE);
 	} else if (str_ieq(s, "UID")) {
 		add_item(f, FI_UID);
+	} else if (str_ieq(s, "MODSEQ")) {
+		if (!f->want_modseq)
+			add_item(f, FI_MODSEQ);
+		f->want_modseq = true;
 	} else if (str_ieq(s, "RFC822") || str_ieq(s, "RFC822.HEADER") || str_ieq(s, "RFC822.TEXT")) {
 		it = add_item(f, FI_BODY);
 		it->section = str_ieq(s, "RFC822") ? SEC_ALL : str_ieq(s, "RFC822.HEADER") ? SEC_HEADER : SEC_TEXT;
@@ -241,10 +311,15 @@ static bool parse_item(struct imap_fetch *f, const struct imap_arg *a, const cha
 		return parse_body(f, s, true, why_r);
 	} else if (str_istarts(s, "BODY[")) {
 		return parse_body(f, s, false, why_r);
-	} else if (str_ieq(s, "ENVELOPE") || str_ieq(s, "BODYSTRUCTURE") || str_ieq(s, "BODY") ||
-		   str_ieq(s, "ALL") || str_ieq(s, "FULL")) {
-		*why_r = "ENVELOPE, BODYSTRUCTURE and BODY need MIME parsing, not supported yet";
-		return false;
+	} else if (str_ieq(s, "ENVELOPE")) {
+		add_item(f, FI_ENVELOPE);
+		f->need_mime = true;
+	} else if (str_ieq(s, "BODYSTRUCTURE")) {
+		add_item(f, FI_BODYSTRUCTURE);
+		f->need_mime = true;
+	} else if (str_ieq(s, "BODY")) {
+		add_item(f, FI_BODY_STRUCT);
+		f->need_mime = true;
 	} else {
 		*why_r = "Unknown FETCH item";
 		return false;
@@ -254,10 +329,18 @@ static bool parse_item(struct imap_fetch *f, const struct imap_arg *a, const cha
 
 static bool parse_items(struct imap_fetch *f, const struct imap_arg *a, const char **why_r)
 {
-	if (a->type == IMAP_ARG_ATOM && str_ieq(a->str, "FAST")) {
+	/* The macros stand alone, never inside a list (RFC 3501 6.4.5). */
+	if (a->type == IMAP_ARG_ATOM &&
+	    (str_ieq(a->str, "FAST") || str_ieq(a->str, "ALL") || str_ieq(a->str, "FULL"))) {
 		add_item(f, FI_FLAGS);
 		add_item(f, FI_INTERNALDATE);
 		add_item(f, FI_SIZE);
+		if (!str_ieq(a->str, "FAST")) {
+			add_item(f, FI_ENVELOPE);
+			f->need_mime = true;
+		}
+		if (str_ieq(a->str, "FULL"))
+			add_item(f, FI_BODY_STRUCT);
 		return true;
 	}
 	if (a->type != IMAP_ARG_LIST)
@@ -391,33 +474,78 @@ void imap_date_format(int64_t t, char out[32])
 		 tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
 
+/* The byte ranges an item names: the content [start, start+len), or for
+ * HEADER.FIELDS(.NOT) the header [start, start+len) to filter.  False when
+ * the section does not exist (NIL). */
+static bool part_range(const struct fitem *it, const struct fmsg *m, uint64_t *start, uint64_t *len)
+{
+	struct mime_part mp;
+	if (!mime_part_find(m->mime.parts, m->mime.parts_len, it->part, &mp) || mp.body_end > m->size ||
+	    mp.header_start > mp.body_start || mp.body_start > mp.body_end)
+		return false;
+	switch (it->section) {
+	case SEC_ALL:
+		*start = mp.body_start;
+		*len = mp.body_end - mp.body_start;
+		return true;
+	case SEC_MIME:
+		*start = mp.header_start;
+		*len = mp.body_start - mp.header_start;
+		return true;
+	case SEC_HEADER:
+	case SEC_FIELDS:
+	case SEC_FIELDS_NOT:
+		*start = mp.body_start;
+		*len = mp.text_start - mp.body_start;
+		return mp.is_message;
+	case SEC_TEXT:
+		*start = mp.text_start;
+		*len = mp.body_end - mp.text_start;
+		return mp.is_message;
+	}
+	return false;
+}
+
 /* Writes one body item; may leave f->fd set to stream the literal. */
 static bool emit_body(struct imap_session *s, struct imap_fetch *f, const struct fitem *it,
 		      const struct fmsg *m, struct buf *b)
 {
 	char path[PATH_MAX];
-	store_blob_path(s->set->store_blob_dir, &m->id, path, sizeof(path));
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	store_blob_path(s->set->store_blob_dir, &m->id, path, sizeof(path)); /* for the log */
+	uint64_t start = 0, len = m->size;
+	if (it->part != NULL && !part_range(it, m, &start, &len)) {
+		if (it->partial)
+			buf_printf(b, "%s<%llu> NIL", it->name, (unsigned long long)it->p_off);
+		else
+			buf_printf(b, "%s NIL", it->name);
+		return true;
+	}
+	int fd = store_blob_open(s->set, 0, &m->id, NULL); /* any tier (src/tier) */
 	if (fd < 0) {
 		log_error("imap: cannot open %s: %s", path, strerror(errno));
 		return false;
 	}
-	uint64_t start = 0, len = m->size, hdr = 0;
+	if (it->part != NULL || it->section == SEC_ALL || it->section == SEC_TEXT)
+		store_access_note(&m->id); /* a body read (headers alone are not) */
 	struct buf mem = BUF_INIT;
 	bool in_memory = false;
-	if (it->section != SEC_ALL && !header_length(fd, m->size, &hdr)) {
-		close(fd);
-		return false;
+	if (it->part == NULL && it->section != SEC_ALL) {
+		uint64_t hdr = 0;
+		if (!header_length(fd, m->size, &hdr)) {
+			close(fd);
+			return false;
+		}
+		if (it->section == SEC_TEXT) {
+			start = hdr;
+			len = m->size - hdr;
+		} else {
+			len = hdr;
+		}
 	}
-	if (it->section == SEC_HEADER) {
-		len = hdr;
-	} else if (it->section == SEC_TEXT) {
-		start = hdr;
-		len = m->size - hdr;
-	} else if (it->section == SEC_FIELDS || it->section == SEC_FIELDS_NOT) {
+	if (it->section == SEC_FIELDS || it->section == SEC_FIELDS_NOT) {
 		struct buf h = BUF_INIT;
-		uint64_t hl = hdr < FETCH_HEADER_MAX ? hdr : FETCH_HEADER_MAX;
-		if (!imap_blob_read(path, 0, hl, &h)) {
+		uint64_t hl = len < FETCH_HEADER_MAX ? len : FETCH_HEADER_MAX;
+		if (!imap_blob_read(path, start, hl, &h)) {
 			buf_free(&h);
 			close(fd);
 			return false;
@@ -425,6 +553,7 @@ static bool emit_body(struct imap_session *s, struct imap_fetch *f, const struct
 		filter_fields(it, h.data ? h.data : "", h.len, &mem);
 		buf_free(&h);
 		in_memory = true;
+		start = 0;
 		len = mem.len;
 	}
 	uint64_t off = 0;
@@ -495,7 +624,8 @@ static void emit_item(struct imap_session *s, struct imap_fetch *f, const struct
 			}
 		}
 		buf_append_str(b, "FLAGS ");
-		imap_flags_format(at >= 0 ? s->view->m[at].flags & ~VIEW_GONE : 0, b);
+		imap_flags_format(at >= 0 ? s->view->m[at].flags & ~VIEW_GONE : 0, at >= 0 ? s->view->m[at].kw : NULL,
+				  b);
 		break;
 	}
 	case FI_INTERNALDATE:
@@ -508,9 +638,24 @@ static void emit_item(struct imap_session *s, struct imap_fetch *f, const struct
 	case FI_UID:
 		buf_printf(b, "UID %u", m->uid);
 		break;
+	case FI_MODSEQ:
+		buf_printf(b, "MODSEQ (%llu)", (unsigned long long)m->modseq);
+		break;
 	case FI_BODY:
 		if (!emit_body(s, f, it, m, b))
 			f->failed = true;
+		break;
+	case FI_ENVELOPE:
+		buf_append_str(b, "ENVELOPE ");
+		buf_append_str(b, m->mime.envelope);
+		break;
+	case FI_BODYSTRUCTURE:
+		buf_append_str(b, "BODYSTRUCTURE ");
+		buf_append_str(b, m->mime.bodystructure);
+		break;
+	case FI_BODY_STRUCT:
+		buf_append_str(b, "BODY ");
+		buf_append_str(b, m->mime.body);
 		break;
 	}
 }
@@ -530,9 +675,121 @@ static void fetch_finish(struct imap_session *s)
 	imap_session_tagged(s, "OK", "FETCH completed");
 }
 
+/* ---- MIME rows ------------------------------------------------------------------------ */
+
+/* Computes the MIME rows of blobs that have none, on a pool thread, and
+ * stores them in the index for the next FETCH. */
+struct mime_job {
+	struct imap_job j;
+	const struct settings *set;  /* settings live until exit */
+	size_t n;
+	struct mime_job_msg {
+		size_t idx;              /* in f->msgs */
+		uint32_t uid;
+		struct msgid id;
+		uint64_t size;
+		bool ok;
+		struct store_mime row;
+	} m[FETCH_MIME_BATCH];
+};
+
+static void mime_job_run(struct imap_job *j, struct store *st)
+{
+	struct mime_job *mj = (struct mime_job *)j;
+	j->status = ST_OK;
+	for (size_t i = 0; i < mj->n; i++) {
+		struct mime_job_msg *x = &mj->m[i];
+		char path[PATH_MAX];
+		store_blob_find(mj->set, 0, &x->id, path, sizeof(path)); /* any tier */
+		struct mime_summary sum;
+		char *err = NULL;
+		if (mime_parse_file(path, x->size, &sum, &err) != ST_OK) {
+			log_error("imap: MIME structure of %s: %s", path, err);
+			free(err);
+			continue;
+		}
+		x->row = (struct store_mime){ sum.envelope, sum.bodystructure, sum.body, sum.parts, sum.parts_len };
+		x->ok = true;
+		/* Only a cache: a failure to store it is logged, not fatal. */
+		if (store_mime_put(st, &x->id, &x->row, &err) != ST_OK) {
+			log_warn("imap: caching the MIME structure of %s: %s", path, err);
+			free(err);
+		}
+	}
+}
+
+static void mime_job_done(struct imap_job *j)
+{
+	struct mime_job *mj = (struct mime_job *)j;
+	struct imap_session *s = j->s;
+	if (imap_session_job_finished(s)) {
+		struct imap_fetch *f = s->fetch;
+		if (f != NULL) {
+			for (size_t i = 0; i < mj->n; i++) {
+				struct mime_job_msg *x = &mj->m[i];
+				if (x->idx >= f->n_msgs || f->msgs[x->idx].uid != x->uid)
+					panic("imap: FETCH messages changed under a MIME job");
+				struct fmsg *m = &f->msgs[x->idx];
+				if (!x->ok) {
+					f->failed = true;
+					continue;
+				}
+				m->mime = x->row;
+				m->mime_ready = true;
+				memset(&x->row, 0, sizeof(x->row));
+			}
+			f->job_pending = false;
+			imap_fetch_continue(s);
+		}
+		imap_session_job_end(s);
+	}
+	for (size_t i = 0; i < mj->n; i++)
+		store_mime_free(&mj->m[i].row);
+	free(j->error);
+	free(mj);
+}
+
+/* Makes the current message's MIME row ready.  False when a job was
+ * submitted (it also computes up to FETCH_MIME_BATCH - 1 following
+ * messages without a row): imap_fetch_continue runs again when it ends.
+ * At most FETCH_MIME_BATCH rows are held ahead of the output. */
+static bool mime_ready(struct imap_session *s, struct imap_fetch *f)
+{
+	struct fmsg *cur = &f->msgs[f->pos];
+	if (cur->mime_ready)
+		return true;
+	if (store_mime_get(s->w->reader, &cur->id, &cur->mime) == ST_OK) {
+		cur->mime_ready = true;
+		return true;
+	}
+	struct mime_job *mj = xcalloc(1, sizeof(*mj));
+	mj->set = s->set;
+	for (size_t i = f->pos; i < f->n_msgs && i < f->pos + FETCH_MIME_BATCH; i++) {
+		struct fmsg *m = &f->msgs[i];
+		if (m->mime_ready)
+			continue;
+		if (i > f->pos && store_mime_get(s->w->reader, &m->id, &m->mime) == ST_OK) {
+			m->mime_ready = true;
+			continue;
+		}
+		struct mime_job_msg *x = &mj->m[mj->n++];
+		x->idx = i;
+		x->uid = m->uid;
+		x->id = m->id;
+		x->size = m->size;
+	}
+	mj->j.run = mime_job_run;
+	mj->j.done = mime_job_done;
+	f->job_pending = true;
+	imap_session_submit(s, &mj->j);
+	return false;
+}
+
 void imap_fetch_continue(struct imap_session *s)
 {
 	struct imap_fetch *f = s->fetch;
+	if (f == NULL || f->job_pending)
+		return;
 	struct buf b = BUF_INIT;
 	/* Bounded: each pass writes output or advances item/message; it stops
 	 * when the output buffer is full. */
@@ -547,6 +804,8 @@ void imap_fetch_continue(struct imap_session *s)
 		if (f->failed || f->pos == f->n_msgs)
 			break;
 		struct fmsg *m = &f->msgs[f->pos];
+		if (!f->started && f->need_mime && !mime_ready(s, f))
+			break;
 		buf_reset(&b);
 		if (!f->started) {
 			f->started = true;
@@ -563,6 +822,11 @@ void imap_fetch_continue(struct imap_session *s)
 					buf_append_char(&b, ' ');
 				emit_item(s, f, &flags_item, m, &b);
 				f->need_space = true;
+				if (s->condstore && !f->want_modseq) {
+					struct fitem modseq_item = { .kind = FI_MODSEQ };
+					buf_append_char(&b, ' ');
+					emit_item(s, f, &modseq_item, m, &b);
+				}
 			}
 		}
 		if (f->item < f->n_items) {
@@ -580,10 +844,12 @@ void imap_fetch_continue(struct imap_session *s)
 		buf_append_str(&b, ")\r\n");
 		imap_session_write(s, b.data, b.len);
 		f->started = false;
+		store_mime_free(&m->mime);
+		m->mime_ready = false;
 		f->pos++;
 	}
 	buf_free(&b);
-	if (f != NULL && (f->failed || (f->pos == f->n_msgs && f->fd < 0)))
+	if (f != NULL && !f->job_pending && (f->failed || (f->pos == f->n_msgs && f->fd < 0)))
 		fetch_finish(s);
 }
 
@@ -604,17 +870,19 @@ static void load_cb(void *arg, const struct store_imap_msg *msg)
 		struct fmsg *m = &f->msgs[c->next];
 		m->size = msg->size;
 		m->received = msg->received;
+		m->modseq = msg->modseq;
 		m->id = msg->id;
 		m->loaded = true;
 	}
 }
 
-/* Drops messages that are gone from the index since the view was built. */
-static void drop_unloaded(struct imap_fetch *f)
+/* Drops messages that are gone from the index since the view was built,
+ * and with CHANGEDSINCE those not changed after it. */
+static void drop_unloaded(struct imap_fetch *f, bool changedsince, uint64_t since)
 {
 	size_t k = 0;
 	for (size_t i = 0; i < f->n_msgs; i++) {
-		if (f->msgs[i].loaded)
+		if (f->msgs[i].loaded && (!changedsince || f->msgs[i].modseq > since))
 			f->msgs[k++] = f->msgs[i];
 	}
 	f->n_msgs = k;
@@ -625,6 +893,7 @@ struct seen_job {
 	int64_t mailbox_id;
 	uint32_t *uids;
 	uint32_t *flags_out;
+	uint64_t *modseqs_out;
 	size_t n;
 	uint64_t modseq;
 };
@@ -632,8 +901,9 @@ struct seen_job {
 static void seen_run(struct imap_job *j, struct store *st)
 {
 	struct seen_job *sj = (struct seen_job *)j;
-	j->status = store_imap_set_flags(st, sj->mailbox_id, sj->uids, sj->n, STORE_FLAGS_ADD, MSG_FLAG_SEEN,
-					 sj->flags_out, &sj->modseq, &j->error);
+	j->status = store_imap_set_flags_cond(st, sj->mailbox_id, sj->uids, sj->n, STORE_FLAGS_ADD,
+					      MSG_FLAG_SEEN, NULL, NULL, sj->flags_out, NULL, sj->modseqs_out,
+					      &sj->modseq, &j->error);
 }
 
 static void seen_done(struct imap_job *j)
@@ -655,8 +925,10 @@ static void seen_done(struct imap_job *j)
 					k++;
 				if (k < f->n_msgs && f->msgs[k].uid == sj->uids[i]) {
 					f->msgs[k].flags_changed = true;
+					f->msgs[k].modseq = sj->modseqs_out[i];
 					struct view_msg *vm = &s->view->m[f->msgs[k].seq - 1];
 					vm->flags = sj->flags_out[i] | (vm->flags & VIEW_GONE);
+					vm->modseq = sj->modseqs_out[i];
 				}
 			}
 			imap_fetch_continue(s);
@@ -666,13 +938,42 @@ static void seen_done(struct imap_job *j)
 	free(j->error);
 	free(sj->uids);
 	free(sj->flags_out);
+	free(sj->modseqs_out);
 	free(sj);
+}
+
+/* The modifier list: CHANGEDSINCE n (required once), VANISHED. */
+static bool fetch_modifiers(const struct imap_arg *a, bool *changedsince_r, uint64_t *since_r, bool *vanished_r)
+{
+	if (a->type != IMAP_ARG_LIST || a->n == 0)
+		return false;
+	for (size_t i = 0; i < a->n; i++) {
+		const struct imap_arg *m = &a->list[i];
+		if (imap_arg_is_atom(m, "CHANGEDSINCE") && !*changedsince_r && i + 1 < a->n &&
+		    a->list[i + 1].type == IMAP_ARG_ATOM && imap_modseq_parse(a->list[i + 1].str, since_r)) {
+			*changedsince_r = true;
+			i++;
+		} else if (imap_arg_is_atom(m, "VANISHED") && !*vanished_r) {
+			*vanished_r = true;
+		} else {
+			return false;
+		}
+	}
+	return *changedsince_r;
 }
 
 void imap_fetch_start(struct imap_session *s, struct imap_cmd *cmd)
 {
-	if (cmd->n_args != 2 || cmd->args[0].type != IMAP_ARG_ATOM) {
-		imap_session_bad(s, cmd->tag, "FETCH takes a set and items");
+	/* "FETCH set items (CHANGEDSINCE n [VANISHED])" (RFC 7162 3.1.4, 3.2.6). */
+	uint64_t since = 0;
+	bool changedsince = false, vanished = false;
+	if ((cmd->n_args != 2 && cmd->n_args != 3) || cmd->args[0].type != IMAP_ARG_ATOM ||
+	    (cmd->n_args == 3 && !fetch_modifiers(&cmd->args[2], &changedsince, &since, &vanished))) {
+		imap_session_bad(s, cmd->tag, "FETCH takes a set, items and optional (CHANGEDSINCE n [VANISHED])");
+		return;
+	}
+	if (vanished && (!cmd->uid || !changedsince || !s->qresync)) {
+		imap_session_bad(s, cmd->tag, "VANISHED needs UID FETCH, CHANGEDSINCE and QRESYNC enabled");
 		return;
 	}
 	struct imap_fetch *f = xcalloc(1, sizeof(*f));
@@ -684,6 +985,12 @@ void imap_fetch_start(struct imap_session *s, struct imap_cmd *cmd)
 		imap_session_bad(s, cmd->tag, "%s", why);
 		return;
 	}
+	if (changedsince && !f->want_modseq) {
+		add_item(f, FI_MODSEQ);
+		f->want_modseq = true;
+	}
+	if (f->want_modseq)
+		s->condstore = true;
 	size_t *idx, n;
 	const char *bad;
 	if (imap_mailbox_resolve_set(s, cmd->args[0].str, cmd->uid, &idx, &n, &bad) != ST_OK) {
@@ -713,7 +1020,14 @@ void imap_fetch_start(struct imap_session *s, struct imap_cmd *cmd)
 			imap_command_reply_status(s, st, "Cannot read the mailbox");
 			return;
 		}
-		drop_unloaded(f);
+		drop_unloaded(f, changedsince, since);
+	}
+	if (vanished) {
+		struct imap_seqset set;
+		if (imap_seqset_parse(cmd->args[0].str, &set) == ST_OK) {   /* resolved above: valid */
+			imap_mailbox_vanished_earlier(s, since, &set);
+			imap_seqset_free(&set);
+		}
 	}
 	s->fetch = f;
 	imap_session_pause(s, IP_FETCH);
@@ -729,6 +1043,7 @@ void imap_fetch_start(struct imap_session *s, struct imap_cmd *cmd)
 	struct seen_job *sj = xcalloc(1, sizeof(*sj));
 	sj->uids = xcalloc(unseen, sizeof(*sj->uids));
 	sj->flags_out = xcalloc(unseen, sizeof(*sj->flags_out));
+	sj->modseqs_out = xcalloc(unseen, sizeof(*sj->modseqs_out));
 	for (size_t i = 0; i < f->n_msgs; i++) {
 		if (!(v->m[f->msgs[i].seq - 1].flags & MSG_FLAG_SEEN))
 			sj->uids[sj->n++] = f->msgs[i].uid;

@@ -88,6 +88,8 @@ void imap_worker_release_slot(void);
 struct view_msg {
 	uint32_t uid;
 	uint32_t flags;                 /* MSG_FLAG_* | VIEW_GONE */
+	uint64_t modseq;                /* RFC 7162, as last reported */
+	char *kw;                       /* keywords as stored (space-separated), NULL = none */
 };
 struct imap_view {
 	int64_t id;
@@ -98,6 +100,8 @@ struct imap_view {
 	uint64_t highestmodseq;
 	struct view_msg *m;             /* sequence number = index + 1 */
 	size_t n, cap;
+	char **known;                   /* keywords announced in FLAGS: grows only */
+	size_t n_known, cap_known;
 	bool pending_expunge;           /* some entries are VIEW_GONE */
 };
 
@@ -125,6 +129,7 @@ struct imap_session {
 	const struct settings *set;
 	struct imap_session *prev, *next;
 	struct bufferevent *bev;
+	struct guard_ticket ticket;     /* released with the connection */
 	enum imap_state state;
 	enum imap_mode mode;
 	enum imap_close close;
@@ -134,6 +139,7 @@ struct imap_session {
 	char client[80];
 	bool loopback;
 	bool tls;
+	bool implicit_tls;              /* greeting after the handshake */
 	bool shutdown;
 	unsigned errors;
 	struct imap_reader rd;
@@ -143,13 +149,18 @@ struct imap_session {
 	int64_t account_id;
 	char *user;                     /* account address */
 	struct imap_view *view;         /* IS_SELECTED */
+	bool condstore;                 /* RFC 7162 CONDSTORE enabled (ENABLE or a CONDSTORE command) */
+	bool qresync;                   /* RFC 7162 QRESYNC enabled: VANISHED replaces EXPUNGE */
 	struct event *idle_ev;
 	struct imap_fetch *fetch;       /* FETCH in progress (IP_FETCH) */
 	struct imap_append *append;     /* APPEND literal being received */
 };
 
 /* imap_session.c */
-void imap_session_start(struct imap_worker *w, int fd, const struct sockaddr *peer, socklen_t peer_len);
+/* Takes over *ticket (the guard's, may be NULL) and clears it; it is
+ * released when the connection closes (release_connection). */
+void imap_session_start(struct imap_worker *w, int fd, const struct sockaddr *peer, socklen_t peer_len,
+			bool implicit_tls, struct guard_ticket *ticket);
 void imap_session_shutdown(struct imap_session *s);
 void imap_session_destroy(struct imap_session *s);
 void imap_session_settle(struct imap_session *s);
@@ -201,10 +212,28 @@ void imap_mailbox_copy(struct imap_session *s, struct imap_cmd *cmd, bool move);
 enum status imap_mailbox_resolve_set(struct imap_session *s, const char *set, bool uid, size_t **idx_r,
 				size_t *n_r, const char **bad_r);
 void imap_view_free(struct imap_view **v);
-/* The FLAGS list text for a flags word: "(\\Seen \\Deleted)". */
-void imap_flags_format(uint32_t flags, struct buf *out);
-/* Parses a flag list argument; keywords are accepted and ignored. */
-bool imap_flags_parse(const struct imap_arg *a, uint32_t *flags_r);
+/* The FLAGS list text for a flags word and keywords (space-separated,
+ * NULL = none): "(\\Seen \\Deleted $Forwarded)". */
+void imap_flags_format(uint32_t flags, const char *keywords, struct buf *out);
+/* Parses a flag or a flag list argument: system flags into *flags_r,
+ * keywords appended space-separated to kw (validated atoms of at most
+ * STORE_KEYWORD_LEN_MAX bytes).  False for an invalid flag. */
+bool imap_flags_parse(const struct imap_arg *a, uint32_t *flags_r, struct buf *kw);
+/* True when the space-separated keyword list has `word` (case-insensitive). */
+bool imap_keywords_have(const char *keywords, const char *word);
+/* Index of uid in the view, or -1. */
+long imap_view_find(const struct imap_view *v, uint32_t uid);
+/* A modifier list "(NAME value)" with one 63-bit number (CHANGEDSINCE,
+ * UNCHANGEDSINCE): false unless `a` is exactly that. */
+bool imap_modifier_number(const struct imap_arg *a, const char *name, uint64_t *value_r);
+/* A mod-sequence-value atom (0 .. 2^63-1). */
+bool imap_modseq_parse(const char *p, uint64_t *value_r);
+/* "* VANISHED (EARLIER) uids" for the UIDs of `known` (NULL: every UID
+ * the mailbox ever gave) expunged by changes after mod-sequence `since`
+ * (RFC 7162 3.2.5.1, 3.2.6); nothing when there are none.  Where the
+ * expunge log does not reach back that far, every UID of `known` that is
+ * not in the view is reported. */
+void imap_mailbox_vanished_earlier(struct imap_session *s, uint64_t since, const struct imap_seqset *known);
 
 /* imap_fetch.c */
 void imap_fetch_start(struct imap_session *s, struct imap_cmd *cmd);

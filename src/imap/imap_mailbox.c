@@ -15,7 +15,25 @@
  * VIEW_GONE so sequence numbers keep their meaning until a later command
  * may report it.
  *
- * Memory: 8 bytes per message of the selected mailbox.
+ * CONDSTORE (RFC 7162): the view keeps each message's mod-sequence too;
+ * once the session has enabled CONDSTORE, SELECT reports HIGHESTMODSEQ
+ * (SELECT/EXAMINE (CONDSTORE) enables it), every FETCH reporting a flag
+ * change carries MODSEQ, a flag change without a flags difference (a
+ * keyword-only change by another session) is reported too, and STORE
+ * accepts (UNCHANGEDSINCE n): messages changed after n are left alone and
+ * named in [MODIFIED set], decided inside the store's transaction.
+ *
+ * QRESYNC (RFC 7162 3.2): once enabled, expunges are reported as one
+ * "VANISHED uids" (sent before any FETCH that follows, so sequence numbers
+ * agree), and SELECT/EXAMINE accept (QRESYNC (uidvalidity modseq
+ * [known-uids] [seq-match-data])): with a matching UIDVALIDITY the reply
+ * adds VANISHED (EARLIER) from the store's expunge log (or, beyond its
+ * retention, every known UID that is gone) and a FETCH (UID FLAGS MODSEQ)
+ * for each message changed after modseq.  seq-match-data is validated and
+ * not needed: the log answers exactly.
+ *
+ * Memory: 24 bytes per message of the selected mailbox, plus the keyword
+ * strings of messages that have keywords.
  * Threads: the loop thread; store jobs receive copies of what they need.
  */
 #include "imap_int.h"
@@ -37,7 +55,7 @@ static const struct {
 	{ "\\Draft", MSG_FLAG_DRAFT },
 };
 
-void imap_flags_format(uint32_t flags, struct buf *out)
+void imap_flags_format(uint32_t flags, const char *keywords, struct buf *out)
 {
 	buf_append_char(out, '(');
 	bool first = true;
@@ -47,18 +65,52 @@ void imap_flags_format(uint32_t flags, struct buf *out)
 			first = false;
 		}
 	}
+	if (keywords != NULL && keywords[0] != '\0')
+		buf_printf(out, "%s%s", first ? "" : " ", keywords);
 	buf_append_char(out, ')');
 }
 
-/* One flag atom: a system flag sets its bit; a keyword is accepted and not
- * kept (PERMANENTFLAGS does not offer \*); \Recent and unknown
- * backslash flags are invalid. */
-static bool flag_parse_one(const struct imap_arg *a, uint32_t *flags)
+bool imap_keywords_have(const char *keywords, const char *word)
+{
+	size_t len = strlen(word);
+	for (const char *p = keywords; p != NULL && *p;) {
+		while (*p == ' ')
+			p++;
+		size_t n = strcspn(p, " ");
+		if (n == len && strncasecmp(p, word, len) == 0)
+			return true;
+		p += n;
+	}
+	return false;
+}
+
+/* A keyword: an atom (RFC 3501 9: no atom-specials, no ']' either, which
+ * resp-text-code would misread) of bounded length. */
+static bool keyword_valid(const char *w, size_t len)
+{
+	if (len == 0 || len > STORE_KEYWORD_LEN_MAX || strlen(w) != len)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)w[i];
+		if (c <= 0x20 || c >= 0x7f || strchr("(){%*\"\\]", c) != NULL)
+			return false;
+	}
+	return true;
+}
+
+/* One flag atom: a system flag sets its bit, a keyword is appended to kw;
+ * \Recent and unknown backslash flags are invalid. */
+static bool flag_parse_one(const struct imap_arg *a, uint32_t *flags, struct buf *kw)
 {
 	if (a->type != IMAP_ARG_ATOM)
 		return false;
-	if (a->str[0] != '\\')
-		return strpbrk(a->str, "[]{") == NULL;
+	if (a->str[0] != '\\') {
+		if (!keyword_valid(a->str, a->len))
+			return false;
+		if (!imap_keywords_have(kw->data, a->str))
+			buf_printf(kw, "%s%s", kw->len ? " " : "", a->str);
+		return true;
+	}
 	for (size_t i = 0; i < ARRAY_LEN(flag_names); i++) {
 		if (str_ieq(a->str, flag_names[i].name)) {
 			*flags |= flag_names[i].bit;
@@ -68,13 +120,13 @@ static bool flag_parse_one(const struct imap_arg *a, uint32_t *flags)
 	return false;
 }
 
-bool imap_flags_parse(const struct imap_arg *a, uint32_t *flags_r)
+bool imap_flags_parse(const struct imap_arg *a, uint32_t *flags_r, struct buf *kw)
 {
 	*flags_r = 0;
 	if (a->type != IMAP_ARG_LIST)
-		return flag_parse_one(a, flags_r);
+		return flag_parse_one(a, flags_r, kw);
 	for (size_t i = 0; i < a->n; i++) {
-		if (!flag_parse_one(&a->list[i], flags_r))
+		if (!flag_parse_one(&a->list[i], flags_r, kw))
 			return false;
 	}
 	return true;
@@ -87,12 +139,19 @@ void imap_view_free(struct imap_view **vp)
 	struct imap_view *v = *vp;
 	if (v == NULL)
 		return;
+	for (size_t i = 0; i < v->n; i++)
+		free(v->m[i].kw);
 	free(v->m);
+	for (size_t i = 0; i < v->n_known; i++)
+		free(v->known[i]);
+	free(v->known);
 	free(v);
 	*vp = NULL;
 }
 
-static void view_push(struct view_msg **m, size_t *n, size_t *cap, uint32_t uid, uint32_t flags)
+/* Appends an entry; takes over kw (malloc'd or NULL). */
+static void view_push(struct view_msg **m, size_t *n, size_t *cap, uint32_t uid, uint32_t flags,
+		      uint64_t modseq, char *kw)
 {
 	if (*n == *cap) {
 		*cap = *cap ? *cap * 2 : 64;
@@ -100,6 +159,8 @@ static void view_push(struct view_msg **m, size_t *n, size_t *cap, uint32_t uid,
 	}
 	(*m)[*n].uid = uid;
 	(*m)[*n].flags = flags;
+	(*m)[*n].modseq = modseq;
+	(*m)[*n].kw = kw;
 	(*n)++;
 }
 
@@ -111,11 +172,60 @@ struct load_ctx {
 static void load_cb(void *arg, const struct store_imap_msg *msg)
 {
 	struct load_ctx *c = arg;
-	view_push(&c->m, &c->n, &c->cap, msg->uid, msg->flags);
+	view_push(&c->m, &c->n, &c->cap, msg->uid, msg->flags, msg->modseq,
+		  msg->keywords != NULL ? xstrdup(msg->keywords) : NULL);
 }
 
-/* Index of uid in the view, or -1. */
-static long view_find(const struct imap_view *v, uint32_t uid)
+static void msgs_free(struct view_msg *m, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(m[i].kw);
+	free(m);
+}
+
+/* Adds the words of kw the view has not announced; true if any was new. */
+static bool view_learn(struct imap_view *v, const char *kw)
+{
+	bool fresh = false;
+	for (const char *p = kw; p != NULL && *p;) {
+		while (*p == ' ')
+			p++;
+		size_t len = strcspn(p, " ");
+		bool have = len == 0;
+		for (size_t i = 0; i < v->n_known && !have; i++)
+			have = strncasecmp(v->known[i], p, len) == 0 && v->known[i][len] == '\0';
+		if (!have) {
+			if (v->n_known == v->cap_known) {
+				v->cap_known = v->cap_known ? v->cap_known * 2 : 16;
+				v->known = xreallocarray(v->known, v->cap_known, sizeof(*v->known));
+			}
+			v->known[v->n_known++] = xstrndup(p, len);
+			fresh = true;
+		}
+		p += len;
+	}
+	return fresh;
+}
+
+/* FLAGS and PERMANENTFLAGS: the system flags and the mailbox's keywords;
+ * \* (new keywords allowed) while it is below its keyword limit. */
+static void announce_flags(struct imap_session *s)
+{
+	const struct imap_view *v = s->view;
+	struct buf kw = BUF_INIT;
+	for (size_t i = 0; i < v->n_known; i++)
+		buf_printf(&kw, " %s", v->known[i]);
+	const char *k = kw.data ? kw.data : "";
+	imap_session_untagged(s, "FLAGS (" SYSTEM_FLAGS "%s)", k);
+	if (v->readonly)
+		imap_session_untagged(s, "OK [PERMANENTFLAGS ()] Read-only mailbox");
+	else
+		imap_session_untagged(s, "OK [PERMANENTFLAGS (" SYSTEM_FLAGS "%s%s)] Flags permitted", k,
+				      v->n_known < STORE_KEYWORDS_MAX ? " \\*" : "");
+	buf_free(&kw);
+}
+
+long imap_view_find(const struct imap_view *v, uint32_t uid)
 {
 	size_t lo = 0, hi = v->n;
 	while (lo < hi) {
@@ -128,6 +238,196 @@ static long view_find(const struct imap_view *v, uint32_t uid)
 	return lo < v->n && v->m[lo].uid == uid ? (long)lo : -1;
 }
 
+/* ---- VANISHED (QRESYNC) ------------------------------------------------------------------- */
+
+struct uranges {
+	struct imap_range *r;      /* ascending, disjoint, not adjacent */
+	size_t n, cap;
+};
+
+static void uranges_push(struct uranges *u, uint32_t lo, uint32_t hi)
+{
+	if (u->n > 0 && (uint64_t)u->r[u->n - 1].hi + 1 >= lo) {
+		if (hi > u->r[u->n - 1].hi)
+			u->r[u->n - 1].hi = hi;
+		return;
+	}
+	if (u->n == u->cap) {
+		u->cap = u->cap ? u->cap * 2 : 16;
+		u->r = xreallocarray(u->r, u->cap, sizeof(*u->r));
+	}
+	u->r[u->n].lo = lo;
+	u->r[u->n].hi = hi;
+	u->n++;
+}
+
+static int irange_cmp(const void *a, const void *b)
+{
+	const struct imap_range *x = a, *y = b;
+	return x->lo < y->lo ? -1 : x->lo > y->lo;
+}
+
+/* "* VANISHED ..." with the ranges; nothing when empty. */
+static void vanished_send(struct imap_session *s, const char *head, const struct uranges *u)
+{
+	if (u->n == 0)
+		return;
+	struct buf b = BUF_INIT;
+	buf_append_str(&b, head);
+	for (size_t i = 0; i < u->n; i++) {
+		if (i > 0)
+			buf_append_char(&b, ',');
+		if (u->r[i].hi > u->r[i].lo)
+			buf_printf(&b, "%u:%u", u->r[i].lo, u->r[i].hi);
+		else
+			buf_printf(&b, "%u", u->r[i].lo);
+	}
+	imap_session_untagged(s, "%s", b.data);
+	buf_free(&b);
+}
+
+/* The known UIDs as sorted, merged ranges within [1, max]; "*" is max. */
+static void known_ranges(const struct imap_seqset *known, uint32_t max, struct uranges *out)
+{
+	if (max == 0)
+		return;
+	if (known == NULL) {
+		uranges_push(out, 1, max);
+		return;
+	}
+	struct imap_range *r = xcalloc(known->n ? known->n : 1, sizeof(*r));
+	for (size_t i = 0; i < known->n; i++) {
+		uint32_t lo = known->r[i].lo ? known->r[i].lo : max;
+		uint32_t hi = known->r[i].hi ? known->r[i].hi : max;
+		r[i].lo = lo < hi ? lo : hi;
+		r[i].hi = lo < hi ? hi : lo;
+	}
+	qsort(r, known->n, sizeof(*r), irange_cmp);
+	for (size_t i = 0; i < known->n; i++) {
+		if (r[i].lo <= max)
+			uranges_push(out, r[i].lo, r[i].hi < max ? r[i].hi : max);
+	}
+	free(r);
+}
+
+void imap_mailbox_vanished_earlier(struct imap_session *s, uint64_t since, const struct imap_seqset *known)
+{
+	const struct imap_view *v = s->view;
+	struct uranges k = { NULL, 0, 0 }, out = { NULL, 0, 0 };
+	known_ranges(known, v->uidnext > 0 ? v->uidnext - 1 : 0, &k);
+	uint32_t *log = NULL;
+	size_t n_log = 0;
+	bool complete = false;
+	/* A client ahead of the mailbox (an index restored from a backup) or a
+	 * log that cannot be read: the fallback is always right. */
+	if (k.n > 0 && since <= v->highestmodseq &&
+	    store_imap_vanished(s->w->reader, v->id, since, &log, &n_log, &complete) != ST_OK)
+		complete = false;
+	if (complete) {
+		size_t j = 0;
+		for (size_t i = 0; i < n_log; i++) {
+			while (j < k.n && k.r[j].hi < log[i])
+				j++;
+			if (j == k.n)
+				break;
+			if (log[i] >= k.r[j].lo)
+				uranges_push(&out, log[i], log[i]);
+		}
+	} else {
+		/* Every known UID the view does not hold (bounded by the
+		 * number of ranges plus the view's size). */
+		size_t p = 0;
+		for (size_t i = 0; i < k.n; i++) {
+			uint64_t cur = k.r[i].lo;
+			while (p < v->n && v->m[p].uid < k.r[i].lo)
+				p++;
+			for (; p < v->n && v->m[p].uid <= k.r[i].hi; p++) {
+				if (v->m[p].uid > cur)
+					uranges_push(&out, (uint32_t)cur, v->m[p].uid - 1);
+				cur = (uint64_t)v->m[p].uid + 1;
+			}
+			if (cur <= k.r[i].hi)
+				uranges_push(&out, (uint32_t)cur, k.r[i].hi);
+		}
+	}
+	vanished_send(s, "VANISHED (EARLIER) ", &out);
+	free(log);
+	free(k.r);
+	free(out.r);
+}
+
+/* SELECT's "(QRESYNC (uidvalidity modseq [known-uids] [seq-match-data]))". */
+struct qresync_param {
+	bool given;
+	uint32_t uidvalidity;
+	uint64_t modseq;
+	bool has_known;
+	struct imap_seqset known;
+};
+
+static bool seqset_valid(const struct imap_arg *a, struct imap_seqset *out)
+{
+	struct imap_seqset tmp;
+	if (a->type != IMAP_ARG_ATOM || imap_seqset_parse(a->str, out ? out : &tmp) != ST_OK)
+		return false;
+	if (out == NULL)
+		imap_seqset_free(&tmp);
+	return true;
+}
+
+static bool qresync_parse(const struct imap_arg *l, struct qresync_param *q)
+{
+	uint64_t uv;
+	if (l->type != IMAP_ARG_LIST || l->n < 2 || l->n > 4 || l->list[0].type != IMAP_ARG_ATOM ||
+	    !imap_modseq_parse(l->list[0].str, &uv) || uv == 0 || uv > UINT32_MAX ||
+	    l->list[1].type != IMAP_ARG_ATOM || !imap_modseq_parse(l->list[1].str, &q->modseq))
+		return false;
+	q->uidvalidity = (uint32_t)uv;
+	size_t i = 2;
+	if (i < l->n && l->list[i].type == IMAP_ARG_ATOM) {
+		if (!seqset_valid(&l->list[i], &q->known))
+			return false;
+		q->has_known = true;
+		i++;
+	}
+	if (i < l->n) {   /* seq-match-data: (known-sequence-set known-uid-set) */
+		const struct imap_arg *m = &l->list[i++];
+		if (m->type != IMAP_ARG_LIST || m->n != 2 || !seqset_valid(&m->list[0], NULL) ||
+		    !seqset_valid(&m->list[1], NULL))
+			return false;
+	}
+	return i == l->n;
+}
+
+/* The SELECT parameter list: CONDSTORE and QRESYNC (RFC 7162 3.1.8, 3.2.5). */
+static bool select_params(struct imap_session *s, const struct imap_arg *a, bool *condstore_r,
+			  struct qresync_param *q, const char **why_r)
+{
+	*why_r = "Invalid SELECT parameters";
+	if (a->type != IMAP_ARG_LIST || a->n == 0)
+		return false;
+	for (size_t i = 0; i < a->n; i++) {
+		const struct imap_arg *p = &a->list[i];
+		if (imap_arg_is_atom(p, "CONDSTORE")) {
+			*condstore_r = true;
+		} else if (imap_arg_is_atom(p, "QRESYNC") && !q->given && i + 1 < a->n) {
+			if (!s->qresync) {
+				*why_r = "QRESYNC is not enabled";
+				return false;
+			}
+			q->given = true;
+			if (!qresync_parse(&a->list[++i], q))
+				return false;
+		} else {
+			return false;
+		}
+	}
+	return true;
+}
+
+static void report_flags(struct imap_session *s, size_t seq, uint32_t uid, uint32_t flags, const char *kw,
+			 uint64_t modseq);
+
 void imap_mailbox_unselect(struct imap_session *s)
 {
 	imap_view_free(&s->view);
@@ -137,10 +437,21 @@ void imap_mailbox_unselect(struct imap_session *s)
 
 void imap_mailbox_select(struct imap_session *s, struct imap_cmd *cmd, bool readonly)
 {
-	if (cmd->n_args != 1 || !imap_arg_is_string(&cmd->args[0])) {
+	if ((cmd->n_args != 1 && cmd->n_args != 2) || !imap_arg_is_string(&cmd->args[0])) {
 		imap_session_bad(s, cmd->tag, "%s takes one mailbox name", cmd->name);
 		return;
 	}
+	/* RFC 7162 3.1.8: "SELECT mailbox (CONDSTORE)" enables CONDSTORE. */
+	bool cs_param = false;
+	struct qresync_param qr = { 0 };
+	const char *why;
+	if (cmd->n_args == 2 && !select_params(s, &cmd->args[1], &cs_param, &qr, &why)) {
+		imap_seqset_free(&qr.known);
+		imap_session_bad(s, cmd->tag, "%s", why);
+		return;
+	}
+	if (cs_param)
+		s->condstore = true;
 	bool was_selected = s->state == IS_SELECTED;
 	imap_mailbox_unselect(s);
 	if (was_selected)
@@ -148,6 +459,7 @@ void imap_mailbox_select(struct imap_session *s, struct imap_cmd *cmd, bool read
 	struct store_mailbox_info mb;
 	enum status st = store_imap_mailbox_get(s->w->reader, s->account_id, cmd->args[0].str, false, &mb);
 	if (st != ST_OK) {
+		imap_seqset_free(&qr.known);
 		imap_command_reply_status(s, st == ST_INVALID ? ST_NOT_FOUND : st, "Mailbox does not exist");
 		return;
 	}
@@ -156,7 +468,8 @@ void imap_mailbox_select(struct imap_session *s, struct imap_cmd *cmd, bool read
 	struct load_ctx c = { NULL, 0, 0 };
 	if ((st = store_imap_mailbox_poll(s->w->reader, mb.id, &uidnext, &hms)) != ST_OK ||
 	    (st = store_imap_messages(s->w->reader, mb.id, 1, load_cb, &c)) != ST_OK) {
-		free(c.m);
+		imap_seqset_free(&qr.known);
+		msgs_free(c.m, c.n);
 		imap_command_reply_status(s, st, "Cannot open mailbox");
 		return;
 	}
@@ -177,24 +490,40 @@ void imap_mailbox_select(struct imap_session *s, struct imap_cmd *cmd, bool read
 		if (!(v->m[i].flags & MSG_FLAG_SEEN))
 			first_unseen = i + 1;
 	}
-	imap_session_untagged(s, "FLAGS (" SYSTEM_FLAGS ")");
-	imap_session_untagged(s, "OK [PERMANENTFLAGS (%s)] Flags permitted", readonly ? "" : SYSTEM_FLAGS);
+	for (size_t i = 0; i < v->n; i++)
+		view_learn(v, v->m[i].kw);
+	announce_flags(s);
 	imap_session_untagged(s, "%zu EXISTS", v->n);
 	imap_session_untagged(s, "0 RECENT");
 	if (first_unseen)
 		imap_session_untagged(s, "OK [UNSEEN %zu] First unseen", first_unseen);
 	imap_session_untagged(s, "OK [UIDVALIDITY %u] UIDs valid", v->uidvalidity);
 	imap_session_untagged(s, "OK [UIDNEXT %u] Predicted next UID", v->uidnext);
+	if (s->condstore)
+		imap_session_untagged(s, "OK [HIGHESTMODSEQ %llu] Highest", (unsigned long long)v->highestmodseq);
+	if (qr.given && qr.uidvalidity == v->uidvalidity) {
+		imap_mailbox_vanished_earlier(s, qr.modseq, qr.has_known ? &qr.known : NULL);
+		for (size_t i = 0; i < v->n; i++) {
+			if (v->m[i].modseq > qr.modseq)
+				report_flags(s, i + 1, v->m[i].uid, v->m[i].flags, v->m[i].kw, v->m[i].modseq);
+		}
+	}
+	imap_seqset_free(&qr.known);
 	imap_session_tagged(s, "OK", "[%s] %s completed", readonly ? "READ-ONLY" : "READ-WRITE", cmd->name);
 }
 
 /* ---- change reporting ------------------------------------------------------------------ */
 
-static void report_flags(struct imap_session *s, size_t seq, uint32_t uid, uint32_t flags)
+static void report_flags(struct imap_session *s, size_t seq, uint32_t uid, uint32_t flags, const char *kw,
+			 uint64_t modseq)
 {
+	if (view_learn(s->view, kw))
+		announce_flags(s);   /* a new keyword: FLAGS first (RFC 3501 7.2.6) */
 	struct buf b = BUF_INIT;
 	buf_printf(&b, "%zu FETCH (UID %u FLAGS ", seq, uid);
-	imap_flags_format(flags, &b);
+	imap_flags_format(flags, kw, &b);
+	if (s->condstore)
+		buf_printf(&b, " MODSEQ (%llu)", (unsigned long long)modseq);
 	buf_append_char(&b, ')');
 	imap_session_untagged(s, "%s", b.data);
 	buf_free(&b);
@@ -218,8 +547,21 @@ void imap_mailbox_sync(struct imap_session *s, bool allow_expunge)
 		return;
 	struct load_ctx c = { NULL, 0, 0 };
 	if (store_imap_messages(s->w->reader, v->id, 1, load_cb, &c) != ST_OK) {
-		free(c.m);
+		msgs_free(c.m, c.n);
 		return;
+	}
+	if (allow_expunge && s->qresync) {
+		/* One VANISHED for every expunge, before any FETCH below. */
+		struct uranges gone = { NULL, 0, 0 };
+		size_t kk = 0;
+		for (size_t i = 0; i < v->n; i++) {
+			while (kk < c.n && c.m[kk].uid < v->m[i].uid)
+				kk++;
+			if (kk == c.n || c.m[kk].uid != v->m[i].uid)
+				uranges_push(&gone, v->m[i].uid, v->m[i].uid);
+		}
+		vanished_send(s, "VANISHED ", &gone);
+		free(gone.r);
 	}
 	struct view_msg *out = NULL;
 	size_t n_out = 0, cap_out = 0, k = 0;
@@ -231,25 +573,37 @@ void imap_mailbox_sync(struct imap_session *s, bool allow_expunge)
 			k++;  /* a UID below a known one cannot be new: skip (never happens) */
 		if (k < c.n && c.m[k].uid == o->uid) {
 			uint32_t now = c.m[k].flags;
-			view_push(&out, &n_out, &cap_out, o->uid, now | (o->flags & VIEW_GONE));
-			if ((o->flags & ~VIEW_GONE) != now)
-				report_flags(s, n_out, o->uid, now);
+			uint64_t ms = c.m[k].modseq;
+			char *kw = c.m[k].kw;
+			c.m[k].kw = NULL;
+			bool kw_changed = (kw == NULL) != (o->kw == NULL) || (kw != NULL && strcmp(kw, o->kw) != 0);
+			view_push(&out, &n_out, &cap_out, o->uid, now | (o->flags & VIEW_GONE), ms, kw);
+			if ((o->flags & ~VIEW_GONE) != now || kw_changed || (s->condstore && ms != o->modseq))
+				report_flags(s, n_out, o->uid, now, kw, ms);
 			k++;
 		} else if (allow_expunge) {
-			imap_session_untagged(s, "%zu EXPUNGE", n_out + 1);
+			if (!s->qresync)
+				imap_session_untagged(s, "%zu EXPUNGE", n_out + 1);
 			old_n--;
 		} else {
-			view_push(&out, &n_out, &cap_out, o->uid, o->flags | VIEW_GONE);
+			view_push(&out, &n_out, &cap_out, o->uid, o->flags | VIEW_GONE, o->modseq, v->m[i].kw);
+			v->m[i].kw = NULL;
 			pending = true;
 		}
 	}
 	uint32_t last = v->n ? v->m[v->n - 1].uid : 0;
+	bool fresh = false;
 	for (; k < c.n; k++) {
-		if (c.m[k].uid > last)
-			view_push(&out, &n_out, &cap_out, c.m[k].uid, c.m[k].flags);
+		if (c.m[k].uid > last) {
+			fresh |= view_learn(v, c.m[k].kw);
+			view_push(&out, &n_out, &cap_out, c.m[k].uid, c.m[k].flags, c.m[k].modseq, c.m[k].kw);
+			c.m[k].kw = NULL;
+		}
 	}
-	free(c.m);
-	free(v->m);
+	if (fresh)
+		announce_flags(s);   /* before EXISTS: new messages brought new keywords */
+	msgs_free(c.m, c.n);
+	msgs_free(v->m, v->n);
 	v->m = out;
 	v->n = n_out;
 	v->cap = cap_out;
@@ -361,8 +715,13 @@ struct store_job {
 	size_t n;
 	enum store_flag_op op;
 	uint32_t flags;
+	char *keywords;               /* space-separated, NULL = none */
 	uint32_t *flags_out;
+	char **keywords_out;
+	uint64_t *modseqs_out;
 	uint64_t modseq;
+	bool conditional;             /* UNCHANGEDSINCE given */
+	uint64_t unchangedsince;
 	bool silent;
 	bool uid_cmd;
 };
@@ -370,8 +729,10 @@ struct store_job {
 static void store_run(struct imap_job *j, struct store *st)
 {
 	struct store_job *sj = (struct store_job *)j;
-	j->status = store_imap_set_flags(st, sj->mailbox_id, sj->uids, sj->n, sj->op, sj->flags, sj->flags_out,
-					 &sj->modseq, &j->error);
+	j->status = store_imap_set_flags_cond(st, sj->mailbox_id, sj->uids, sj->n, sj->op, sj->flags,
+					      sj->keywords, sj->conditional ? &sj->unchangedsince : NULL,
+					      sj->flags_out, sj->keywords_out, sj->modseqs_out, &sj->modseq,
+					      &j->error);
 }
 
 static void store_done(struct imap_job *j)
@@ -381,34 +742,100 @@ static void store_done(struct imap_job *j)
 	if (imap_session_job_finished(s)) {
 		struct imap_view *v = s->view;
 		if (j->status == ST_OK && v != NULL) {
+			/* MODIFIED: UIDs for UID STORE, else sequence numbers, both
+			 * ascending because the view is in UID order. */
+			uint32_t *modified = xcalloc(sj->n ? sj->n : 1, sizeof(*modified));
+			size_t n_modified = 0;
 			for (size_t i = 0; i < sj->n; i++) {
-				long at = view_find(v, sj->uids[i]);
+				long at = imap_view_find(v, sj->uids[i]);
 				if (at < 0 || sj->flags_out[i] == UINT32_MAX)
 					continue;
+				if (sj->flags_out[i] == STORE_FLAGS_MODIFIED) {
+					modified[n_modified++] = sj->uid_cmd ? sj->uids[i] : (uint32_t)at + 1;
+					continue;
+				}
 				v->m[at].flags = sj->flags_out[i] | (v->m[at].flags & VIEW_GONE);
+				v->m[at].modseq = sj->modseqs_out[i];
+				free(v->m[at].kw);
+				v->m[at].kw = sj->keywords_out[i];
+				sj->keywords_out[i] = NULL;
+				bool changed = sj->modseq != 0 && sj->modseqs_out[i] == sj->modseq;
 				if (!sj->silent)
-					report_flags(s, (size_t)at + 1, sj->uids[i], sj->flags_out[i]);
+					report_flags(s, (size_t)at + 1, sj->uids[i], sj->flags_out[i], v->m[at].kw,
+						     sj->modseqs_out[i]);
+				else if (view_learn(v, v->m[at].kw))
+					announce_flags(s);
+				else if (s->condstore && changed)
+					imap_session_untagged(s, "%ld FETCH (UID %u MODSEQ (%llu))", at + 1, sj->uids[i],
+							      (unsigned long long)sj->modseqs_out[i]);
 			}
 			imap_mailbox_sync(s, sj->uid_cmd);
-			imap_session_tagged(s, "OK", "STORE completed");
+			if (n_modified > 0) {
+				struct buf b = BUF_INIT;
+				buf_append_str(&b, "[MODIFIED ");
+				uid_set_format(modified, n_modified, &b);
+				imap_session_tagged(s, "OK", "%s] Conditional STORE failed for some messages", b.data);
+				buf_free(&b);
+			} else {
+				imap_session_tagged(s, "OK", "STORE completed");
+			}
+			free(modified);
+		} else if (j->status == ST_INVALID) {
+			/* the only refusal of valid flags: the keyword limit */
+			imap_session_tagged(s, "NO", "[LIMIT] %s", j->error ? j->error : "Too many keywords");
 		} else {
 			imap_command_reply_status(s, j->status, j->error ? j->error : "STORE failed");
 		}
 		imap_session_job_end(s);
 	}
 	free(j->error);
+	for (size_t i = 0; i < sj->n; i++)
+		free(sj->keywords_out[i]);
+	free(sj->keywords_out);
+	free(sj->keywords);
 	free(sj->uids);
 	free(sj->flags_out);
+	free(sj->modseqs_out);
 	free(sj);
+}
+
+bool imap_modseq_parse(const char *p, uint64_t *value_r)
+{
+	uint64_t v = 0;
+	if (*p == '\0' || strlen(p) > 19)
+		return false;
+	for (; *p; p++) {
+		if (*p < '0' || *p > '9')
+			return false;
+		v = v * 10 + (uint64_t)(*p - '0');
+	}
+	if (v > INT64_MAX)   /* mod-sequence values are 63-bit (RFC 7162 7) */
+		return false;
+	*value_r = v;
+	return true;
+}
+
+bool imap_modifier_number(const struct imap_arg *a, const char *name, uint64_t *value_r)
+{
+	return a->type == IMAP_ARG_LIST && a->n == 2 && imap_arg_is_atom(&a->list[0], name) &&
+	       a->list[1].type == IMAP_ARG_ATOM && imap_modseq_parse(a->list[1].str, value_r);
 }
 
 void imap_mailbox_store(struct imap_session *s, struct imap_cmd *cmd)
 {
-	if (cmd->n_args < 3 || cmd->args[0].type != IMAP_ARG_ATOM || cmd->args[1].type != IMAP_ARG_ATOM) {
+	/* "STORE set (UNCHANGEDSINCE n) item flags" (RFC 7162 3.1.3). */
+	uint64_t unchangedsince = 0;
+	bool conditional = cmd->n_args >= 4 && cmd->args[1].type == IMAP_ARG_LIST;
+	if (conditional && !imap_modifier_number(&cmd->args[1], "UNCHANGEDSINCE", &unchangedsince)) {
+		imap_session_bad(s, cmd->tag, "Invalid STORE modifier");
+		return;
+	}
+	size_t a0 = conditional ? 2 : 1;   /* the item's argument */
+	if (cmd->n_args < a0 + 2 || cmd->args[0].type != IMAP_ARG_ATOM || cmd->args[a0].type != IMAP_ARG_ATOM) {
 		imap_session_bad(s, cmd->tag, "STORE takes a set, an item and flags");
 		return;
 	}
-	const char *item = cmd->args[1].str;
+	const char *item = cmd->args[a0].str;
 	enum store_flag_op op = STORE_FLAGS_SET;
 	if (item[0] == '+' || item[0] == '-') {
 		op = item[0] == '+' ? STORE_FLAGS_ADD : STORE_FLAGS_REMOVE;
@@ -420,28 +847,41 @@ void imap_mailbox_store(struct imap_session *s, struct imap_cmd *cmd)
 		return;
 	}
 	uint32_t flags = 0;
-	for (size_t i = 2; i < cmd->n_args; i++) {
+	struct buf kw = BUF_INIT;
+	for (size_t i = a0 + 1; i < cmd->n_args; i++) {
 		uint32_t f;
-		if ((cmd->args[i].type == IMAP_ARG_LIST && cmd->n_args != 3) || !imap_flags_parse(&cmd->args[i], &f)) {
+		if ((cmd->args[i].type == IMAP_ARG_LIST && cmd->n_args != a0 + 2) ||
+		    !imap_flags_parse(&cmd->args[i], &f, &kw)) {
+			buf_free(&kw);
 			imap_session_bad(s, cmd->tag, "Invalid flags");
 			return;
 		}
 		flags |= f;
 	}
 	if (s->view->readonly) {
+		buf_free(&kw);
 		imap_session_tagged(s, "NO", "[READ-ONLY] Mailbox is read-only");
 		return;
 	}
 	size_t *idx, n;
 	const char *bad;
 	if (imap_mailbox_resolve_set(s, cmd->args[0].str, cmd->uid, &idx, &n, &bad) != ST_OK) {
+		buf_free(&kw);
 		imap_session_bad(s, cmd->tag, "%s", bad);
 		return;
 	}
 	struct store_job *sj = xcalloc(1, sizeof(*sj));
 	sj->uids = chosen_uids(s->view, idx, n, &sj->n);
 	free(idx);
+	sj->keywords = kw.len > 0 ? buf_steal(&kw) : NULL;
+	buf_free(&kw);
+	sj->keywords_out = xcalloc(sj->n ? sj->n : 1, sizeof(*sj->keywords_out));
 	sj->flags_out = xcalloc(sj->n ? sj->n : 1, sizeof(*sj->flags_out));
+	sj->modseqs_out = xcalloc(sj->n ? sj->n : 1, sizeof(*sj->modseqs_out));
+	if (conditional)
+		s->condstore = true;
+	sj->conditional = conditional;
+	sj->unchangedsince = unchangedsince;
 	sj->mailbox_id = s->view->id;
 	sj->op = op;
 	sj->flags = flags;

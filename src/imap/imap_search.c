@@ -2,12 +2,18 @@
  * imap_search.c - SEARCH and UID SEARCH (RFC 3501 6.4.4).
  *
  * Keys: ALL, the flag keys (ANSWERED ... UNSEEN, NEW, OLD, RECENT), KEYWORD
- * and UNKEYWORD (no keywords are stored), LARGER, SMALLER, BEFORE, ON,
+ * and UNKEYWORD (case-insensitive, against the index row), LARGER, SMALLER, BEFORE, ON,
  * SINCE (internal date), SENTBEFORE, SENTON, SENTSINCE (the Date: header's
  * calendar date), FROM, TO, CC, BCC, SUBJECT, HEADER (substring of the
  * unfolded field values), BODY and TEXT (substring of the body / the whole
- * message), UID, sequence sets, NOT, OR and parenthesised lists.  CHARSET
- * US-ASCII and UTF-8 are accepted; matching is ASCII case-insensitive.
+ * message), UID, sequence sets, NOT, OR and parenthesised lists, and
+ * MODSEQ (RFC 7162 3.1.5; the optional entry name and type are accepted,
+ * the message's one mod-sequence is compared).  CHARSET US-ASCII and UTF-8
+ * are accepted; matching is ASCII case-insensitive.
+ *
+ * Results: the SEARCH response, with "(MODSEQ n)" (the highest of the
+ * matches) when the program used MODSEQ; or, after RETURN (...), one
+ * ESEARCH response (RFC 4731: MIN, MAX, COUNT, ALL; "RETURN ()" is ALL).
  *
  * The program is parsed into a tree (depth bounded by SEARCH_MAX_DEPTH so
  * "NOT NOT NOT ..." cannot recurse without limit), then evaluated per
@@ -38,6 +44,7 @@
 enum skey {
 	K_ALL, K_FLAG_SET, K_FLAG_UNSET, K_NONE, K_LARGER, K_SMALLER, K_BEFORE, K_ON, K_SINCE,
 	K_SENTBEFORE, K_SENTON, K_SENTSINCE, K_HEADER, K_BODY, K_TEXT, K_UID, K_SEQ, K_NOT, K_OR, K_AND,
+	K_MODSEQ, K_KEYWORD, K_UNKEYWORD,
 };
 
 struct snode {
@@ -255,8 +262,13 @@ static struct snode *parse_key(struct sparser *p, unsigned depth)
 		}
 	}
 	if (str_ieq(w, "KEYWORD") || str_ieq(w, "UNKEYWORD")) {
-		k->key = str_ieq(w, "KEYWORD") ? K_NONE : K_ALL;
-		ok = next_arg(p) != NULL;
+		k->key = str_ieq(w, "KEYWORD") ? K_KEYWORD : K_UNKEYWORD;
+		const struct imap_arg *f = next_arg(p);
+		ok = f != NULL && f->type == IMAP_ARG_ATOM;
+		if (ok)
+			k->str = xstrdup(f->str);
+		else if (p->error == NULL)
+			p->error = "KEYWORD needs a flag keyword";
 	} else if (str_ieq(w, "LARGER") || str_ieq(w, "SMALLER")) {
 		k->key = str_ieq(w, "LARGER") ? K_LARGER : K_SMALLER;
 		ok = want_number(p, k);
@@ -290,6 +302,18 @@ static struct snode *parse_key(struct sparser *p, unsigned depth)
 		ok = s != NULL && s->type == IMAP_ARG_ATOM && imap_seqset_parse(s->str, &k->set) == ST_OK;
 		if (!ok && p->error == NULL)
 			p->error = "Invalid UID set";
+	} else if (str_ieq(w, "MODSEQ")) {
+		/* MODSEQ [entry-name entry-type-req] mod-sequence-valzer */
+		k->key = K_MODSEQ;
+		if (p->i < p->n && imap_arg_is_string(&p->a[p->i]) && p->a[p->i].type != IMAP_ARG_ATOM) {
+			next_arg(p);
+			const struct imap_arg *t = next_arg(p);
+			ok = t != NULL && (imap_arg_is_atom(t, "all") || imap_arg_is_atom(t, "shared") ||
+					   imap_arg_is_atom(t, "priv"));
+			if (!ok)
+				p->error = "Invalid MODSEQ entry type";
+		}
+		ok = ok && want_number(p, k);
 	} else if (str_ieq(w, "NOT")) {
 		k->key = K_NOT;
 		struct snode *c = parse_key(p, depth + 1);
@@ -324,7 +348,7 @@ struct smsg {
 	size_t seq;
 	uint32_t flags;
 	uint32_t max_uid, max_seq;
-	const char *blob_dir;
+	const struct settings *set;  /* blob files on any tier (store_blob_find) */
 	bool header_read;
 	bool header_ok;
 	struct buf header;          /* lower-cased, bounded */
@@ -337,7 +361,7 @@ static bool load_header(struct smsg *m)
 		return m->header_ok;
 	m->header_read = true;
 	char path[PATH_MAX];
-	store_blob_path(m->blob_dir, &m->row->id, path, sizeof(path));
+	store_blob_find(m->set, 0, &m->row->id, path, sizeof(path));
 	uint64_t len = m->row->size < SEARCH_HEADER_MAX ? m->row->size : SEARCH_HEADER_MAX;
 	if (!imap_blob_read(path, 0, len, &m->header))
 		return false;
@@ -405,9 +429,7 @@ static bool body_contains(struct smsg *m, uint64_t off, const char *needle)
 	size_t nl = strlen(needle);
 	if (nl == 0)
 		return true;
-	char path[PATH_MAX];
-	store_blob_path(m->blob_dir, &m->row->id, path, sizeof(path));
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = store_blob_open(m->set, 0, &m->row->id, NULL);
 	if (fd < 0)
 		return false;
 	char *chunk = xmalloc(SEARCH_CHUNK + nl + 1);
@@ -485,6 +507,9 @@ static bool eval(struct snode *k, struct smsg *m)
 	case K_TEXT: return body_contains(m, 0, k->str);
 	case K_UID: return imap_seqset_contains(&k->set, m->row->uid, m->max_uid);
 	case K_SEQ: return imap_seqset_contains(&k->set, (uint32_t)m->seq, m->max_seq);
+	case K_MODSEQ: return m->row->modseq >= k->num;
+	case K_KEYWORD: return imap_keywords_have(m->row->keywords, k->str);
+	case K_UNKEYWORD: return !imap_keywords_have(m->row->keywords, k->str);
 	case K_NOT: return !eval(k->kids[0], m);
 	case K_OR: return eval(k->kids[0], m) || eval(k->kids[1], m);
 	case K_AND:
@@ -493,6 +518,18 @@ static bool eval(struct snode *k, struct smsg *m)
 				return false;
 		}
 		return true;
+	}
+	return false;
+}
+
+/* True when the program has a MODSEQ key (the reply then names a modseq). */
+static bool uses_modseq(const struct snode *k)
+{
+	if (k->key == K_MODSEQ)
+		return true;
+	for (size_t i = 0; i < k->n_kids; i++) {
+		if (uses_modseq(k->kids[i]))
+			return true;
 	}
 	return false;
 }
@@ -518,11 +555,22 @@ struct run_ctx {
 	struct snode *prog;
 	const struct view_msg *m;   /* view snapshot, UID order */
 	size_t n;
-	const char *blob_dir;
+	const struct settings *set;
 	bool uid;                   /* report UIDs (UID SEARCH) */
 	size_t view_pos;
-	struct buf out;
+	uint32_t *hits;             /* matching UIDs or sequence numbers, ascending */
+	size_t n_hits, cap_hits;
+	uint64_t max_modseq;        /* highest mod-sequence among the hits */
 };
+
+static void hit_push(struct run_ctx *c, uint32_t v)
+{
+	if (c->n_hits == c->cap_hits) {
+		c->cap_hits = c->cap_hits ? c->cap_hits * 2 : 64;
+		c->hits = xreallocarray(c->hits, c->cap_hits, sizeof(*c->hits));
+	}
+	c->hits[c->n_hits++] = v;
+}
 
 static void run_cb(void *arg, const struct store_imap_msg *row)
 {
@@ -537,12 +585,11 @@ static void run_cb(void *arg, const struct store_imap_msg *row)
 	m.flags = c->m[c->view_pos].flags & ~VIEW_GONE;
 	m.max_uid = c->n ? c->m[c->n - 1].uid : 0;
 	m.max_seq = (uint32_t)c->n;
-	m.blob_dir = c->blob_dir;
+	m.set = c->set;
 	if (eval(c->prog, &m)) {
-		if (c->uid)
-			buf_printf(&c->out, " %u", row->uid);
-		else
-			buf_printf(&c->out, " %zu", m.seq);
+		hit_push(c, c->uid ? row->uid : (uint32_t)m.seq);
+		if (row->modseq > c->max_modseq)
+			c->max_modseq = row->modseq;
 	}
 	buf_free(&m.header);
 }
@@ -554,20 +601,104 @@ static enum status run_search(struct store *st, int64_t mailbox_id, struct run_c
 	return store_imap_messages(st, mailbox_id, c->m[0].uid, run_cb, c);
 }
 
-static void search_reply(struct imap_session *s, enum status st, struct buf *out, bool uid_cmd)
+/* ESEARCH result options (RFC 4731): RET_* bits; 0 = classic SEARCH. */
+#define RET_MIN   (1u << 0)
+#define RET_MAX   (1u << 1)
+#define RET_ALL   (1u << 2)
+#define RET_COUNT (1u << 3)
+#define RET_ESEARCH (1u << 4)   /* RETURN given: answer with ESEARCH */
+
+/* hits (ascending) as a compact sequence set: "1:3,7,9:10". */
+static void hits_format_set(const uint32_t *hits, size_t n, struct buf *out)
+{
+	for (size_t i = 0; i < n;) {
+		size_t j = i;
+		while (j + 1 < n && hits[j + 1] == hits[j] + 1)
+			j++;
+		if (i > 0)
+			buf_append_char(out, ',');
+		if (j > i)
+			buf_printf(out, "%u:%u", hits[i], hits[j]);
+		else
+			buf_printf(out, "%u", hits[i]);
+		i = j + 1;
+	}
+}
+
+static void search_reply(struct imap_session *s, enum status st, const struct run_ctx *c, unsigned ret)
 {
 	if (st != ST_OK) {
 		imap_command_reply_status(s, st, "Cannot search the mailbox");
 		return;
 	}
-	imap_session_untagged(s, "SEARCH%s", out->data ? out->data : "");
-	imap_mailbox_sync(s, uid_cmd);
+	struct buf line = BUF_INIT;
+	if (ret & RET_ESEARCH) {
+		buf_append_str(&line, "ESEARCH (TAG ");
+		imap_quote(&line, s->tag);
+		buf_append_char(&line, ')');
+		if (c->uid)
+			buf_append_str(&line, " UID");
+		if ((ret & RET_MIN) && c->n_hits > 0)
+			buf_printf(&line, " MIN %u", c->hits[0]);
+		if ((ret & RET_MAX) && c->n_hits > 0)
+			buf_printf(&line, " MAX %u", c->hits[c->n_hits - 1]);
+		if ((ret & RET_ALL) && c->n_hits > 0) {
+			buf_append_str(&line, " ALL ");
+			hits_format_set(c->hits, c->n_hits, &line);
+		}
+		if (ret & RET_COUNT)
+			buf_printf(&line, " COUNT %zu", c->n_hits);
+		if (uses_modseq(c->prog) && c->n_hits > 0)
+			buf_printf(&line, " MODSEQ %llu", (unsigned long long)c->max_modseq);
+	} else {
+		buf_append_str(&line, "SEARCH");
+		for (size_t i = 0; i < c->n_hits; i++)
+			buf_printf(&line, " %u", c->hits[i]);
+		if (uses_modseq(c->prog) && c->n_hits > 0)
+			buf_printf(&line, " (MODSEQ %llu)", (unsigned long long)c->max_modseq);
+	}
+	imap_session_untagged(s, "%s", line.data);
+	buf_free(&line);
+	imap_mailbox_sync(s, c->uid);
 	imap_session_tagged(s, "OK", "SEARCH completed");
+}
+
+/* "RETURN (opts)" at the start of the program (RFC 4731 3.1).  Consumes
+ * it from the arguments; false (error text) for an unknown or malformed option. */
+static bool parse_return(const struct imap_arg **a, size_t *n, unsigned *ret_r, const char **err)
+{
+	*ret_r = 0;
+	if (*n < 1 || !imap_arg_is_atom(&(*a)[0], "RETURN"))
+		return true;
+	if (*n < 2 || (*a)[1].type != IMAP_ARG_LIST) {
+		*err = "RETURN needs a list of options";
+		return false;
+	}
+	const struct imap_arg *l = &(*a)[1];
+	unsigned ret = RET_ESEARCH;
+	for (size_t i = 0; i < l->n; i++) {
+		const struct imap_arg *o = &l->list[i];
+		if (imap_arg_is_atom(o, "MIN")) ret |= RET_MIN;
+		else if (imap_arg_is_atom(o, "MAX")) ret |= RET_MAX;
+		else if (imap_arg_is_atom(o, "ALL")) ret |= RET_ALL;
+		else if (imap_arg_is_atom(o, "COUNT")) ret |= RET_COUNT;
+		else {
+			*err = "Unknown RETURN option";
+			return false;
+		}
+	}
+	if (l->n == 0)
+		ret |= RET_ALL;   /* "RETURN ()" means ALL */
+	*ret_r = ret;
+	*a += 2;
+	*n -= 2;
+	return true;
 }
 
 struct search_job {
 	struct imap_job j;
 	int64_t mailbox_id;
+	unsigned ret;
 	struct run_ctx c;
 	struct view_msg *snapshot;
 };
@@ -584,13 +715,13 @@ static void search_job_done(struct imap_job *j)
 	struct imap_session *s = j->s;
 	if (imap_session_job_finished(s)) {
 		if (s->view != NULL)
-			search_reply(s, j->status, &sj->c.out, sj->c.uid);
+			search_reply(s, j->status, &sj->c, sj->ret);
 		else
 			imap_session_tagged(s, "NO", "Mailbox closed");
 		imap_session_job_end(s);
 	}
 	snode_free(sj->c.prog);
-	buf_free(&sj->c.out);
+	free(sj->c.hits);
 	free(sj->snapshot);
 	free(sj);
 }
@@ -599,6 +730,12 @@ void imap_search_run(struct imap_session *s, struct imap_cmd *cmd)
 {
 	const struct imap_arg *a = cmd->args;
 	size_t n = cmd->n_args;
+	unsigned ret;
+	const char *rerr = NULL;
+	if (!parse_return(&a, &n, &ret, &rerr)) {
+		imap_session_bad(s, cmd->tag, "%s", rerr);
+		return;
+	}
 	if (n >= 2 && imap_arg_is_atom(&a[0], "CHARSET")) {
 		if (!imap_arg_is_string(&a[1])) {
 			imap_session_bad(s, cmd->tag, "Invalid CHARSET");
@@ -617,14 +754,16 @@ void imap_search_run(struct imap_session *s, struct imap_cmd *cmd)
 		imap_session_bad(s, cmd->tag, "%s", err ? err : "Invalid search program");
 		return;
 	}
+	if (uses_modseq(prog))
+		s->condstore = true;   /* a CONDSTORE enabling command (RFC 7162 3.1) */
 	struct imap_view *v = s->view;
-	struct run_ctx c = { prog, v->m, v->n, s->set->store_blob_dir, cmd->uid, 0, BUF_INIT };
+	struct run_ctx c = { .prog = prog, .m = v->m, .n = v->n, .set = s->set, .uid = cmd->uid };
 	if (!needs_blob(prog)) {
 		/* Flags, sizes, dates, sets: index data only, answered here. */
 		enum status st = run_search(s->w->reader, v->id, &c);
-		search_reply(s, st, &c.out, cmd->uid);
+		search_reply(s, st, &c, ret);
 		snode_free(prog);
-		buf_free(&c.out);
+		free(c.hits);
 		return;
 	}
 	/* Headers and bodies are read on a store thread, from a snapshot of
@@ -633,8 +772,11 @@ void imap_search_run(struct imap_session *s, struct imap_cmd *cmd)
 	struct search_job *sj = xcalloc(1, sizeof(*sj));
 	sj->snapshot = xcalloc(v->n ? v->n : 1, sizeof(*sj->snapshot));
 	memcpy(sj->snapshot, v->m, v->n * sizeof(*v->m));
+	for (size_t i = 0; i < v->n; i++)
+		sj->snapshot[i].kw = NULL;   /* the job reads keywords from the index rows */
 	c.m = sj->snapshot;
 	sj->c = c;
+	sj->ret = ret;
 	sj->mailbox_id = v->id;
 	sj->j.run = search_job_run;
 	sj->j.done = search_job_done;

@@ -123,17 +123,47 @@ static void unlink_session(struct imap_session *s)
 
 static const char *capability_text(const struct imap_session *s);
 
-void imap_session_start(struct imap_worker *w, int fd, const struct sockaddr *peer, socklen_t peer_len)
+static struct bufferevent *tls_bev(struct imap_session *s, struct event_base *base, int fd)
+{
+	SSL *ssl = SSL_new(s->w->tls);
+	if (ssl == NULL) {
+		log_error("imap: SSL_new failed for %s", s->client);
+		return NULL;
+	}
+	struct bufferevent *bev = bufferevent_openssl_socket_new(base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+								 BEV_OPT_CLOSE_ON_FREE);
+	if (bev == NULL) {
+		log_error("imap: cannot create a TLS bufferevent for %s", s->client);
+		SSL_free(ssl);
+		return NULL;
+	}
+	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+	return bev;
+}
+
+void imap_session_start(struct imap_worker *w, int fd, const struct sockaddr *peer, socklen_t peer_len,
+			bool implicit_tls, struct guard_ticket *ticket)
 {
 	struct imap_session *s = xcalloc(1, sizeof(*s));
+	if (ticket != NULL) {
+		s->ticket = *ticket;
+		ticket->g = NULL;   /* moved: the caller's copy releases nothing */
+	}
 	s->w = w;
 	s->set = w->s;
+	s->implicit_tls = implicit_tls;
 	format_peer(s, peer, peer_len);
 	imap_reader_init(&s->rd, (size_t)s->set->imap_max_line_length, IMAP_MEMORY_LITERAL_MAX);
-	s->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (implicit_tls) {
+		s->bev = tls_bev(s, w->base, fd);
+		s->mode = IM_TLS;
+	} else {
+		s->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	}
 	if (s->bev == NULL) {
 		log_error("imap: cannot create a bufferevent for %s", s->client);
 		close(fd);
+		guard_release(&s->ticket);
 		imap_reader_free(&s->rd);
 		free(s);
 		imap_worker_release_slot();
@@ -141,12 +171,14 @@ void imap_session_start(struct imap_worker *w, int fd, const struct sockaddr *pe
 	}
 	link_session(w, s);
 	configure_bev(s);
-	log_debug("imap: connect from %s", s->client);
-	imap_session_untagged(s, "OK [CAPABILITY %s] Strata IMAP ready", capability_text(s));
+	log_debug("imap: connect from %s%s", s->client, implicit_tls ? " (TLS)" : "");
+	if (!implicit_tls)
+		imap_session_untagged(s, "OK [CAPABILITY %s] Strata IMAP ready", capability_text(s));
 }
 
 static void release_connection(struct imap_session *s)
 {
+	guard_release(&s->ticket);   /* once: it clears the ticket */
 	if (s->idle_ev != NULL) {
 		event_free(s->idle_ev);
 		s->idle_ev = NULL;
@@ -276,7 +308,9 @@ static const char *capability_text(const struct imap_session *s)
 	bool tls_offer = s->w != NULL && s->w->tls != NULL && !s->tls;
 	bool plain_ok = s->tls || s->loopback;
 	if (s->state != IS_NOTAUTH)
-		return "IMAP4rev1 LITERAL+ SASL-IR IDLE UIDPLUS MOVE UNSELECT NAMESPACE SPECIAL-USE ENABLE ID";
+		return "IMAP4rev1 LITERAL+ SASL-IR IDLE UIDPLUS MOVE UNSELECT NAMESPACE SPECIAL-USE ENABLE ID"
+		       " ESEARCH CONDSTORE QRESYNC QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE"
+		       " LIST-EXTENDED LIST-STATUS CHILDREN";
 	if (plain_ok)
 		return tls_offer ? "IMAP4rev1 LITERAL+ SASL-IR STARTTLS AUTH=PLAIN ID ENABLE IDLE"
 				 : "IMAP4rev1 LITERAL+ SASL-IR AUTH=PLAIN ID ENABLE IDLE";
@@ -471,6 +505,13 @@ static void on_command(struct imap_session *s)
 	enum status st = imap_parse_command(r->buf.data, len, r->streamed, &cmd, &err);
 	bool extra = r->streamed && r->len != r->stream_at;
 	imap_reader_reset(r);
+	if (st != ST_OK && s->state == IS_NOTAUTH && strcmp(cmd.tag, "PROXY") == 0) {
+		/* "PROXY TCP4 ...": a PROXY header from an address not in
+		 * guard.user.proxy_from, a protocol error (docs/GUARD.md). */
+		free(err);
+		imap_session_bye(s, "PROXY protocol not accepted from your address");
+		return;
+	}
 	if (st != ST_OK) {
 		imap_append_abort(s);
 		imap_session_bad(s, cmd.tag, "%s", err);
@@ -562,24 +603,15 @@ void imap_session_starttls(struct imap_session *s)
 static void tls_begin(struct imap_session *s)
 {
 	struct event_base *base = bufferevent_get_base(s->bev);
-	SSL *ssl = SSL_new(s->w->tls);
-	if (ssl == NULL) {
-		log_error("imap: SSL_new failed for %s", s->client);
-		s->close = IC_NOW;
-		return;
-	}
 	int fd = bufferevent_getfd(s->bev);
 	bufferevent_setfd(s->bev, -1);
 	bufferevent_free(s->bev);
-	s->bev = bufferevent_openssl_socket_new(base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+	s->bev = tls_bev(s, base, fd);
 	if (s->bev == NULL) {
-		log_error("imap: cannot create a TLS bufferevent for %s", s->client);
-		SSL_free(ssl);
 		close(fd);
 		s->close = IC_NOW;
 		return;
 	}
-	bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
 	s->mode = IM_TLS;
 	configure_bev(s);
 	bufferevent_enable(s->bev, EV_READ);
@@ -590,6 +622,8 @@ static void tls_done(struct imap_session *s)
 	s->tls = true;
 	s->mode = IM_CMD;
 	set_timeouts(s);
+	if (s->implicit_tls)
+		imap_session_untagged(s, "OK [CAPABILITY %s] Strata IMAP ready", capability_text(s));
 	if (s->pause == 0)
 		bufferevent_enable(s->bev, EV_READ);
 	imap_session_drive(s);

@@ -73,19 +73,35 @@ static void refuse(int fd, const char *line)
 }
 
 void imap_worker_accept(struct imap_worker *w, int fd, const struct sockaddr *peer, socklen_t peer_len,
-			const struct sockaddr *local, socklen_t local_len)
+			const struct sockaddr *local, socklen_t local_len, struct guard_ticket *ticket)
 {
 	(void)local;
 	(void)local_len;
 	if (w->shutting_down) {
 		refuse(fd, "* BYE Server shutting down\r\n");
+		guard_release(ticket);
 		return;
 	}
 	if (!take_slot(w->s->imap_max_connections)) {
 		refuse(fd, "* BYE [UNAVAILABLE] Too many connections, try again later\r\n");
+		guard_release(ticket);
 		return;
 	}
-	imap_session_start(w, fd, peer, peer_len);
+	imap_session_start(w, fd, peer, peer_len, false, ticket);
+}
+
+void imap_worker_accept_tls(struct imap_worker *w, int fd, const struct sockaddr *peer, socklen_t peer_len,
+			    const struct sockaddr *local, socklen_t local_len, struct guard_ticket *ticket)
+{
+	(void)local;
+	(void)local_len;
+	/* A plaintext BYE would be noise to the client's TLS stack: close. */
+	if (w->tls == NULL || w->shutting_down || !take_slot(w->s->imap_max_connections)) {
+		close(fd);
+		guard_release(ticket);
+		return;
+	}
+	imap_session_start(w, fd, peer, peer_len, true, ticket);
 }
 
 void imap_worker_set_settings(struct imap_worker *w, const struct settings *s)

@@ -28,6 +28,8 @@ enum metric_counter {
 	M_SMTP_REJECT_BAD_CONTENT,      /* NUL, bare LF in reject mode */
 	M_SMTP_REJECT_CONN_LIMIT,
 	M_SMTP_TIMEOUTS,
+	M_SMTP_CUT_SLOW,                /* sessions cut below smtp.min_rate */
+	M_SMTP_CUT_LIFETIME,            /* sessions cut at smtp.max_session_time */
 	M_SMTP_TLS_HANDSHAKES,
 	M_SMTP_TLS_FAILURES,
 	M_STORE_COMMITS,                /* index transactions */
@@ -36,12 +38,40 @@ enum metric_counter {
 	M_STORE_BLOB_BYTES_WRITTEN,
 	M_STORE_FSYNCS,
 	M_STORE_COMMIT_FAILURES,
+	M_GUARD_REFUSED_RATE,           /* connection guard (src/guard), by reason */
+	M_GUARD_REFUSED_CONCURRENCY,
+	M_GUARD_REFUSED_GLOBAL,         /* class cap, fair share, or table bucket all live */
+	M_GUARD_REFUSED_BAN,
+	M_GUARD_EVICTIONS,              /* table entries with state recycled for a new source */
+	M_GUARD_OFFENCE_ERRORS,         /* protocol offences reported to the guard, by kind */
+	M_GUARD_OFFENCE_HARVEST,
+	M_GUARD_OFFENCE_PRE_HELO,
+	M_GUARD_OFFENCE_COMMANDS,
+	M_GUARD_OFFENCE_EARLY_TALK,
+	M_GUARD_OFFENCE_AUTH,
+	M_GUARD_AUTH_FAILURES,          /* failed IMAP/POP3 logins counted by the guard */
+	M_GUARD_AUTH_DELAYED,           /* of them, answered after a delay */
+	M_GUARD_PROXY_ACCEPTED,         /* PROXY protocol headers read from trusted balancers */
+	M_GUARD_PROXY_REFUSED,          /* connections closed: bad, late or missing header */
+	M_GUARD_OFFENCE_BANS,           /* bans set for offences */
+	M_GUARD_ADMIN_BAN,              /* operator actions through the admin endpoint */
+	M_GUARD_ADMIN_UNBAN,
+	M_GUARD_ADMIN_ALLOW,
+	M_TIER_MOVES,                   /* blobs moved between tiers (src/tier) */
+	M_TIER_MOVE_BYTES,
+	M_TIER_MOVE_FAILURES,
+	M_TIER_HEAT_DROPPED,            /* access events dropped: ring full */
 	M_COUNTER__COUNT
 };
 
 enum metric_gauge {
 	M_SMTP_SESSIONS_ACTIVE,
 	M_QUEUE_PENDING,                /* deliveries submitted, not yet answered */
+	M_GUARD_ENTRIES,                /* guard table entries in use (bounded by guard.table_entries) */
+	M_TIER_BYTES_0,                 /* per tier, from the index: bytes, then messages */
+	M_TIER_BYTES_7 = M_TIER_BYTES_0 + 7,
+	M_TIER_MESSAGES_0,
+	M_TIER_MESSAGES_7 = M_TIER_MESSAGES_0 + 7,
 	M_GAUGE__COUNT
 };
 

@@ -172,6 +172,7 @@ static size_t commit_index(struct queue *q, size_t n)
 			.size = m->size,
 			.n_accounts = m->n_accounts,
 			.account_ids = m->account_ids,
+			.mime = m->mime.envelope != NULL ? &m->mime : NULL,
 			.status = ST_OK,
 			.uids = m->uids,
 		};
@@ -186,10 +187,23 @@ static size_t commit_index(struct queue *q, size_t n)
 	 * transaction wrote nothing, whatever a delivery's own status says. */
 	for (size_t i = 0; i < n; i++) {
 		struct queue_msg *m = q->batch[i];
-		if (m->status == ST_OK)
-			m->status = m->deliv.status != ST_OK ? m->deliv.status : ret;
+		if (m->status != ST_OK)
+			continue;
+		m->status = m->deliv.status != ST_OK ? m->deliv.status : ret;
+		m->commit_uncertain = ret == ST_IO_ERROR;
 	}
 	return k;
+}
+
+/* Whether a failed delivery's blob may be removed.  An I/O error from the
+ * index transaction is ambiguous: if it came from the WAL fsync at COMMIT,
+ * the commit record may already be in the log and SQLite replays it at the
+ * next open, so its rows would name the blob.  Such blobs are kept: at worst
+ * an orphan (found by verify) and a duplicate when the client retries its
+ * 4xx, never a row without its file. */
+static bool commit_blob_is_unreferenced(const struct queue_msg *m)
+{
+	return m->status != ST_OK && !m->commit_uncertain;
 }
 
 /* Step 3: remove the blobs the index does not name. */
@@ -202,7 +216,7 @@ static void commit_remove_failed(struct queue *q, size_t n)
 		bool removed = false;
 		for (size_t k = i; k < j; k++) {
 			struct queue_msg *m = q->by_dir[k];
-			if (m->status == ST_OK)
+			if (!commit_blob_is_unreferenced(m))
 				continue;
 			if (unlink(m->final_path) == 0)
 				removed = true;

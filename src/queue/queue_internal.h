@@ -127,9 +127,16 @@ struct queue_msg {
 	int io_err;               /* first errno of a failed write; 0 = none */
 	char *final_path;
 	char *final_dir;
+	/* The blob's MIME structure, computed by the writer once the blob is
+	 * at its final path (queue_spool.c) and stored by the committer with
+	 * the blob row.  All NULL when it could not be computed. */
+	struct store_mime mime;
 
 	/* committer (and the done trampoline) */
 	enum status status;
+	bool commit_uncertain;    /* the index commit failed with an I/O error:
+				   * it may still be replayed from the WAL, so
+				   * the blob is kept (queue_commit.c) */
 	bool counted;             /* counted in q->inflight and M_QUEUE_PENDING */
 	struct store_delivery deliv;
 	uint32_t *uids;

@@ -24,7 +24,8 @@
  *   spilled, write the last bytes and the trailer (store_blob_trailer),
  *   fsync (store.fsync), close (checked), create the blob directory
  *   (fs_mkdir_p fsyncs new directories into their parents), rename(2) to
- *   store_blob_path, and hand the message to the committer, which fsyncs
+ *   store_blob_path, compute the blob's MIME structure for the IMAP cache
+ *   (spool_compute_mime), and hand the message to the committer, which fsyncs
  *   the directory entry and writes the index rows.  Any failure removes the
  *   temp file and reports status_from_errno(errno): a 4xx, never a 250.
  *
@@ -48,6 +49,7 @@
 #include <unistd.h>
 
 #include "metrics.h"
+#include "mime.h"
 
 #define HASH_BYTES 32
 
@@ -78,6 +80,7 @@ static void msg_free(struct queue_msg *m)
 	free(m->tmp_path);
 	free(m->final_path);
 	free(m->final_dir);
+	store_mime_free(&m->mime);
 	free(m->uids);
 	pthread_mutex_destroy(&m->mu);
 	free(m);
@@ -447,6 +450,26 @@ static bool spool_complete(struct queue *q, struct queue_msg *m, const struct sp
 	return true;
 }
 
+/*
+ * MIME hook: computes the blob's IMAP structure (ENVELOPE, BODYSTRUCTURE,
+ * BODY, part map) here, on the writer thread, so that it is CPU work off
+ * the network threads, done once, and committed with the blob row.  The
+ * blob is at its final path and complete; the pages were just written, so
+ * the parse reads the page cache.  A failure only loses the cache: IMAP
+ * computes the row on first FETCH instead.
+ */
+static void spool_compute_mime(struct queue_msg *m)
+{
+	struct mime_summary sum;
+	char *err = NULL;
+	if (mime_parse_file(m->final_path, m->size, &sum, &err) != ST_OK) {
+		log_warn("%s: MIME structure not cached: %s", m->idtext, err);
+		free(err);
+		return;
+	}
+	m->mime = (struct store_mime){ sum.envelope, sum.bodystructure, sum.body, sum.parts, sum.parts_len };
+}
+
 static void spool_finalize(struct queue *q, struct queue_msg *m, const struct spool_op *op)
 {
 	enum status st = ST_OK;
@@ -465,6 +488,7 @@ static void spool_finalize(struct queue *q, struct queue_msg *m, const struct sp
 		msg_finish(m, st);
 		return;
 	}
+	spool_compute_mime(m);
 	commit_enqueue(q, m);
 }
 

@@ -18,7 +18,9 @@
  *      (server_privilege.c), then setgroups/setgid/setuid.
  *   7. AFTER the drop: queue_recover (removes stale temp files), the store
  *      opened (creating the index and blob directories), queue_start, the
- *      admin's own store handle, the network threads and their workers
+ *      tier mover (tier_mover_start: recovery of interrupted moves, its own
+ *      store handle and thread), the admin's own store handle, the network
+ *      threads and their workers
  *      (each opens a store reader).
  *      The store is deliberately opened after the drop, not before: every
  *      file SQLite creates from then on (index.db, -wal, -shm, whenever
@@ -67,6 +69,8 @@
 #include <unistd.h>
 
 #include "server_int.h"
+#include "guard.h"
+#include "tier.h"
 #include "tls.h"
 
 #define SERVER_DRAIN_POLL_MS 50
@@ -84,7 +88,8 @@ struct server {
 
 	struct server_addr *smtp_addrs, *admin_addrs;
 	size_t n_smtp, n_admin;
-	size_t n_imap;                /* the last n_imap of smtp_addrs are IMAP */
+	size_t n_imap;                /* the last n_imap of smtp_addrs are IMAP, */
+	size_t n_imaps, n_pop3, n_pop3s; /* ... IMAPS, POP3, POP3S, in this order */
 	bool as_root;
 	struct server_user user;
 
@@ -96,6 +101,9 @@ struct server {
 	struct server_admin *admin;
 	struct store *store;          /* the queue's (committer's) handle */
 	struct queue *queue;
+	struct tier_mover *tier;      /* storage tiering: heat flush and mover (src/tier) */
+	struct store_backup_thread *backup; /* periodic index backups, or NULL */
+	struct guard *guard;          /* the connection guard, published as guard_process() */
 
 	bool shutting_down;
 	uint64_t shutdown_started_ms;
@@ -138,6 +146,12 @@ static void server_init_process(const struct settings *s)
 
 /* ---- small helpers -------------------------------------------------------- */
 
+/* Entries of srv->smtp_addrs (SMTP, then IMAP, IMAPS, POP3, POP3S). */
+static size_t server_n_listeners(const struct server *srv)
+{
+	return srv->n_smtp + srv->n_imap + srv->n_imaps + srv->n_pop3 + srv->n_pop3s;
+}
+
 static void server_addrs_text(const struct server_addr *a, size_t n, const char *prefix,
 			      struct buf *out)
 {
@@ -147,9 +161,11 @@ static void server_addrs_text(const struct server_addr *a, size_t n, const char 
 
 static void server_log_ready(const struct server *srv)
 {
-	struct buf smtp = BUF_INIT, admin = BUF_INIT, imap = BUF_INIT;
+	struct buf smtp = BUF_INIT, admin = BUF_INIT, imap = BUF_INIT, pop3 = BUF_INIT;
 	server_addrs_text(srv->smtp_addrs, srv->n_smtp, "", &smtp);
-	server_addrs_text(srv->smtp_addrs + srv->n_smtp, srv->n_imap, "", &imap);
+	server_addrs_text(srv->smtp_addrs + srv->n_smtp, srv->n_imap + srv->n_imaps, "", &imap);
+	server_addrs_text(srv->smtp_addrs + srv->n_smtp + srv->n_imap + srv->n_imaps, srv->n_pop3 + srv->n_pop3s,
+			  "", &pop3);
 	server_addrs_text(srv->admin_addrs, srv->n_admin, "http://", &admin);
 	char user[64];
 	struct passwd *pw = getpwuid(geteuid());
@@ -157,12 +173,14 @@ static void server_log_ready(const struct server *srv)
 		snprintf(user, sizeof(user), "%s", pw->pw_name);
 	else
 		snprintf(user, sizeof(user), "uid %u", (unsigned)geteuid());
-	log_info("strata %s ready: smtp %s, imap %s (%llu thread%s), admin %s, state %s, user %s",
-		 STRATA_VERSION, smtp.data, srv->n_imap ? imap.data : "off",
+	log_info("strata %s ready: smtp %s, imap %s, pop3 %s (%llu thread%s), admin %s, state %s, user %s",
+		 STRATA_VERSION, smtp.data, srv->n_imap + srv->n_imaps ? imap.data : "off",
+		 srv->n_pop3 + srv->n_pop3s ? pop3.data : "off",
 		 (unsigned long long)srv->cur->threads, srv->cur->threads == 1 ? "" : "s",
 		 srv->n_admin ? admin.data : "off", srv->cur->state_dir, user);
 	buf_free(&smtp);
 	buf_free(&imap);
+	buf_free(&pop3);
 	buf_free(&admin);
 }
 
@@ -325,6 +343,11 @@ static void server_reload(struct server *srv)
 	srv->reloaded[srv->n_reloaded++] = next;
 	srv->cur = next;
 	server_listener_set_settings(srv->net, next);
+	char *guard_err = NULL;
+	if (!guard_set_settings(srv->guard, next, &guard_err)) {
+		log_error("reload: %s; the guard keeps its previous limits", guard_err);
+		free(guard_err);
+	}
 	/* Logged under whichever of the old and new levels shows it. */
 	bool shown_now = log_get_level() >= LOG_LVL_INFO;
 	if (shown_now)
@@ -357,6 +380,25 @@ static const char *server_health(void *arg)
 
 /* ---- start-up steps (each returns false with *error_r) ----------------------- */
 
+/* Appends the listeners of `list` to srv->smtp_addrs with `proto`. */
+static bool server_append_addrs(struct server *srv, const char *list, const char *key, enum server_proto proto,
+				size_t *n_r, char **error_r)
+{
+	struct server_addr *a = NULL;
+	size_t n = 0;
+	if (!server_addr_parse_list(list, key, &a, &n, error_r))
+		return false;
+	size_t have = server_n_listeners(srv);
+	srv->smtp_addrs = xreallocarray(srv->smtp_addrs, have + n, sizeof(*a));
+	for (size_t i = 0; i < n; i++) {
+		a[i].proto = proto;
+		srv->smtp_addrs[have + i] = a[i];
+	}
+	*n_r = n;
+	free(a);
+	return true;
+}
+
 static bool server_parse_addrs(struct server *srv, char **error_r)
 {
 	const struct settings *s = srv->cur;
@@ -368,18 +410,14 @@ static bool server_parse_addrs(struct server *srv, char **error_r)
 		*error_r = xstrdup("smtp.listen is empty: nothing to listen on");
 		return false;
 	}
-	/* IMAP listeners follow the SMTP ones in the same array, so the network
-	 * threads bind and accept them all alike; proto tells them apart. */
-	struct server_addr *imap = NULL;
-	if (!server_addr_parse_list(s->imap_listen, "imap.listen", &imap, &srv->n_imap, error_r))
-		return false;
-	srv->smtp_addrs = xreallocarray(srv->smtp_addrs, srv->n_smtp + srv->n_imap, sizeof(*imap));
-	for (size_t i = 0; i < srv->n_imap; i++) {
-		imap[i].proto = SERVER_PROTO_IMAP;
-		srv->smtp_addrs[srv->n_smtp + i] = imap[i];
-	}
-	free(imap);
-	return true;
+	/* IMAP and POP3 listeners follow the SMTP ones in the same array, so the
+	 * network threads bind and accept them all alike; proto tells them apart. */
+	return server_append_addrs(srv, s->imap_listen, "imap.listen", SERVER_PROTO_IMAP, &srv->n_imap, error_r) &&
+	       server_append_addrs(srv, s->imaps_listen, "imaps.listen", SERVER_PROTO_IMAPS, &srv->n_imaps,
+				   error_r) &&
+	       server_append_addrs(srv, s->pop3_listen, "pop3.listen", SERVER_PROTO_POP3, &srv->n_pop3, error_r) &&
+	       server_append_addrs(srv, s->pop3s_listen, "pop3s.listen", SERVER_PROTO_POP3S, &srv->n_pop3s,
+				   error_r);
 }
 
 static bool server_prepare_state(struct server *srv, char **error_r)
@@ -409,7 +447,7 @@ static bool server_open_tls(struct server *srv, char **error_r)
 
 static bool server_bind(struct server *srv, char **error_r)
 {
-	srv->net = server_listener_bind(srv->smtp_addrs, srv->n_smtp + srv->n_imap, (size_t)srv->cur->threads,
+	srv->net = server_listener_bind(srv->smtp_addrs, server_n_listeners(srv), (size_t)srv->cur->threads,
 					 error_r);
 	if (srv->net == NULL)
 		return false;
@@ -436,6 +474,9 @@ static bool server_drop_privileges(struct server *srv, char **error_r)
 static bool server_open_store(struct server *srv, char **error_r)
 {
 	const struct settings *s = srv->cur;
+	/* A lost or damaged index is rebuilt before anything opens it. */
+	if (!store_recover_index(s, error_r))
+		return false;
 	queue_recover(s);
 	char *err = NULL;
 	srv->store = store_open(s, true, &err);
@@ -450,6 +491,12 @@ static bool server_open_store(struct server *srv, char **error_r)
 		free(err);
 		return false;
 	}
+	srv->tier = tier_mover_start(s, &err);
+	if (srv->tier == NULL) {
+		*error_r = xasprintf("cannot start the tier mover: %s", err ? err : "unknown error");
+		free(err);
+		return false;
+	}
 	struct store *admin_store = NULL;
 	if (srv->n_admin > 0) {
 		admin_store = store_open(s, false, &err);
@@ -461,6 +508,26 @@ static bool server_open_store(struct server *srv, char **error_r)
 		}
 	}
 	server_admin_start(srv->admin, admin_store, server_health, srv);
+	srv->backup = store_backup_start(s);
+	return true;
+}
+
+/* The connection guard (src/guard), published for every listener's accept
+ * callback before the network threads start; freed after they are joined
+ * and their sessions (which hold its tickets) are freed. */
+static bool server_open_guard(struct server *srv, char **error_r)
+{
+	srv->guard = guard_new(srv->cur, error_r);
+	if (srv->guard == NULL)
+		return false;
+	/* Bans and run-time allowlist entries from before the restart; a bad
+	 * file must not keep mail out: warn and start without it. */
+	char *err = NULL;
+	if (!guard_state_load(srv->guard, srv->cur->state_dir, time_mono_ms(), &err)) {
+		log_warn("guard: %s; starting without the saved bans and allowlist entries", err);
+		free(err);
+	}
+	guard_process_set(srv->guard);
 	return true;
 }
 
@@ -488,8 +555,17 @@ static void server_cleanup(struct server *srv)
 	signal(SIGHUP, SIG_IGN);
 	if (srv->net != NULL)
 		server_listener_join(srv->net);
+	store_backup_stop(&srv->backup);
 	queue_stop(&srv->queue);
+	tier_mover_stop(&srv->tier);
 	server_listener_free(&srv->net);
+	guard_process_set(NULL);
+	char *guard_err = NULL;
+	if (srv->guard != NULL && !guard_state_save(srv->guard, time_mono_ms(), &guard_err)) {
+		log_error("guard: %s", guard_err);
+		free(guard_err);
+	}
+	guard_free(&srv->guard);
 	store_close(&srv->store);
 	server_admin_free(&srv->admin);
 	struct event **evs[] = { &srv->sig_term, &srv->sig_int, &srv->sig_hup, &srv->drain_timer };
@@ -523,7 +599,7 @@ int server_run(struct settings *s, const char *config_path, char *const *overrid
 	bool ok = err == NULL && server_add_signals(&srv, &err) && server_parse_addrs(&srv, &err) &&
 		  server_prepare_state(&srv, &err) && server_open_tls(&srv, &err) &&
 		  server_bind(&srv, &err) && server_drop_privileges(&srv, &err) &&
-		  server_open_store(&srv, &err) &&
+		  server_open_store(&srv, &err) && server_open_guard(&srv, &err) &&
 		  server_listener_start(srv.net, s, srv.queue, srv.tls, &err);
 	if (!ok) {
 		log_error("%s", err);

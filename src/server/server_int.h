@@ -21,6 +21,7 @@
 #include "config.h"
 #include "queue.h"
 #include "imap.h"
+#include "pop3.h"
 #include "smtp.h"
 #include "store.h"
 
@@ -33,7 +34,13 @@ struct event_base;
 #define SERVER_ADDR_TEXT 80
 
 /* The protocol a listener serves; set by the caller after parsing. */
-enum server_proto { SERVER_PROTO_SMTP = 0, SERVER_PROTO_IMAP };
+enum server_proto {
+	SERVER_PROTO_SMTP = 0,
+	SERVER_PROTO_IMAP,
+	SERVER_PROTO_IMAPS,     /* implicit TLS (993) */
+	SERVER_PROTO_POP3,
+	SERVER_PROTO_POP3S,     /* implicit TLS (995) */
+};
 
 struct server_addr {
 	struct sockaddr_storage ss;

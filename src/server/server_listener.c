@@ -43,6 +43,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "server_proxy.h"
+
 #define NET_ACCEPT_PAUSE_MS 100
 #define NET_DRAIN_POLL_MS 50
 #define NET_ERROR_LOG_INTERVAL_MS 1000
@@ -56,6 +58,7 @@ struct net_listener {
 	struct event *resume;       /* re-enables evl after an accept-error pause */
 	char text[SERVER_ADDR_TEXT];
 	enum server_proto proto;
+	struct server_proxy_list proxies; /* connections whose PROXY header is being read */
 };
 
 struct net_thread {
@@ -64,6 +67,7 @@ struct net_thread {
 	struct event_base *base;
 	struct smtp_worker *worker;
 	struct imap_worker *imap;
+	struct pop3_worker *pop3;
 	struct net_listener *listeners; /* net->n_addrs */
 	struct event *drain_timer;
 	pthread_t tid;
@@ -95,24 +99,79 @@ static bool net_serves(const struct server_net *n, enum server_proto proto)
 
 /* ---- network-thread callbacks --------------------------------------------- */
 
-static void net_accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *peer,
-			  int peer_len, void *arg)
+/* Hands an accepted connection to the worker of the listener's protocol. */
+static void net_dispatch(struct net_listener *l, int fd, const struct sockaddr *peer, socklen_t peer_len,
+			 const struct sockaddr *local, socklen_t local_len, struct guard_ticket *ticket)
 {
-	(void)evl;
-	struct net_listener *l = arg;
+	struct net_thread *t = l->thread;
+	switch (l->proto) {
+	case SERVER_PROTO_IMAP:
+		imap_worker_accept(t->imap, fd, peer, peer_len, local, local_len, ticket);
+		break;
+	case SERVER_PROTO_IMAPS:
+		imap_worker_accept_tls(t->imap, fd, peer, peer_len, local, local_len, ticket);
+		break;
+	case SERVER_PROTO_POP3:
+	case SERVER_PROTO_POP3S:
+		pop3_worker_accept(t->pop3, fd, peer, peer_len, local, local_len, l->proto == SERVER_PROTO_POP3S,
+				   ticket);
+		break;
+	case SERVER_PROTO_SMTP:
+	default:
+		smtp_worker_accept(t->worker, fd, peer, peer_len, local, local_len, ticket);
+		break;
+	}
+}
+
+static enum guard_proto net_guard_proto(const struct net_listener *l)
+{
+	static const enum guard_proto guard_proto_of[] = {
+		[SERVER_PROTO_SMTP] = GUARD_PROTO_SMTP, [SERVER_PROTO_IMAP] = GUARD_PROTO_IMAP,
+		[SERVER_PROTO_IMAPS] = GUARD_PROTO_IMAPS, [SERVER_PROTO_POP3] = GUARD_PROTO_POP3,
+		[SERVER_PROTO_POP3S] = GUARD_PROTO_POP3S,
+	};
+	return (size_t)l->proto < ARRAY_LEN(guard_proto_of) ? guard_proto_of[l->proto] : GUARD_PROTO_SMTP;
+}
+
+/* The guard's decision for the client's address, then the protocol. */
+static void net_admit(struct net_listener *l, int fd, const struct sockaddr *peer, socklen_t peer_len)
+{
+	/* The guard first: a refused connection costs one send() and a close. */
+	struct guard_ticket ticket;
+	if (!guard_accept(guard_process(), net_guard_proto(l), fd, peer, peer_len, &ticket))
+		return;
 	struct sockaddr_storage local;
 	socklen_t local_len = sizeof(local);
 	if (getsockname(fd, (struct sockaddr *)&local, &local_len) != 0) {
 		/* reset by the peer before we got to it */
 		close(fd);
+		guard_release(&ticket);
 		return;
 	}
-	if (l->proto == SERVER_PROTO_IMAP)
-		imap_worker_accept(l->thread->imap, fd, peer, (socklen_t)peer_len,
-				   (struct sockaddr *)&local, local_len);
-	else
-		smtp_worker_accept(l->thread->worker, fd, peer, (socklen_t)peer_len,
-				   (struct sockaddr *)&local, local_len);
+	net_dispatch(l, fd, peer, peer_len, (struct sockaddr *)&local, local_len, &ticket);
+}
+
+/* The PROXY header is read: `client` is the address behind the balancer. */
+static void net_proxied_cb(void *arg, int fd, const struct sockaddr *client, socklen_t client_len)
+{
+	net_admit(arg, fd, client, client_len);
+}
+
+static void net_accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *peer,
+			  int peer_len, void *arg)
+{
+	(void)evl;
+	struct net_listener *l = arg;
+	/* A trusted load balancer's connection: its PROXY header names the
+	 * client, and every limit applies to that address, so the header is
+	 * read before the guard decides (server_proxy.c, without blocking). */
+	struct guard *g = guard_process();
+	if (g != NULL && guard_proxy_trusted(g, guard_proto_class(net_guard_proto(l)), peer, (socklen_t)peer_len)) {
+		server_proxy_start(&l->proxies, l->thread->base, fd, peer, (socklen_t)peer_len,
+				   guard_proxy_timeout_ms(g), net_proxied_cb, l);
+		return;
+	}
+	net_admit(l, fd, peer, (socklen_t)peer_len);
 }
 
 static void net_resume_cb(evutil_socket_t fd, short what, void *arg)
@@ -156,12 +215,15 @@ static void net_settings_cb(evutil_socket_t fd, short what, void *arg)
 	smtp_worker_set_settings(t->worker, atomic_load(&t->settings));
 	if (t->imap != NULL)
 		imap_worker_set_settings(t->imap, atomic_load(&t->settings));
+	if (t->pop3 != NULL)
+		pop3_worker_set_settings(t->pop3, atomic_load(&t->settings));
 }
 
 static void net_listeners_free(struct net_thread *t)
 {
 	for (size_t i = 0; i < t->net->n_addrs; i++) {
 		struct net_listener *l = &t->listeners[i];
+		server_proxy_abort_all(&l->proxies);
 		if (l->resume != NULL) {
 			event_free(l->resume);
 			l->resume = NULL;
@@ -185,6 +247,8 @@ static void net_drain_cb(evutil_socket_t fd, short what, void *arg)
 	size_t open = smtp_worker_sessions(t->worker);
 	if (t->imap != NULL)
 		open += imap_worker_sessions(t->imap);
+	if (t->pop3 != NULL)
+		open += pop3_worker_sessions(t->pop3);
 	atomic_store(&t->open_sessions, open);
 	if (open == 0) {
 		event_del(t->drain_timer);
@@ -201,6 +265,8 @@ static void net_shutdown_cb(evutil_socket_t fd, short what, void *arg)
 	smtp_worker_shutdown(t->worker);
 	if (t->imap != NULL)
 		imap_worker_shutdown(t->imap);
+	if (t->pop3 != NULL)
+		pop3_worker_shutdown(t->pop3);
 	t->drain_timer = event_new(t->base, -1, EV_PERSIST, net_drain_cb, t);
 	if (t->drain_timer == NULL)
 		panic("network thread %zu: cannot allocate the drain timer", t->index);
@@ -276,11 +342,20 @@ static bool net_thread_prepare(struct net_thread *t, const struct settings *s, s
 		free(err);
 		return false;
 	}
-	if (net_serves(t->net, SERVER_PROTO_IMAP)) {
+	if (net_serves(t->net, SERVER_PROTO_IMAP) || net_serves(t->net, SERVER_PROTO_IMAPS)) {
 		t->imap = imap_worker_new(t->base, s, tls, &err);
 		if (t->imap == NULL) {
 			*error_r = xasprintf("network thread %zu: %s", t->index,
 					     err ? err : "cannot start IMAP");
+			free(err);
+			return false;
+		}
+	}
+	if (net_serves(t->net, SERVER_PROTO_POP3) || net_serves(t->net, SERVER_PROTO_POP3S)) {
+		t->pop3 = pop3_worker_new(t->base, s, tls, &err);
+		if (t->pop3 == NULL) {
+			*error_r = xasprintf("network thread %zu: %s", t->index,
+					     err ? err : "cannot start POP3");
 			free(err);
 			return false;
 		}
@@ -408,6 +483,8 @@ void server_listener_free(struct server_net **np)
 			smtp_worker_free(&th->worker);
 		if (th->imap != NULL)
 			imap_worker_free(&th->imap);
+		if (th->pop3 != NULL)
+			pop3_worker_free(&th->pop3);
 		if (th->base != NULL)
 			event_base_free(th->base);
 		free(th->listeners);

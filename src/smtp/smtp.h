@@ -26,6 +26,7 @@
 #include <sys/socket.h>
 
 #include "config.h"
+#include "guard.h"
 #include "queue.h"
 
 struct event_base;
@@ -33,9 +34,13 @@ struct smtp_worker;
 
 struct smtp_worker *smtp_worker_new(struct event_base *base, const struct settings *s,
 				    struct queue *q, SSL_CTX *tls, char **error_r);
-/* Takes ownership of fd (non-blocking, accepted) and starts a session. */
+/* Takes ownership of fd (non-blocking, accepted) and starts a session.
+ * Also takes over *ticket (the guard's; NULL or empty: none) and clears it:
+ * it is released exactly once, when the connection closes or at once when
+ * the worker refuses the connection. */
 void smtp_worker_accept(struct smtp_worker *w, int fd, const struct sockaddr *peer,
-			socklen_t peer_len, const struct sockaddr *local, socklen_t local_len);
+			socklen_t peer_len, const struct sockaddr *local, socklen_t local_len,
+			struct guard_ticket *ticket);
 /* New settings for sessions started from now on (SIGHUP).  The caller keeps
  * `s` alive until after smtp_worker_free. */
 void smtp_worker_set_settings(struct smtp_worker *w, const struct settings *s);

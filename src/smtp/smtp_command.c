@@ -324,7 +324,24 @@ void command_line(struct smtp_session *s, enum smtp_line_status st)
 	}
 	if (s->lr.line.data == NULL)
 		buf_append(&s->lr.line, "", 0);   /* an empty line has no storage yet */
+	if (s->commands == 0 && s->lr.line.len >= 6 && memcmp(s->lr.line.data, "PROXY ", 6) == 0) {
+		/* A PROXY protocol header from an address not in
+		 * guard.mx.proxy_from: a misconfigured balancer, or a client
+		 * trying to choose its own address.  A protocol error. */
+		session_close_with(s, "PROXY header from an untrusted address",
+				   "421 4.7.0 %s Error: PROXY protocol not accepted from your address", s->set->hostname);
+		return;
+	}
 	struct smtp_cmd cmd;
 	smtp_cmd_parse(s->lr.line.data, s->lr.line.len, &cmd);
+	if (++s->commands > s->set->smtp_max_commands) {
+		session_offence(s, GUARD_OFFENCE_COMMANDS);
+		return;
+	}
+	if (!s->helo_seen && cmd.verb != SMTP_V_HELO && cmd.verb != SMTP_V_EHLO && cmd.verb != SMTP_V_QUIT &&
+	    ++s->pre_helo > s->set->smtp_max_commands_before_helo) {
+		session_offence(s, GUARD_OFFENCE_PRE_HELO);
+		return;
+	}
 	dispatch(s, &cmd);
 }

@@ -16,6 +16,11 @@
  *    drain (bounded by SESS_CLOSE_WRITE_TIMEOUT_MS).
  *  - The client's bytes never crash or block the loop: every handler is
  *    bounded and errors only produce replies, 421 or a close.
+ *  - Under load the banner waits on a timer (guard.smtp.banner_delay scaled
+ *    by the mx class's fill, SS_GREET); input before it is an early talker:
+ *    554 and a close.  That and the per-session limits (smtp.max_errors,
+ *    max_unknown_recipients, max_commands_before_helo, max_commands) are
+ *    reported to the guard as offences, which ban the address.
  *
  * Threads: the worker's event loop thread only.
  */
@@ -44,6 +49,7 @@
 static void read_cb(struct bufferevent *bev, void *arg);
 static void write_cb(struct bufferevent *bev, void *arg);
 static void event_cb(struct bufferevent *bev, short what, void *arg);
+static struct timeval ms_tv(uint64_t ms);
 
 /* ---- peer address ------------------------------------------------------ */
 
@@ -109,17 +115,53 @@ static void unlink_session(struct smtp_session *s)
 	s->w = NULL;
 }
 
-void session_start(struct smtp_worker *w, int fd, const struct sockaddr *peer, socklen_t peer_len)
+static void send_banner(struct smtp_session *s)
+{
+	session_reply(s, "220 %s ESMTP Strata", s->set->hostname);
+}
+
+/* guard.smtp.banner_delay scaled by the mx class's load: 0 when idle, the
+ * whole delay when full.  Allowlisted clients (an empty ticket) and a
+ * daemon without a guard get the banner at once. */
+static uint64_t banner_delay_ms(const struct smtp_session *s)
+{
+	struct guard *g = guard_process();
+	uint64_t max = s->set->guard_smtp_banner_delay_ms;
+	if (g == NULL || s->ticket.g == NULL || max == 0)
+		return 0;
+	return max * guard_load_permille(g, GUARD_CLASS_MX) / 1000;
+}
+
+static void banner_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct smtp_session *s = arg;
+	if (s->state != SS_GREET || s->close != CLOSE_NONE)
+		return;
+	s->state = SS_CMD;
+	send_banner(s);
+	session_settle(s);
+}
+
+void session_start(struct smtp_worker *w, int fd, const struct sockaddr *peer, socklen_t peer_len,
+		   struct guard_ticket *ticket)
 {
 	struct smtp_session *s = xcalloc(1, sizeof(*s));
+	if (ticket != NULL) {
+		s->ticket = *ticket;
+		ticket->g = NULL;   /* moved: the caller's copy releases nothing */
+	}
 	s->w = w;
 	s->set = w->s;
+	s->started_ms = time_mono_ms();
 	format_peer(s, peer, peer_len);
 	smtp_line_init(&s->lr, s->set->smtp_max_line_length);
 	s->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (s->bev == NULL) {
 		log_error("smtp: cannot create a bufferevent for %s", s->client);
 		close(fd);
+		guard_release(&s->ticket);
 		smtp_line_free(&s->lr);
 		free(s);
 		smtp_worker_release_slot();
@@ -127,17 +169,32 @@ void session_start(struct smtp_worker *w, int fd, const struct sockaddr *peer, s
 	}
 	link_session(w, s);
 	gauge_add(M_SMTP_SESSIONS_ACTIVE, 1);
+	uint64_t delay = banner_delay_ms(s);
+	if (delay > 0) {
+		s->banner_ev = evtimer_new(w->base, banner_cb, s);
+		if (s->banner_ev == NULL)
+			panic("smtp: evtimer_new failed");
+		s->state = SS_GREET;
+		struct timeval tv = ms_tv(delay);
+		evtimer_add(s->banner_ev, &tv);
+	}
 	configure_bev(s);
-	log_debug("smtp: connect from %s", s->client);
-	session_reply(s, "220 %s ESMTP Strata", s->set->hostname);
+	log_debug("smtp: connect from %s%s", s->client, delay > 0 ? ", banner delayed" : "");
+	if (delay == 0)
+		send_banner(s);
 }
 
 /* Releases the connection; the struct stays when a commit is in flight. */
 static void release_connection(struct smtp_session *s)
 {
+	guard_release(&s->ticket);   /* once: it clears the ticket */
 	if (s->delay_ev != NULL) {
 		event_free(s->delay_ev);
 		s->delay_ev = NULL;
+	}
+	if (s->banner_ev != NULL) {
+		event_free(s->banner_ev);
+		s->banner_ev = NULL;
 	}
 	if (s->bev != NULL) {
 		bufferevent_free(s->bev);
@@ -259,8 +316,7 @@ void session_reply_error(struct smtp_session *s, int metric, const char *fmt, ..
 		flush_delayed(s);
 		vreply(s, fmt, ap);
 		va_end(ap);
-		session_close_with(s, "too many errors", "421 4.7.0 %s Error: too many errors",
-				   s->set->hostname);
+		session_offence(s, GUARD_OFFENCE_ERRORS);
 		return;
 	}
 	uint64_t delay = s->set->smtp_error_delay_ms;
@@ -277,6 +333,19 @@ void session_reply_error(struct smtp_session *s, int metric, const char *fmt, ..
 		vreply(s, fmt, ap);
 	}
 	va_end(ap);
+}
+
+void session_offence(struct smtp_session *s, enum guard_offence kind)
+{
+	if (s->close != CLOSE_NONE)
+		return;
+	struct guard *g = guard_process();
+	struct guard_addr a;
+	if (g != NULL && guard_addr_parse(s->ip, &a))
+		guard_offence(g, &a, kind, time_mono_ms());
+	const char *code = kind == GUARD_OFFENCE_EARLY_TALK ? "554 5.5.0" : "421 4.7.0";
+	session_close_with(s, guard_offence_name(kind), "%s %s Error: %s", code, s->set->hostname,
+			   guard_offence_name(kind));
 }
 
 void session_close_after_flush(struct smtp_session *s)
@@ -394,14 +463,54 @@ void session_drive(struct smtp_session *s)
 			enum smtp_line_status st;
 			size_t used = smtp_line_feed(&s->lr, v.iov_base, v.iov_len, &st);
 			evbuffer_drain(in, used);
+			s->rx_bytes += used;
 			if (st != SMTP_LINE_PARTIAL)
 				command_line(s, st);
-		} else if (s->state == SS_DATA) {
-			drive_data(s, in, &v);
 		} else {
-			drive_bdat(s, in, &v);
+			size_t before = evbuffer_get_length(in);
+			if (s->state == SS_DATA)
+				drive_data(s, in, &v);
+			else
+				drive_bdat(s, in, &v);
+			s->rx_bytes += before - evbuffer_get_length(in);
 		}
 	}
+}
+
+/* ---- slow clients and session lifetime ---------------------------------------- */
+
+/* In the middle of something the client has to finish: a command line
+ * started, DATA, a BDAT chunk.  Not while the server holds it back. */
+static bool mid_transfer(const struct smtp_session *s)
+{
+	if (s->pause != 0 || s->close != CLOSE_NONE || s->bev == NULL)
+		return false;
+	if (s->state == SS_DATA || s->state == SS_BDAT)
+		return true;
+	return s->state == SS_CMD && !s->lr.complete && (s->lr.line.len > 0 || s->lr.overflow);
+}
+
+void session_sweep(struct smtp_session *s, uint64_t now_ms)
+{
+	if (s->close != CLOSE_NONE || s->committing || s->state == SS_COMMIT || s->state == SS_TLS ||
+	    s->state == SS_TLS_WAIT)
+		return;
+	bool busy = mid_transfer(s);
+	uint64_t got = s->rx_bytes - s->rx_mark;
+	bool slow = busy && s->was_busy && s->set->smtp_min_rate > 0 && got < s->set->smtp_min_rate;
+	s->was_busy = busy;
+	s->rx_mark = s->rx_bytes;
+	if (slow) {
+		metric_inc(M_SMTP_CUT_SLOW);
+		log_info("smtp: %s too slow: %llu bytes in the last window", s->client, (unsigned long long)got);
+		session_close_with(s, "too slow", "421 4.4.2 %s Error: too slow", s->set->hostname);
+	} else if (now_ms - s->started_ms >= s->set->smtp_max_session_time_ms) {
+		metric_inc(M_SMTP_CUT_LIFETIME);
+		log_info("smtp: %s session too long", s->client);
+		session_close_with(s, "session too long", "421 4.4.2 %s Error: session too long",
+				   s->set->hostname);
+	}
+	session_settle(s);
 }
 
 /* ---- STARTTLS ---------------------------------------------------------------- */
@@ -486,7 +595,14 @@ static void read_cb(struct bufferevent *bev, void *arg)
 {
 	(void)bev;
 	struct smtp_session *s = arg;
-	session_drive(s);
+	if (s->state == SS_GREET) {
+		/* Input before the banner: a client that does not wait for
+		 * the server (RFC 5321 3.1), typically a spam engine. */
+		s->state = SS_CMD;
+		session_offence(s, GUARD_OFFENCE_EARLY_TALK);
+	} else {
+		session_drive(s);
+	}
 	session_settle(s);
 }
 

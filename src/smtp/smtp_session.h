@@ -48,6 +48,8 @@ struct smtp_worker {
 	struct smtp_session *sessions; /* doubly linked through s->prev/next */
 	size_t n_sessions;
 	bool shutting_down;
+	struct event *sweep_ev;        /* every smtp.min_rate_window: session_sweep */
+	uint64_t sweep_ms;             /* its period now */
 };
 
 /* smtp_worker.c: the process-wide connection slot taken at accept. */
@@ -55,6 +57,7 @@ void smtp_worker_release_slot(void);
 
 enum sess_state {
 	SS_CMD = 0,   /* reading commands */
+	SS_GREET,     /* banner held back (guard.smtp.banner_delay): any input is an early talker */
 	SS_DATA,      /* after 354, until <CRLF>.<CRLF> */
 	SS_BDAT,      /* inside a BDAT chunk */
 	SS_COMMIT,    /* message submitted, waiting for the queue */
@@ -114,6 +117,7 @@ struct smtp_session {
 	const struct settings *set;    /* fixed for the session's life */
 	struct smtp_session *prev, *next;
 	struct bufferevent *bev;       /* NULL once the connection is gone */
+	struct guard_ticket ticket;    /* released with the connection */
 	enum sess_state state;
 	enum sess_close close;
 	unsigned pause;                /* PAUSE_* */
@@ -132,7 +136,15 @@ struct smtp_session {
 	char tls_desc[128];            /* tls_describe() */
 
 	unsigned errors;
+	uint64_t commands;             /* command lines read (smtp.max_commands) */
+	uint64_t pre_helo;             /* of them, before HELO/EHLO (smtp.max_commands_before_helo) */
+	uint64_t unknown_rcpts;        /* RCPTs refused as unknown (smtp.max_unknown_recipients) */
+	uint64_t started_ms;           /* monotonic; smtp.max_session_time */
+	uint64_t rx_bytes;             /* input consumed */
+	uint64_t rx_mark;              /* rx_bytes at the previous sweep */
+	bool was_busy;                 /* mid-transfer at the previous sweep */
 	struct event *delay_ev;
+	struct event *banner_ev;       /* SS_GREET: sends the banner */
 	struct buf delayed;            /* replies held back by PAUSE_DELAY */
 
 	/* BDAT chunk in progress */
@@ -149,7 +161,16 @@ struct smtp_session {
 };
 
 /* ---- smtp_session.c ---------------------------------------------------- */
-void session_start(struct smtp_worker *w, int fd, const struct sockaddr *peer, socklen_t peer_len);
+/* Takes over *ticket (may be NULL) and clears it; released when the
+ * connection closes (release_connection). */
+void session_start(struct smtp_worker *w, int fd, const struct sockaddr *peer, socklen_t peer_len,
+		   struct guard_ticket *ticket);
+/* The worker's periodic check (every smtp.min_rate_window): cuts the
+ * session with 421 4.4.2 when it was mid-transfer (a partial command line,
+ * DATA, a BDAT chunk; not paused by the server) at this sweep and the one
+ * before and got fewer than smtp.min_rate bytes in between, or when it has
+ * lasted smtp.max_session_time.  May free s. */
+void session_sweep(struct smtp_session *s, uint64_t now_ms);
 /* Worker shutdown for one session (see smtp.h). */
 void session_shutdown(struct smtp_session *s);
 /* Frees a session regardless of its state (worker teardown). */
@@ -165,6 +186,12 @@ void session_reply_error(struct smtp_session *s, int metric, const char *fmt, ..
 void session_close_with(struct smtp_session *s, const char *log_reason, const char *fmt, ...)
 	ATTR_PRINTF(3, 4);
 void session_close_after_flush(struct smtp_session *s);
+/* A protocol offence: reports it to the daemon's guard (which bans the
+ * client's address for a growing time, see guard.h), then closes with
+ * "421 4.7.0 <hostname> Error: <what the offence is>" ("554 5.5.0" for an
+ * early talker, which never got a banner).  Nothing when the
+ * session is already closing (one offence per session). */
+void session_offence(struct smtp_session *s, enum guard_offence kind);
 /* Frees the session if it is closing and its output is flushed.  Only the
  * libevent callbacks call this, as their last step. */
 void session_settle(struct smtp_session *s);

@@ -267,6 +267,8 @@ void txn_rcpt(struct smtp_session *s, const struct smtp_path *path)
 		si = status_info(ST_NOT_FOUND);
 		rcpt_reject(s, shown, M_SMTP_REJECT_UNKNOWN_USER, si->smtp_code, si->smtp_enh,
 			    "Recipient address rejected: User unknown");
+		if (++s->unknown_rcpts >= s->set->smtp_max_unknown_recipients)
+			session_offence(s, GUARD_OFFENCE_HARVEST);
 		return;
 	case ST_INVALID:
 		rcpt_reject(s, shown, M_SMTP_REJECT_RELAY, 554, "5.7.1", "Relay access denied");

@@ -47,6 +47,32 @@ static bool take_slot(uint64_t max)
 	return true;
 }
 
+/* Every smtp.min_rate_window: slow clients and over-long sessions. */
+static void sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct smtp_worker *w = arg;
+	uint64_t now = time_mono_ms();
+	/* session_sweep may free s: take the next one first.  Bounded by the
+	 * number of sessions; none is added during the sweep. */
+	struct smtp_session *s = w->sessions;
+	while (s != NULL) {
+		struct smtp_session *next = s->next;
+		session_sweep(s, now);
+		s = next;
+	}
+}
+
+static void sweep_schedule(struct smtp_worker *w)
+{
+	if (w->sweep_ms == w->s->smtp_min_rate_window_ms && evtimer_pending(w->sweep_ev, NULL))
+		return;
+	w->sweep_ms = w->s->smtp_min_rate_window_ms;
+	struct timeval tv = { (time_t)(w->sweep_ms / 1000), (suseconds_t)((w->sweep_ms % 1000) * 1000) };
+	evtimer_add(w->sweep_ev, &tv);
+}
+
 struct smtp_worker *smtp_worker_new(struct event_base *base, const struct settings *s,
 				    struct queue *q, SSL_CTX *tls, char **error_r)
 {
@@ -64,6 +90,10 @@ struct smtp_worker *smtp_worker_new(struct event_base *base, const struct settin
 	w->q = q;
 	w->tls = tls;
 	w->reader = reader;
+	w->sweep_ev = event_new(base, -1, EV_PERSIST, sweep_cb, w);
+	if (w->sweep_ev == NULL)
+		panic("smtp: event_new failed");
+	sweep_schedule(w);
 	return w;
 }
 
@@ -76,7 +106,8 @@ static void refuse(int fd, const char *line)
 }
 
 void smtp_worker_accept(struct smtp_worker *w, int fd, const struct sockaddr *peer,
-			socklen_t peer_len, const struct sockaddr *local, socklen_t local_len)
+			socklen_t peer_len, const struct sockaddr *local, socklen_t local_len,
+			struct guard_ticket *ticket)
 {
 	(void)local;
 	(void)local_len;
@@ -86,6 +117,7 @@ void smtp_worker_accept(struct smtp_worker *w, int fd, const struct sockaddr *pe
 		const struct status_info *si = status_info(ST_SHUTDOWN);
 		snprintf(line, sizeof(line), "%d %s %s\r\n", si->smtp_code, si->smtp_enh, si->smtp_text);
 		refuse(fd, line);
+		guard_release(ticket);
 		return;
 	}
 	if (!take_slot(w->s->smtp_max_connections)) {
@@ -93,14 +125,16 @@ void smtp_worker_accept(struct smtp_worker *w, int fd, const struct sockaddr *pe
 		snprintf(line, sizeof(line), "421 4.7.0 %s Too many connections, try again later\r\n",
 			 w->s->hostname);
 		refuse(fd, line);
+		guard_release(ticket);
 		return;
 	}
-	session_start(w, fd, peer, peer_len);
+	session_start(w, fd, peer, peer_len, ticket);
 }
 
 void smtp_worker_set_settings(struct smtp_worker *w, const struct settings *s)
 {
 	w->s = s;
+	sweep_schedule(w);
 }
 
 void smtp_worker_shutdown(struct smtp_worker *w)
@@ -128,6 +162,8 @@ void smtp_worker_free(struct smtp_worker **wp)
 		return;
 	while (w->sessions != NULL)
 		session_destroy(w->sessions);
+	if (w->sweep_ev != NULL)
+		event_free(w->sweep_ev);
 	store_reader_close(&w->reader);
 	free(w);
 	*wp = NULL;

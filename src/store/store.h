@@ -137,6 +137,11 @@ bool store_domain_is_local(struct store_reader *r, const char *domain);
  *   <message bytes>
  *   "\nSTRATA-META 1\n" key: value lines "STRATA-META-END <len:10>\n"
  *
+ * Keys: id, received, size, hash, rcpt (one per account), and - for a blob
+ * written by IMAP APPEND only - mailbox (the target's name; a delivery
+ * goes to INBOX and has none).  Readers ignore unknown keys, so older
+ * readers accept newer trailers.
+ *
  * The last STORE_TRAILER_TAIL bytes give the trailer's length, so a reader
  * finds it with one pread.  Blob path: <blob_dir>/<id[0..4]>/<id[5..6]>/<id>
  * (ids sort by time, so concurrent deliveries share directories and thus
@@ -150,6 +155,7 @@ struct blob_meta {
 	char hash_hex[65];          /* BLAKE2b-256 of the message bytes */
 	size_t n_rcpts;
 	char (*rcpt_addresses)[320];/* account addresses it was delivered to */
+	char mailbox[256];          /* APPEND: the target mailbox; "" = INBOX */
 };
 /* Formats the trailer for meta into out (appends).  meta must name at
  * least one rcpt (a trailer without one does not parse). */
@@ -167,6 +173,32 @@ void store_blob_path(const char *blob_dir, const struct msgid *id, char *out, si
  * renaming into it. */
 void store_blob_dir_of(const char *blob_dir, const struct msgid *id, char *out, size_t outlen);
 
+/* ---- cached MIME structure (store_mime.c) ------------------------------
+ * One row per blob in table mime: the IMAP ENVELOPE, BODYSTRUCTURE and
+ * BODY texts and the encoded part map that src/mime computes (the store
+ * treats all four as opaque bytes).  The row is written with the blob row
+ * at delivery or APPEND when the caller computed it, else later by
+ * store_mime_put; it goes with the blob row (ON DELETE CASCADE).  A
+ * missing row is never an error: the data can always be recomputed from
+ * the blob. */
+struct store_mime {
+	char *envelope;           /* NUL-terminated, no NUL inside */
+	char *bodystructure;
+	char *body;
+	uint8_t *parts;
+	size_t parts_len;
+};
+/* The row of blob `id` into out (malloc'd copies: store_mime_free).
+ * ST_NOT_FOUND when the blob has no row (or no longer exists).  A read:
+ * any thread's own handle. */
+enum status store_mime_get(struct store *st, const struct msgid *id, struct store_mime *out);
+/* Stores the row of blob `id` unless one exists (ST_OK either way, and
+ * when the blob row is gone).  One autocommit write: may block. */
+enum status store_mime_put(struct store *st, const struct msgid *id, const struct store_mime *m,
+			   char **error_r);
+/* Frees what store_mime_get allocated (not the struct). */
+void store_mime_free(struct store_mime *m);
+
 /* ---- delivery (the committer thread) ---------------------------------- */
 struct store_delivery {
 	struct msgid id;
@@ -174,6 +206,7 @@ struct store_delivery {
 	uint64_t size;
 	size_t n_accounts;
 	const int64_t *account_ids;   /* deduplicated */
+	const struct store_mime *mime; /* optional: stored with the blob row */
 	/* out: */
 	enum status status;           /* per delivery */
 	uint32_t *uids;               /* out: INBOX uid per account (n_accounts), caller-owned */
@@ -298,6 +331,7 @@ enum status store_imap_mailbox_subscribe(struct store *st, int64_t account_id, c
 struct store_imap_msg {
 	uint32_t uid;
 	uint32_t flags;                /* MSG_FLAG_* */
+	const char *keywords;          /* space-separated, NULL = none; valid during the callback only */
 	uint64_t modseq;
 	uint64_t size;
 	int64_t received;              /* internal date, unix time */
@@ -311,10 +345,41 @@ enum status store_imap_messages(struct store *st, int64_t mailbox_id, uint32_t u
 enum store_flag_op { STORE_FLAGS_SET, STORE_FLAGS_ADD, STORE_FLAGS_REMOVE };
 /* Applies op/flags to the messages `uids` (n, ascending).  flags_out[i]
  * receives the message's flags afterwards, or UINT32_MAX if it is gone.
+ * Keywords are kept, except by STORE_FLAGS_SET, which clears them.
  * *modseq_r: the mod-sequence given to changed messages (0: none changed). */
 enum status store_imap_set_flags(struct store *st, int64_t mailbox_id, const uint32_t *uids, size_t n,
 				 enum store_flag_op op, uint32_t flags, uint32_t *flags_out,
 				 uint64_t *modseq_r, char **error_r);
+/* Keywords (custom flags, RFC 3501 2.3.2): atoms of at most
+ * STORE_KEYWORD_LEN_MAX bytes without atom-specials, compared ASCII
+ * case-insensitively; a mailbox holds at most STORE_KEYWORDS_MAX distinct
+ * ones (counted over its messages; COPY/MOVE carry keywords unchecked). */
+#define STORE_KEYWORDS_MAX 128u
+#define STORE_KEYWORD_LEN_MAX 64u
+/* store_imap_set_flags with keywords and RFC 7162 conditions.  `keywords`
+ * (space-separated, NULL = none) are set, added or removed with the system
+ * flags by `op` (STORE_FLAGS_SET replaces both).  When `unchangedsince` is
+ * not NULL, a message whose modseq is above *unchangedsince is left alone
+ * and gets flags_out[i] = STORE_FLAGS_MODIFIED.  Optional outputs (n
+ * entries, may be NULL): keywords_out[i], the message's keywords afterwards
+ * (malloc'd, caller frees; NULL = none, gone or left alone); modseqs_out[i],
+ * its modseq afterwards (0: gone).  ST_INVALID when the mailbox would hold
+ * more than STORE_KEYWORDS_MAX keywords (nothing is written). */
+#define STORE_FLAGS_MODIFIED (UINT32_MAX - 1)
+enum status store_imap_set_flags_cond(struct store *st, int64_t mailbox_id, const uint32_t *uids, size_t n,
+				      enum store_flag_op op, uint32_t flags, const char *keywords,
+				      const uint64_t *unchangedsince, uint32_t *flags_out, char **keywords_out,
+				      uint64_t *modseqs_out, uint64_t *modseq_r, char **error_r);
+/* QRESYNC (RFC 7162 3.2.5): the UIDs expunged from the mailbox by changes
+ * whose mod-sequence is above `since`, ascending, from the expunge log
+ * (*uids_r: caller frees).  The log keeps, per mailbox, the newest
+ * STORE_VANISHED_KEEP expunges; *complete_r is false when it does not
+ * reach back to `since` (older entries pruned, or a mailbox whose log
+ * started later): the caller then reports every UID it does not see.  A
+ * read: any thread owning the handle. */
+#define STORE_VANISHED_KEEP 10000
+enum status store_imap_vanished(struct store *st, int64_t mailbox_id, uint64_t since, uint32_t **uids_r,
+				size_t *n_r, bool *complete_r);
 /* Removes the messages flagged \Deleted - of `uids` only when uids is not
  * NULL (UID EXPUNGE).  *expunged_r (caller frees) lists the removed UIDs in
  * ascending order. */
@@ -330,9 +395,223 @@ enum status store_imap_copy(struct store *st, int64_t account_id, int64_t src_ma
 			    const uint32_t *uids, size_t n, int64_t dst_mailbox_id, bool move,
 			    uint32_t *dst_uids, uint32_t *dst_uidvalidity_r, char **error_r);
 /* APPEND: adds the blob `id` (already durable at its final path, with its
- * trailer) as a new message.  ST_OVER_QUOTA_*, ST_NOT_FOUND (mailbox). */
+ * trailer) as a new message with `flags` and `keywords` (space-separated,
+ * NULL = none); `mime` (optional) is stored as the blob's cached MIME row
+ * in the same transaction.  ST_OVER_QUOTA_*, ST_NOT_FOUND (mailbox),
+ * ST_INVALID (the mailbox's keyword limit). */
 enum status store_imap_append(struct store *st, int64_t account_id, int64_t mailbox_id,
 			      const struct msgid *id, uint64_t size, int64_t received, uint32_t flags,
-			      uint32_t *uid_r, uint32_t *uidvalidity_r, char **error_r);
+			      const char *keywords, const struct store_mime *mime, uint32_t *uid_r,
+			      uint32_t *uidvalidity_r, char **error_r);
+
+/* ---- POP3 access (store_pop3.c) ----------------------------------------
+ * The UPDATE state of POP3 (RFC 1939 section 6): the messages a session
+ * marked with DELE are removed in ONE transaction, durable at return
+ * (store.fsync=yes); any failure rolls everything back, so either all of
+ * them are gone or none is.  Blob references and quota usage follow as for
+ * an IMAP expunge, the mailbox takes a new mod-sequence so IMAP sessions
+ * see the expunge, and blob files whose count reached 0 are unlinked after
+ * COMMIT.  A UID already gone (expunged over IMAP meanwhile) is skipped.
+ * Writes: call from a thread that may block, never from an event loop.
+ */
+/* Removes `uids` (n, any order) from the account's mailbox; *deleted_r
+ * counts the messages actually removed.  ST_NOT_FOUND when the mailbox is
+ * not the account's. */
+enum status store_pop3_delete(struct store *st, int64_t account_id, int64_t mailbox_id, const uint32_t *uids,
+			      size_t n, size_t *deleted_r, char **error_r);
+
+/* ---- Verify, backup, rebuild (store_rebuild.c, store_backup.c) ----------
+ * The index can always be rebuilt from the blob files (whose trailers name
+ * their accounts and, for APPEND, their mailbox) plus the newest index
+ * backup (which brings back accounts, passwords, aliases, mailboxes with
+ * UIDVALIDITY/UIDNEXT, and every message's UID, flags and modseq as of the
+ * backup).  docs/STORAGE.md, "Index loss", says exactly what can be lost.
+ *
+ * Threads and processes: verify and backup read the index through their
+ * own SQLite connections and may run beside the daemon (the daemon's
+ * backup thread calls store_backup_run).  Rebuild replaces the index file:
+ * run it only while no process has the index open (the daemon stopped).
+ */
+/* One line of a report (no trailing newline). */
+typedef void store_report_cb(void *ctx, const char *line);
+struct store_verify_result {
+	uint64_t messages, blobs, files, accounts; /* what was checked */
+	uint64_t problems;                         /* 0 = index and files agree */
+};
+/* Checks the index against the blob files: index integrity (quick_check);
+ * every blob row's file exists with a valid trailer naming the same id and
+ * size; refcounts equal message rows; no message without its blob or
+ * mailbox; UIDs below each mailbox's uidnext; accounts' used_bytes and
+ * used_messages equal their messages' sums; blob files without a row
+ * (orphans), unexpected files and temp files older than an hour.  Each
+ * problem is one report line.  Files younger than STORE_VERIFY_GRACE_S are
+ * skipped (a running daemon writes them before it commits their rows).
+ * ST_OK when the check ran (look at problems), else the reason it could
+ * not (no index, I/O) with *error_r. */
+#define STORE_VERIFY_GRACE_S 600
+enum status store_verify(const struct settings *s, store_report_cb *cb, void *ctx,
+			 struct store_verify_result *out, char **error_r);
+
+/* Copies the live index with SQLite's online backup API (readers and the
+ * writer keep going) into <store.backup_dir>/index-<UTC time>.db: written
+ * as a temp file, PRAGMA integrity_check'ed, fsynced, renamed into place,
+ * directory fsynced; only then are backups beyond store.backup_keep (the
+ * oldest) deleted.  *path_r (if given, caller frees) names the backup.
+ * Any thread; blocks on disk. */
+enum status store_backup_run(const struct settings *s, char **path_r, char **error_r);
+/* The daemon's backup thread: one backup every store.backup_interval (the
+ * first once the newest backup is that old, or at once when there is
+ * none).  Failures are logged and retried at the next interval.  NULL
+ * when store.backup_interval is 0 (never an error).  stop joins it. */
+struct store_backup_thread;
+struct store_backup_thread *store_backup_start(const struct settings *s);
+void store_backup_stop(struct store_backup_thread **t);
+
+struct store_rebuild_result {
+	char base[4096];             /* the backup (or index) rebuilt from, "" = none */
+	uint64_t base_messages;      /* message rows kept from it */
+	uint64_t dropped_messages;   /* its rows whose blob file is gone */
+	uint64_t added_blobs;        /* blob files added from their trailers */
+	uint64_t added_messages;
+	uint64_t unplaced;           /* files naming no existing account: left on disk */
+	uint64_t bad_files;          /* files without a valid trailer: left on disk */
+};
+/*
+ * Builds a new index as <index>.rebuild from the newest backup that passes
+ * quick_check (else from the current index, when it is healthy: accounts
+ * re-imported into a fresh index), drops rows whose blob file is gone,
+ * adds every blob file the base does not know to its accounts' INBOX (or
+ * the trailer's mailbox) in (received, id) order with UIDs from each
+ * mailbox's uidnext, recomputes refcounts and quota usage, checks it with
+ * integrity_check, then moves the old index (and its -wal/-shm) aside to
+ * <index>.broken-<time> and renames the new one into place, fsyncing the
+ * directory.  ST_NOT_FOUND when there is neither a backup nor a usable
+ * index (domains and accounts must be created first); ST_DB_BUSY when
+ * another process has the index open (checked with an exclusive lock at
+ * the start: the caller still makes sure none opens it meanwhile).
+ * Progress and warnings go to the log.
+ */
+enum status store_rebuild(const struct settings *s, struct store_rebuild_result *out, char **error_r);
+
+enum store_index_state {
+	STORE_INDEX_OK,        /* opens, quick_check ok, known schema */
+	STORE_INDEX_NEW,       /* missing or empty, and no blob files: a first start */
+	STORE_INDEX_DAMAGED    /* missing, unreadable, failing quick_check or without schema, while blobs exist */
+};
+/* Classifies the index for the start-up decision; *reason_r (caller frees)
+ * says why it is DAMAGED.  An index from a NEWER Strata is reported as OK
+ * (store_open refuses it with a clear message; rebuilding would lose data). */
+enum store_index_state store_index_check(const struct settings *s, char **reason_r);
+/* The daemon's start-up step, before it opens the store: when the index
+ * is DAMAGED, logs it loudly and runs store_rebuild.  False (*error_r)
+ * when the rebuild fails: the daemon must not start on an empty index
+ * while blobs exist. */
+bool store_recover_index(const struct settings *s, char **error_r);
+
+
+/* ---- Tiers (store_tier.c; docs/TIERING.md) ---------------------------------
+ * A blob lives on exactly one tier; blobs.tier is its index in
+ * settings->tiers, and its file is <tiers[tier].path>/<id 0..4>/<id 5..6>/<id>.
+ * The mover (src/tier) changes blobs.tier in the same transaction that
+ * marks its journal row (tier_moves) committed; see docs/STORAGE.md,
+ * "Tiering", for the recovery rule.  Tables heat and tier_moves are created
+ * by store_tier_init (idempotent).  Functions taking struct store follow
+ * the handle's one-thread rule; the path and open helpers are thread-safe. */
+
+/* Path of blob id on tier `tier`; a tier outside settings->tiers is a bug. */
+void store_blob_path_for(const struct settings *s, unsigned tier, const struct msgid *id, char *out,
+			 size_t outlen);
+/* Opens the blob read-only (O_CLOEXEC|O_NOFOLLOW) on `tier`, the tier the
+ * index named.  When that copy is gone (ENOENT: a move committed between the
+ * index read and the open) every other tier is tried once.  Returns the fd,
+ * with *found_r (if non-NULL) the tier it was opened on; or -1 with errno. */
+int store_blob_open(const struct settings *s, unsigned tier, const struct msgid *id, unsigned *found_r);
+
+/* For readers that need a path (MIME parsing, SEARCH): the path of the
+ * copy that exists now, `tier` first, then the others; false (out = the
+ * path on `tier`) when none does.  A move may still unlink the copy before
+ * the caller opens it; callers that can take an fd use store_blob_open. */
+bool store_blob_find(const struct settings *s, unsigned tier, const struct msgid *id, char *out,
+		     size_t outlen);
+/* Removes the blob's file from every tier (deletion: the copy may sit on
+ * any tier, or on two while a move is in flight).  Returns 0, or the errno
+ * of the first failure other than ENOENT. */
+int store_blob_unlink(const struct settings *s, const struct msgid *id);
+
+/* Body-read events for the heat model.  Readers (IMAP FETCH of a body,
+ * POP3 RETR/TOP, `strata mail cat`) call store_access_note: a relaxed atomic
+ * load and, when a hook is installed (by the tier subsystem in the daemon),
+ * one non-blocking call.  Thread-safe; never blocks, never fails. */
+typedef void store_access_hook(const struct msgid *id);
+void store_access_set_hook(store_access_hook *fn);
+void store_access_note(const struct msgid *id);
+
+/* Creates the heat and tier_moves tables if missing. */
+enum status store_tier_init(struct store *st, char **error_r);
+
+/* One reference of a blob, for placement (store_tier_refs). */
+struct store_tier_ref {
+	int64_t blob_id;
+	struct msgid id;
+	unsigned tier;
+	uint64_t size;
+	int64_t received;
+	const char *mailbox;        /* name */
+	const char *special_use;    /* "\\Archive" etc. or "" */
+	const char *account;        /* address */
+	int64_t last_login;         /* unix time; 0 = never */
+	uint32_t flags;             /* MSG_FLAG_* */
+	double heat;                /* stored score (undecayed) */
+	int64_t heat_updated;       /* unix time of the score; 0 = no heat row */
+	uint32_t reads_days;        /* bit d = read on day (heat_updated/86400 - d) */
+};
+typedef bool store_tier_ref_cb(void *ctx, const struct store_tier_ref *r); /* false stops */
+/* Every message reference, ordered by blob id (a blob in several mailboxes
+ * comes as consecutive rows).  Optional filters: account address, mailbox
+ * name (case-insensitive), received before `older_than` (0 = none). */
+enum status store_tier_refs(struct store *st, const char *account, const char *mailbox,
+			    int64_t older_than, store_tier_ref_cb *cb, void *ctx, char **error_r);
+
+/* Per-tier totals from the index; blobs whose tier is outside
+ * [0, CONFIG_TIER_MAX) are counted in *stray_r (a damaged index). */
+struct store_tier_usage { uint64_t bytes, messages; };
+enum status store_tier_usage(struct store *st, struct store_tier_usage out[CONFIG_TIER_MAX],
+			     uint64_t *stray_r, char **error_r);
+
+/* Every blob row: id, msgid, tier, size (verify). */
+typedef bool store_tier_blob_cb(void *ctx, int64_t blob_id, const struct msgid *id, unsigned tier,
+				uint64_t size);
+enum status store_tier_blobs(struct store *st, store_tier_blob_cb *cb, void *ctx, char **error_r);
+
+/* Heat rows: read one (ST_NOT_FOUND when none), and write a batch in one
+ * transaction.  Rows whose blob is gone are skipped. */
+struct store_heat { int64_t blob_id; double score; int64_t updated; uint32_t reads_days; };
+enum status store_tier_heat_get(struct store *st, const struct msgid *id, struct store_heat *out);
+enum status store_tier_heat_put(struct store *st, const struct store_heat *rows, size_t n,
+				char **error_r);
+
+/* The move journal.  begin: inserts (blob, from, to) durably (own
+ * statement, durable at return; ST_EXISTS if a move of the blob is pending).  commit: in one
+ * transaction sets blobs.tier = to where it was `from` and marks the row
+ * committed (ST_NOT_FOUND if the blob is gone or no longer on `from`).
+ * end: deletes the row. */
+enum status store_tier_move_begin(struct store *st, int64_t blob_id, const struct msgid *id,
+				  unsigned from, unsigned to, char **error_r);
+enum status store_tier_move_commit(struct store *st, int64_t blob_id, unsigned from, unsigned to,
+				   char **error_r);
+enum status store_tier_move_end(struct store *st, int64_t blob_id, char **error_r);
+struct store_tier_move {
+	int64_t blob_id;
+	struct msgid id;
+	bool blob_exists;           /* false: the blob row was deleted meanwhile */
+	unsigned index_tier;        /* blobs.tier now (when blob_exists) */
+	unsigned from, to;
+	bool committed;
+};
+/* All journal rows; caller frees *out. */
+enum status store_tier_moves(struct store *st, struct store_tier_move **out, size_t *n_r,
+			     char **error_r);
+/* Sets blobs.tier directly (recovery only, when the file proves the tier). */
+enum status store_tier_set(struct store *st, int64_t blob_id, unsigned tier, char **error_r);
 
 #endif

@@ -365,9 +365,10 @@ static void unlink_blobs(struct store *st, const struct doomed *dm)
 	for (size_t i = 0; i < dm->n; i++) {
 		char path[PATH_MAX];
 		store_blob_path(st->s->store_blob_dir, &dm->ids[i], path, sizeof(path));
-		if (unlink(path) != 0 && errno != ENOENT)
+		int e = store_blob_unlink(st->s, &dm->ids[i]); /* every tier */
+		if (e != 0)
 			log_warn("store: cannot remove blob %s: %s (an orphan; verify will find it)",
-				 path, strerror(errno));
+				 path, strerror(e));
 	}
 }
 

@@ -73,6 +73,10 @@ void store_blob_trailer(const struct blob_meta *meta, struct buf *out)
 		check_field("rcpt", meta->rcpt_addresses[i]);
 		buf_printf(out, "rcpt: %s\n", meta->rcpt_addresses[i]);
 	}
+	if (meta->mailbox[0] != '\0') {
+		check_field("mailbox", meta->mailbox);
+		buf_printf(out, "mailbox: %s\n", meta->mailbox);
+	}
 	size_t len = out->len - start + STORE_TRAILER_TAIL;
 	buf_printf(out, TRAILER_END "%010zu\n", len);
 }
@@ -158,7 +162,9 @@ static bool add_rcpt(struct blob_meta *meta, size_t *cap, const char *v, size_t 
 	return true;
 }
 
-enum seen { SEEN_ID = 1, SEEN_RECEIVED = 2, SEEN_SIZE = 4, SEEN_HASH = 8, SEEN_ALL = 15 };
+enum seen { SEEN_ID = 1, SEEN_RECEIVED = 2, SEEN_SIZE = 4, SEEN_HASH = 8, SEEN_ALL = 15, SEEN_MAILBOX = 16 };
+_Static_assert(sizeof(((struct blob_meta *)0)->mailbox) == STORE_MAILBOX_NAME_MAX + 1,
+	       "blob_meta.mailbox holds one mailbox name");
 
 /* One "key: value" line (without its "\n"). */
 static bool parse_line(struct blob_meta *meta, size_t *cap, unsigned *seen, const char *line,
@@ -207,6 +213,16 @@ static bool parse_line(struct blob_meta *meta, size_t *cap, unsigned *seen, cons
 		bit = SEEN_HASH;
 	} else if (klen == 4 && memcmp(line, "rcpt", 4) == 0) {
 		return add_rcpt(meta, cap, v, vlen);
+	} else if (klen == 7 && memcmp(line, "mailbox", 7) == 0) {
+		char tmp[STORE_MAILBOX_NAME_MAX + 1], norm[STORE_MAILBOX_NAME_MAX + 1];
+		if (vlen > STORE_MAILBOX_NAME_MAX)
+			return false;
+		memcpy(tmp, v, vlen);
+		tmp[vlen] = '\0';
+		if (!store_imap_mailbox_name(tmp, norm) || strcmp(tmp, norm) != 0)
+			return false;
+		memcpy(meta->mailbox, norm, vlen + 1);
+		bit = SEEN_MAILBOX;
 	} else {
 		return true; /* an unknown key: added by a later writer, ignored */
 	}
@@ -233,7 +249,7 @@ static bool parse_trailer(struct blob_meta *meta, const char *t, size_t len, uin
 			return false;
 		pos += llen + 1;
 	}
-	return seen == SEEN_ALL && meta->n_rcpts > 0 && meta->size == body_size;
+	return (seen & SEEN_ALL) == SEEN_ALL && meta->n_rcpts > 0 && meta->size == body_size;
 }
 
 enum status store_blob_read_meta(const char *path, struct blob_meta *meta)

@@ -95,6 +95,26 @@ static const char *const migrations[] = {
 	"  PRIMARY KEY(mailbox_id, uid)) WITHOUT ROWID;"
 	"INSERT INTO meta(key, value) VALUES('next_uidvalidity', CAST(strftime('%s', 'now') AS INTEGER));"
 	"INSERT INTO meta(key, value) VALUES('created', CAST(strftime('%s', 'now') AS INTEGER));",
+	/* v2: the cached MIME structure of each blob (store_mime.c). */
+	"CREATE TABLE mime("
+	"  blob_id INTEGER PRIMARY KEY REFERENCES blobs(id) ON DELETE CASCADE,"
+	"  envelope TEXT NOT NULL,"
+	"  bodystructure TEXT NOT NULL,"
+	"  body TEXT NOT NULL,"
+	"  parts BLOB NOT NULL);",
+	/* v3: the expunge log for IMAP QRESYNC (store_imap.c, "VANISHED"): the
+	 * UIDs expunged from a mailbox with the modseq of their expunge, and per
+	 * mailbox the modseq after which the log is complete.  A mailbox
+	 * without a floor row has no complete log yet (existing mailboxes, or
+	 * after a rebuild): clients then get the full VANISHED set. */
+	"CREATE TABLE vanished("
+	"  mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,"
+	"  modseq INTEGER NOT NULL,"
+	"  uid INTEGER NOT NULL,"
+	"  PRIMARY KEY(mailbox_id, modseq, uid)) WITHOUT ROWID;"
+	"CREATE TABLE vanished_floor("
+	"  mailbox_id INTEGER PRIMARY KEY REFERENCES mailboxes(id) ON DELETE CASCADE,"
+	"  modseq INTEGER NOT NULL);",
 };
 
 _Static_assert(ARRAY_LEN(migrations) == STORE_SCHEMA_VERSION,
@@ -172,6 +192,12 @@ static const char *const writer_sql[Q__COUNT] = {
 		    " (SELECT count(*) FROM aliases), (SELECT count(*) FROM mailboxes),"
 		    " (SELECT count(*) FROM messages), (SELECT count(*) FROM blobs),"
 		    " (SELECT coalesce(sum(size), 0) FROM blobs)",
+	[Q_MIME_GET] = "SELECT envelope, bodystructure, body, parts FROM mime"
+		       " WHERE blob_id = (SELECT id FROM blobs WHERE msgid = ?1)",
+	[Q_MIME_PUT] = "INSERT OR IGNORE INTO mime(blob_id, envelope, bodystructure, body, parts)"
+		       " SELECT id, ?2, ?3, ?4, ?5 FROM blobs WHERE msgid = ?1",
+	[Q_MIME_INSERT] = "INSERT INTO mime(blob_id, envelope, bodystructure, body, parts)"
+			  " VALUES(?1, ?2, ?3, ?4, ?5)",
 };
 
 static const char *const reader_sql[RQ__COUNT] = {

@@ -15,7 +15,8 @@
  *   1. read every target account's quota and usage (an account deleted since
  *      RCPT is skipped: its uid is 0; if none is left, ST_NOT_FOUND);
  *   2. any account over quota -> ST_OVER_QUOTA_TEMP/PERM, nothing written;
- *   3. insert the blob row, refcount = accounts that get the message;
+ *   3. insert the blob row, refcount = accounts that get the message, and
+ *      its cached MIME row when the queue computed one;
  *   4. per account: take INBOX uidnext as the uid and highestmodseq + 1 as
  *      the modseq (one UPDATE ... RETURNING), insert the message row, add
  *      the size to the account's usage.
@@ -158,6 +159,8 @@ static enum status deliver_one(struct deliver_ctx *c, struct store_delivery *d)
 	if (rc != SQLITE_DONE)
 		return step_failed(c, rc, "blob row", d);
 	int64_t blob_id = sqlite3_last_insert_rowid(c->st->db);
+	if (d->mime != NULL && (rc = store_mime_insert(c->st, blob_id, d->mime)) != SQLITE_DONE)
+		return step_failed(c, rc, "MIME row", d);
 	for (size_t i = 0; i < d->n_accounts; i++) {
 		if (d->uids[i] == 0)
 			continue; /* account deleted since RCPT */

@@ -15,6 +15,20 @@
  * between leaves an orphan file (found by a verify pass) and never an index
  * row naming a missing file.
  *
+ * Keywords (IMAP custom flags) live in messages.keywords: space-separated
+ * atoms in the spelling first used in the mailbox, sorted ASCII
+ * case-insensitively, NULL when none.  They compare case-insensitively
+ * (RFC 3501 2.3.2).  A mailbox holds at most STORE_KEYWORDS_MAX distinct
+ * keywords, counted over its messages inside the transaction that would
+ * add one; COPY/MOVE carry a message's keywords as they are.
+ *
+ * Expunge log (QRESYNC): every removal of messages from a mailbox that
+ * stays (EXPUNGE, MOVE's source, RENAME of INBOX, POP3's update state)
+ * writes (mailbox, modseq, uid) rows into `vanished` in its own
+ * transaction; `vanished_floor` says after which modseq a mailbox's log is
+ * complete (set by its first logged expunge, raised by pruning to the
+ * newest STORE_VANISHED_KEEP rows).
+ *
  * Statements here are prepared per call (sqlite3_prepare_v3): IMAP mailbox
  * operations are rare next to deliveries, and this keeps the handle's
  * prepared-statement table (store_db.c) to the hot paths.
@@ -231,8 +245,9 @@ static void unlink_blobs(struct store *st, struct unlink_list *ul)
 	for (size_t i = 0; i < ul->n; i++) {
 		char path[PATH_MAX];
 		store_blob_path(st->s->store_blob_dir, &ul->ids[i], path, sizeof(path));
-		if (unlink(path) != 0 && errno != ENOENT)
-			log_error("store: cannot remove blob %s: %s", path, strerror(errno));
+		int e = store_blob_unlink(st->s, &ul->ids[i]); /* every tier */
+		if (e != 0)
+			log_error("store: cannot remove blob %s: %s", path, strerror(e));
 	}
 	free(ul->ids);
 	ul->ids = NULL;
@@ -347,7 +362,7 @@ enum status store_imap_messages(struct store *st, int64_t mailbox_id, uint32_t u
 				store_imap_msg_cb *cb, void *ctx)
 {
 	sqlite3_stmt *q = NULL;
-	enum status s = prep(st, "SELECT m.uid, m.flags, m.modseq, b.size, b.received, b.msgid"
+	enum status s = prep(st, "SELECT m.uid, m.flags, m.modseq, b.size, b.received, b.msgid, m.keywords"
 				 " FROM messages m JOIN blobs b ON b.id = m.blob_id"
 				 " WHERE m.mailbox_id = ?1 AND m.uid >= ?2 ORDER BY m.uid", &q, NULL);
 	if (s != ST_OK)
@@ -364,6 +379,7 @@ enum status store_imap_messages(struct store *st, int64_t mailbox_id, uint32_t u
 		m.received = sqlite3_column_int64(q, 4);
 		if (!column_id(q, 5, &m.id))
 			continue; /* impossible by the CHECK constraint */
+		m.keywords = (const char *)sqlite3_column_text(q, 6);
 		cb(ctx, &m);
 	}
 	if (rc != SQLITE_DONE) {
@@ -632,6 +648,22 @@ static enum status move_inbox(struct store *st, int64_t inbox_id, int64_t dst, c
 	sqlite3_finalize(q);
 	if (s != ST_OK)
 		return s;
+	if ((s = prep(st, "SELECT uid FROM messages WHERE mailbox_id = ?1 ORDER BY uid", &q, error_r)) != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, inbox_id);
+	uint32_t *gone = xcalloc((size_t)count, sizeof(*gone));
+	size_t n_gone = 0;
+	int rc;
+	while ((rc = sqlite3_step(q)) == SQLITE_ROW && n_gone < (size_t)count)
+		gone[n_gone++] = (uint32_t)sqlite3_column_int64(q, 0);
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		s = store_db_fail(st->db, rc, "listing INBOX", error_r);
+	sqlite3_finalize(q);
+	if (s == ST_OK)
+		s = store_vanished_log(st, inbox_id, inbox_modseq, gone, n_gone, error_r);
+	free(gone);
+	if (s != ST_OK)
+		return s;
 	if ((s = prep(st, "DELETE FROM messages WHERE mailbox_id = ?1", &q, error_r)) != ST_OK)
 		return s;
 	sqlite3_bind_int64(q, 1, inbox_id);
@@ -745,55 +777,355 @@ enum status store_imap_mailbox_subscribe(struct store *st, int64_t account_id, c
 	return s;
 }
 
+/* ---- expunge log ---------------------------------------------------------------- */
+
+enum status store_vanished_log(struct store *st, int64_t mailbox_id, uint64_t modseq, const uint32_t *uids,
+			       size_t n, char **error_r)
+{
+	if (n == 0)
+		return ST_OK;
+	sqlite3_stmt *q = NULL;
+	/* First logged expunge: complete from here on (modseq - 1 excluded). */
+	enum status s = prep(st, "INSERT OR IGNORE INTO vanished_floor(mailbox_id, modseq) VALUES(?1, ?2)", &q,
+			     error_r);
+	if (s == ST_OK) {
+		sqlite3_bind_int64(q, 1, mailbox_id);
+		store_db_bind_u64(q, 2, modseq - 1);
+		s = run(st, q, "expunge log floor", error_r);
+		sqlite3_finalize(q);
+	}
+	if (s == ST_OK && (s = prep(st, "INSERT OR IGNORE INTO vanished(mailbox_id, modseq, uid) VALUES(?1, ?2, ?3)",
+				    &q, error_r)) == ST_OK) {
+		for (size_t i = 0; s == ST_OK && i < n; i++) {
+			sqlite3_bind_int64(q, 1, mailbox_id);
+			store_db_bind_u64(q, 2, modseq);
+			sqlite3_bind_int64(q, 3, uids[i]);
+			s = run(st, q, "expunge log", error_r);
+		}
+		sqlite3_finalize(q);
+	}
+	if (s != ST_OK)
+		return s;
+	/* Retention: the modseq of the first row beyond the newest KEEP. */
+	if ((s = prep(st, "SELECT modseq FROM vanished WHERE mailbox_id = ?1 ORDER BY modseq DESC, uid DESC"
+			  " LIMIT 1 OFFSET ?2", &q, error_r)) != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, mailbox_id);
+	sqlite3_bind_int64(q, 2, STORE_VANISHED_KEEP);
+	int rc = sqlite3_step(q);
+	uint64_t cut = rc == SQLITE_ROW ? store_db_column_u64(q, 0) : 0;
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		s = store_db_fail(st->db, rc, "expunge log retention", error_r);
+	sqlite3_finalize(q);
+	if (s != ST_OK || cut == 0)
+		return s;
+	if ((s = prep(st, "DELETE FROM vanished WHERE mailbox_id = ?1 AND modseq <= ?2", &q, error_r)) == ST_OK) {
+		sqlite3_bind_int64(q, 1, mailbox_id);
+		store_db_bind_u64(q, 2, cut);
+		s = run(st, q, "expunge log pruning", error_r);
+		sqlite3_finalize(q);
+	}
+	if (s == ST_OK && (s = prep(st, "UPDATE vanished_floor SET modseq = max(modseq, ?2) WHERE mailbox_id = ?1",
+				    &q, error_r)) == ST_OK) {
+		sqlite3_bind_int64(q, 1, mailbox_id);
+		store_db_bind_u64(q, 2, cut);
+		s = run(st, q, "expunge log floor", error_r);
+		sqlite3_finalize(q);
+	}
+	return s;
+}
+
+enum status store_imap_vanished(struct store *st, int64_t mailbox_id, uint64_t since, uint32_t **uids_r,
+				size_t *n_r, bool *complete_r)
+{
+	*uids_r = NULL;
+	*n_r = 0;
+	*complete_r = false;
+	sqlite3_stmt *q = NULL;
+	enum status s = prep(st, "SELECT modseq FROM vanished_floor WHERE mailbox_id = ?1", &q, NULL);
+	if (s != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, mailbox_id);
+	int rc = sqlite3_step(q);
+	bool complete = rc == SQLITE_ROW && store_db_column_u64(q, 0) <= since;
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		s = store_db_status(rc);
+	sqlite3_finalize(q);
+	if (s != ST_OK || !complete)
+		return s;
+	if ((s = prep(st, "SELECT DISTINCT uid FROM vanished WHERE mailbox_id = ?1 AND modseq > ?2 ORDER BY uid", &q,
+		      NULL)) != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, mailbox_id);
+	store_db_bind_u64(q, 2, since);
+	uint32_t *out = NULL;
+	size_t n = 0, cap = 0;
+	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+		if (n == cap) {
+			cap = cap ? cap * 2 : 64;
+			out = xreallocarray(out, cap, sizeof(*out));
+		}
+		out[n++] = (uint32_t)sqlite3_column_int64(q, 0);
+	}
+	if (rc != SQLITE_DONE) {
+		log_error("store: reading the expunge log: %s", sqlite3_errmsg(st->db));
+		s = store_db_status(rc);
+		free(out);
+		out = NULL;
+		n = 0;
+	}
+	sqlite3_finalize(q);
+	if (s == ST_OK) {
+		*uids_r = out;
+		*n_r = n;
+		*complete_r = true;
+	}
+	return s;
+}
+
+/* ---- keywords ------------------------------------------------------------------ */
+
+/* A small set of keywords, unique case-insensitively. */
+struct kwset {
+	char **w;
+	size_t n, cap;
+};
+
+static void kwset_free(struct kwset *k)
+{
+	for (size_t i = 0; i < k->n; i++)
+		free(k->w[i]);
+	free(k->w);
+	k->w = NULL;
+	k->n = k->cap = 0;
+}
+
+static long kwset_find(const struct kwset *k, const char *w, size_t len)
+{
+	for (size_t i = 0; i < k->n; i++) {
+		if (strncasecmp(k->w[i], w, len) == 0 && k->w[i][len] == '\0')
+			return (long)i;
+	}
+	return -1;
+}
+
+static void kwset_add(struct kwset *k, const char *w, size_t len)
+{
+	if (len == 0 || kwset_find(k, w, len) >= 0)
+		return;
+	if (k->n == k->cap) {
+		k->cap = k->cap ? k->cap * 2 : 8;
+		k->w = xreallocarray(k->w, k->cap, sizeof(*k->w));
+	}
+	k->w[k->n++] = xstrndup(w, len);
+}
+
+static void kwset_remove(struct kwset *k, const char *w)
+{
+	long at = kwset_find(k, w, strlen(w));
+	if (at < 0)
+		return;
+	free(k->w[at]);
+	k->w[at] = k->w[--k->n];
+}
+
+/* Adds each space-separated word of text (NULL: none). */
+static void kwset_parse(struct kwset *k, const char *text)
+{
+	for (const char *p = text; p != NULL && *p;) {
+		while (*p == ' ')
+			p++;
+		size_t len = strcspn(p, " ");
+		kwset_add(k, p, len);
+		p += len;
+	}
+}
+
+static int kw_cmp(const void *a, const void *b)
+{
+	return strcasecmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The canonical column value: sorted, space-separated; NULL when empty. */
+static char *kwset_join(struct kwset *k)
+{
+	if (k->n == 0)
+		return NULL;
+	qsort(k->w, k->n, sizeof(*k->w), kw_cmp);
+	struct buf b = BUF_INIT;
+	for (size_t i = 0; i < k->n; i++)
+		buf_printf(&b, "%s%s", i ? " " : "", k->w[i]);
+	return buf_steal(&b);
+}
+
+/* The mailbox's distinct keywords (inside the caller's transaction). */
+static enum status mailbox_keywords(struct store *st, int64_t mailbox_id, struct kwset *out, char **error_r)
+{
+	sqlite3_stmt *q = NULL;
+	enum status s = prep(st, "SELECT DISTINCT keywords FROM messages WHERE mailbox_id = ?1"
+				 " AND keywords IS NOT NULL", &q, error_r);
+	if (s != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, mailbox_id);
+	int rc;
+	while ((rc = sqlite3_step(q)) == SQLITE_ROW)
+		kwset_parse(out, (const char *)sqlite3_column_text(q, 0));
+	if (rc != SQLITE_DONE)
+		s = store_db_fail(st->db, rc, "reading keywords", error_r);
+	sqlite3_finalize(q);
+	return s;
+}
+
+/* The keywords `text` asks to add to a mailbox, in the mailbox's spelling
+ * where it has them already; ST_INVALID when the mailbox would pass
+ * STORE_KEYWORDS_MAX. */
+static enum status keywords_admit(struct store *st, int64_t mailbox_id, const char *text, struct kwset *out,
+				  char **error_r)
+{
+	kwset_parse(out, text);
+	if (out->n == 0)
+		return ST_OK;
+	struct kwset have = { NULL, 0, 0 };
+	enum status s = mailbox_keywords(st, mailbox_id, &have, error_r);
+	size_t fresh = 0;
+	for (size_t i = 0; s == ST_OK && i < out->n; i++) {
+		long at = kwset_find(&have, out->w[i], strlen(out->w[i]));
+		if (at < 0) {
+			fresh++;
+			continue;
+		}
+		free(out->w[i]);
+		out->w[i] = xstrdup(have.w[at]);
+	}
+	if (s == ST_OK && have.n + fresh > STORE_KEYWORDS_MAX) {
+		s = ST_INVALID;
+		if (error_r)
+			*error_r = xasprintf("a mailbox holds at most %u keywords", STORE_KEYWORDS_MAX);
+	}
+	kwset_free(&have);
+	return s;
+}
+
 /* ---- messages ------------------------------------------------------------------ */
 
 enum status store_imap_set_flags(struct store *st, int64_t mailbox_id, const uint32_t *uids, size_t n,
 				 enum store_flag_op op, uint32_t flags, uint32_t *flags_out,
 				 uint64_t *modseq_r, char **error_r)
 {
+	return store_imap_set_flags_cond(st, mailbox_id, uids, n, op, flags, NULL, NULL, flags_out, NULL, NULL,
+					 modseq_r, error_r);
+}
+
+/* One message's new keywords: NULL when none; *changed_r when they differ. */
+static char *keywords_apply(const char *old, enum store_flag_op op, const struct kwset *req, bool *changed_r)
+{
+	struct kwset k = { NULL, 0, 0 };
+	if (op != STORE_FLAGS_SET)
+		kwset_parse(&k, old);
+	for (size_t i = 0; i < req->n; i++) {
+		if (op == STORE_FLAGS_REMOVE)
+			kwset_remove(&k, req->w[i]);
+		else
+			kwset_add(&k, req->w[i], strlen(req->w[i]));
+	}
+	char *now = kwset_join(&k);
+	kwset_free(&k);
+	*changed_r = (old == NULL) != (now == NULL) || (old != NULL && strcmp(old, now) != 0);
+	return now;
+}
+
+enum status store_imap_set_flags_cond(struct store *st, int64_t mailbox_id, const uint32_t *uids, size_t n,
+				      enum store_flag_op op, uint32_t flags, const char *keywords,
+				      const uint64_t *unchangedsince, uint32_t *flags_out, char **keywords_out,
+				      uint64_t *modseqs_out, uint64_t *modseq_r, char **error_r)
+{
 	flags &= MSG_FLAGS_ALL;
 	*modseq_r = 0;
+	for (size_t i = 0; keywords_out != NULL && i < n; i++)
+		keywords_out[i] = NULL;
 	enum status s = store_db_begin(st, error_r);
 	if (s != ST_OK)
 		return s;
 	sqlite3_stmt *get = NULL, *set = NULL;
 	uint64_t modseq = 0;
-	if ((s = prep(st, "SELECT flags FROM messages WHERE mailbox_id = ?1 AND uid = ?2", &get, error_r)) ==
-		    ST_OK)
-		s = prep(st, "UPDATE messages SET flags = ?3, modseq = ?4 WHERE mailbox_id = ?1 AND uid = ?2",
-			 &set, error_r);
+	struct kwset req = { NULL, 0, 0 };
+	if (op == STORE_FLAGS_REMOVE)
+		kwset_parse(&req, keywords);
+	else
+		s = keywords_admit(st, mailbox_id, keywords, &req, error_r);
+	if (s == ST_OK)
+		s = prep(st, "SELECT flags, modseq, keywords FROM messages WHERE mailbox_id = ?1 AND uid = ?2",
+			 &get, error_r);
+	if (s == ST_OK)
+		s = prep(st, "UPDATE messages SET flags = ?3, modseq = ?4, keywords = ?5"
+			     " WHERE mailbox_id = ?1 AND uid = ?2", &set, error_r);
 	for (size_t i = 0; s == ST_OK && i < n; i++) {
 		sqlite3_bind_int64(get, 1, mailbox_id);
 		sqlite3_bind_int64(get, 2, uids[i]);
 		int rc = sqlite3_step(get);
-		uint32_t old = rc == SQLITE_ROW ? (uint32_t)sqlite3_column_int64(get, 0) : 0;
-		sqlite3_reset(get);
 		if (rc == SQLITE_DONE) {
+			sqlite3_reset(get);
 			flags_out[i] = UINT32_MAX;
+			if (modseqs_out != NULL)
+				modseqs_out[i] = 0;
 			continue;
 		}
 		if (rc != SQLITE_ROW) {
+			sqlite3_reset(get);
 			s = store_db_fail(st->db, rc, "reading flags", error_r);
 			break;
 		}
+		uint32_t old = (uint32_t)sqlite3_column_int64(get, 0);
+		uint64_t old_modseq = store_db_column_u64(get, 1);
+		const char *old_kw = (const char *)sqlite3_column_text(get, 2);
+		if (modseqs_out != NULL)
+			modseqs_out[i] = old_modseq;
+		if (unchangedsince != NULL && old_modseq > *unchangedsince) {
+			sqlite3_reset(get);
+			flags_out[i] = STORE_FLAGS_MODIFIED;   /* RFC 7162 3.1.3: left alone */
+			continue;
+		}
+		bool kw_changed;
+		char *kw = keywords_apply(old_kw, op, &req, &kw_changed);
+		sqlite3_reset(get);
 		uint32_t now = op == STORE_FLAGS_SET ? flags : op == STORE_FLAGS_ADD ? (old | flags) : (old & ~flags);
 		now = (now & MSG_FLAGS_ALL) | (old & ~MSG_FLAGS_ALL);
 		flags_out[i] = now & MSG_FLAGS_ALL;
-		if (now == old)
+		if (keywords_out != NULL)
+			keywords_out[i] = kw != NULL ? xstrdup(kw) : NULL;
+		if (now == old && !kw_changed) {
+			free(kw);
 			continue;
-		if (modseq == 0 && (s = mailbox_bump(st, mailbox_id, 0, NULL, &modseq, error_r)) != ST_OK)
+		}
+		if (modseq == 0 && (s = mailbox_bump(st, mailbox_id, 0, NULL, &modseq, error_r)) != ST_OK) {
+			free(kw);
 			break;
+		}
+		if (modseqs_out != NULL)
+			modseqs_out[i] = modseq;
 		sqlite3_bind_int64(set, 1, mailbox_id);
 		sqlite3_bind_int64(set, 2, uids[i]);
 		sqlite3_bind_int64(set, 3, now);
 		store_db_bind_u64(set, 4, modseq);
+		if (kw != NULL)
+			sqlite3_bind_text(set, 5, kw, -1, SQLITE_TRANSIENT);
+		else
+			sqlite3_bind_null(set, 5);
 		s = run(st, set, "setting flags", error_r);
+		free(kw);
 	}
+	kwset_free(&req);
 	sqlite3_finalize(get);
 	sqlite3_finalize(set);
 	s = finish(st, s, error_r);
-	if (s == ST_OK)
+	if (s == ST_OK) {
 		*modseq_r = modseq;
+	} else {
+		for (size_t i = 0; keywords_out != NULL && i < n; i++) {
+			free(keywords_out[i]);
+			keywords_out[i] = NULL;
+		}
+	}
 	return s;
 }
 
@@ -815,6 +1147,8 @@ enum status store_imap_expunge(struct store *st, int64_t account_id, int64_t mai
 	uint64_t modseq;
 	if (s == ST_OK && n_out > 0)
 		s = mailbox_bump(st, mailbox_id, 0, NULL, &modseq, error_r);
+	if (s == ST_OK && n_out > 0)
+		s = store_vanished_log(st, mailbox_id, modseq, out, n_out, error_r);
 	s = finish(st, s, error_r);
 	if (s == ST_OK) {
 		unlink_blobs(st, &ul);
@@ -874,6 +1208,8 @@ static enum status copy_write(struct store *st, int64_t src_mailbox, int64_t dst
 	if (s == ST_OK && move)
 		s = mailbox_bump(st, src_mailbox, 0, NULL, &src_modseq, error_r);
 	sqlite3_stmt *ins = NULL, *ref = NULL, *del = NULL;
+	uint32_t *moved = move ? xcalloc(n ? n : 1, sizeof(*moved)) : NULL;
+	size_t n_moved = 0;
 	if (s == ST_OK)
 		s = prep(st, "INSERT INTO messages(mailbox_id, uid, blob_id, flags, keywords, modseq)"
 			     " SELECT ?1, ?2, blob_id, flags, keywords, ?3 FROM messages WHERE mailbox_id = ?4 AND uid = ?5",
@@ -897,6 +1233,7 @@ static enum status copy_write(struct store *st, int64_t src_mailbox, int64_t dst
 			sqlite3_bind_int64(del, 1, src_mailbox);
 			sqlite3_bind_int64(del, 2, src[i].uid);
 			s = run(st, del, "moving a message", error_r);
+			moved[n_moved++] = src[i].uid;
 		} else {
 			sqlite3_bind_int64(ref, 1, src[i].blob);
 			s = run(st, ref, "blob reference", error_r);
@@ -906,6 +1243,9 @@ static enum status copy_write(struct store *st, int64_t src_mailbox, int64_t dst
 	sqlite3_finalize(ins);
 	sqlite3_finalize(ref);
 	sqlite3_finalize(del);
+	if (s == ST_OK && move)
+		s = store_vanished_log(st, src_mailbox, src_modseq, moved, n_moved, error_r);
+	free(moved);
 	return s;
 }
 
@@ -957,7 +1297,8 @@ enum status store_imap_copy(struct store *st, int64_t account_id, int64_t src_ma
 
 enum status store_imap_append(struct store *st, int64_t account_id, int64_t mailbox_id,
 			      const struct msgid *id, uint64_t size, int64_t received, uint32_t flags,
-			      uint32_t *uid_r, uint32_t *uidvalidity_r, char **error_r)
+			      const char *keywords, const struct store_mime *mime, uint32_t *uid_r,
+			      uint32_t *uidvalidity_r, char **error_r)
 {
 	if (size > (uint64_t)INT64_MAX)
 		return ST_INVALID;
@@ -993,6 +1334,11 @@ enum status store_imap_append(struct store *st, int64_t account_id, int64_t mail
 			s = store_db_fail(st->db, rc, "blob row", error_r);
 		blob_id = sqlite3_last_insert_rowid(st->db);
 	}
+	if (s == ST_OK && mime != NULL) {
+		int rc = store_mime_insert(st, blob_id, mime);
+		if (rc != SQLITE_DONE)
+			s = store_db_fail(st->db, rc, "MIME row", error_r);
+	}
 	uint32_t uid = 0;
 	uint64_t modseq = 0;
 	if (s == ST_OK)
@@ -1007,14 +1353,23 @@ enum status store_imap_append(struct store *st, int64_t account_id, int64_t mail
 		if (rc != SQLITE_DONE)
 			s = store_db_fail(st->db, rc, "message row", error_r);
 	}
-	if (s == ST_OK && (flags & MSG_FLAGS_ALL) != 0 && (s = prep(st,
-		"UPDATE messages SET flags = ?3 WHERE mailbox_id = ?1 AND uid = ?2", &q, error_r)) == ST_OK) {
+	struct kwset kws = { NULL, 0, 0 };
+	if (s == ST_OK)
+		s = keywords_admit(st, mailbox_id, keywords, &kws, error_r);
+	char *kw = kwset_join(&kws);
+	kwset_free(&kws);
+	if (s == ST_OK && ((flags & MSG_FLAGS_ALL) != 0 || kw != NULL) && (s = prep(st,
+		"UPDATE messages SET flags = ?3, keywords = ?4 WHERE mailbox_id = ?1 AND uid = ?2", &q,
+		error_r)) == ST_OK) {
 		sqlite3_bind_int64(q, 1, mailbox_id);
 		sqlite3_bind_int64(q, 2, uid);
 		sqlite3_bind_int64(q, 3, flags & MSG_FLAGS_ALL);
+		if (kw != NULL)
+			sqlite3_bind_text(q, 4, kw, -1, SQLITE_TRANSIENT);
 		s = run(st, q, "message flags", error_r);
 		sqlite3_finalize(q);
 	}
+	free(kw);
 	if (s == ST_OK)
 		s = usage_add(st, account_id, 1, 1, size, error_r);
 	s = finish(st, s, error_r);

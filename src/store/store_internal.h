@@ -16,6 +16,7 @@
 #define STRATA_STORE_INTERNAL_H
 
 #include <sqlite3.h>
+#include <sys/types.h>
 
 #include "store.h"
 
@@ -24,7 +25,7 @@
 #define STORE_ADDRESS_MAX (STORE_LOCAL_MAX + 1 + STORE_DOMAIN_MAX) /* 318 < 320 */
 #define STORE_ALIAS_MAX_DEPTH 8
 #define STORE_PWHASH_MAX 255
-#define STORE_SCHEMA_VERSION 1
+#define STORE_SCHEMA_VERSION 3
 
 /* Writer statements (struct store).  SQL text is in store_db.c. */
 enum store_q {
@@ -45,6 +46,8 @@ enum store_q {
 	/* delivery (hot path) */
 	Q_DELIVER_QUOTA, Q_DELIVER_BLOB, Q_DELIVER_INBOX, Q_DELIVER_MESSAGE, Q_DELIVER_USAGE,
 	Q_STATS,
+	/* cached MIME rows (store_mime.c) */
+	Q_MIME_GET, Q_MIME_PUT, Q_MIME_INSERT,
 	Q__COUNT
 };
 
@@ -62,6 +65,14 @@ struct store_reader {
 	char *delimiters;             /* copy of settings->recipient_delimiter */
 	sqlite3_stmt *q[RQ__COUNT];
 };
+
+/* ---- store_imap.c ---------------------------------------------------------- */
+/* Logs `uids` (n) as expunged from the mailbox at `modseq` (the expunge's
+ * new mod-sequence) for QRESYNC, inside the caller's transaction; see
+ * store_imap_vanished.  Every path that removes messages from a mailbox
+ * that goes on existing calls it. */
+enum status store_vanished_log(struct store *st, int64_t mailbox_id, uint64_t modseq, const uint32_t *uids,
+			       size_t n, char **error_r);
 
 /* ---- store_db.c ---------------------------------------------------------- */
 /* Maps an SQLite result code (primary or extended) to a status. */
@@ -106,6 +117,11 @@ enum status store_account_domain_id(struct store *st, const char *domain, int64_
 /* The id of an account by normalised address (ST_NOT_FOUND). */
 enum status store_account_id(struct store *st, const char *address, int64_t *id_r, char **error_r);
 
+/* ---- store_mime.c -------------------------------------------------------- */
+/* Inserts the MIME row of a blob inside the caller's transaction
+ * (Q_MIME_INSERT); returns the SQLite code (SQLITE_DONE on success). */
+int store_mime_insert(struct store *st, int64_t blob_id, const struct store_mime *m);
+
 /* ---- store_mailbox.c ----------------------------------------------------- */
 /* Creates INBOX, Sent, Drafts, Trash, Junk, Archive for a new account, each
  * with a fresh UIDVALIDITY.  Runs inside the caller's transaction. */
@@ -129,5 +145,22 @@ enum status store_mailbox_create_defaults(struct store *st, int64_t account_id, 
  */
 enum status store_resolve_expand(sqlite3_stmt *q_account, sqlite3_stmt *q_alias, const char *address,
 				 uint64_t size, struct rcpt_resolution *res, char **error_r);
+
+/* ---- store_backup.c (shared with store_rebuild.c) ---------------------- */
+/* PRAGMA quick_check (full: integrity_check) answered "ok"; else false with
+ * *error_r (if error_r) quoting the first problems. */
+bool store_db_check(sqlite3 *db, bool full, char **error_r);
+/* The backups in `dir` as full paths, oldest first (caller frees with
+ * store_backup_list_free).  0 when there are none or dir is missing. */
+size_t store_backup_list(const char *dir, char ***paths_r);
+void store_backup_list_free(char **paths, size_t n);
+/* Copies database src to the new file dst (created with `mode`, must not
+ * exist) with the online backup API, switches it to rollback-journal mode
+ * and integrity_checks it.  Not fsynced. */
+bool store_db_copy(const char *src_path, const char *dst_path, mode_t mode, char **error_r);
+/* Unlinks a database file and its -journal, -wal, -shm. */
+void store_db_unlink(const char *path);
+/* fsync of a file by name. */
+bool store_fsync_path(const char *path, char **error_r);
 
 #endif

@@ -190,14 +190,15 @@ enum status store_message_path(struct store *st, const char *address, const char
 	struct msgid id;
 	if (rc == SQLITE_ROW) {
 		int64_t tier = sqlite3_column_int64(q, 2);
-		if (!column_msgid(q, 0, &id) || tier != 0) {
-			log_error("store: message %u of %s has a blob this version cannot open (tier %lld)",
+		if (!column_msgid(q, 0, &id) || tier < 0 || (uint64_t)tier >= st->s->n_tiers) {
+			log_error("store: message %u of %s has a blob on tier %lld, which is not configured",
 				  uid, address, (long long)tier);
 			s = ST_TEMPFAIL;
 		} else {
 			if (size_r)
 				*size_r = store_db_column_u64(q, 1);
-			store_blob_path(st->s->store_blob_dir, &id, path, pathlen);
+			/* The copy that exists now (a move may be in flight). */
+			store_blob_find(st->s, (unsigned)tier, &id, path, pathlen);
 		}
 	} else if (rc == SQLITE_DONE) {
 		s = ST_NOT_FOUND;

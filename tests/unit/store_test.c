@@ -1314,7 +1314,9 @@ static void test_open_errors(void **state)
 	xfree(&err);
 	assert_null(store_reader_open(s2, &err));
 	xfree(&err);
-	raw_exec(f, "PRAGMA user_version = 1");
+	char current[64];
+	snprintf(current, sizeof(current), "PRAGMA user_version = %d", STORE_SCHEMA_VERSION);
+	raw_exec(f, current);
 	struct store *st2 = store_open(s2, false, &err);
 	assert_non_null(st2);
 	store_close(&st2);
@@ -1329,6 +1331,86 @@ static void test_open_errors(void **state)
 	char tmp[PATH_MAX];
 	snprintf(tmp, sizeof(tmp), "%s/tmp", f->s->store_blob_dir);
 	assert_int_equal(stat(tmp, &sb), 0);
+}
+
+/* ---- cached MIME rows ------------------------------------------------------------------ */
+
+static void test_mime_rows(void **state)
+{
+	struct fixture *f = *state;
+	add_domain(f, "ex.org");
+	int64_t a = add_user(f, "a@ex.org", 0, 0);
+	struct delivery_buf d[2];
+	make_delivery(&d[0], &a, 1, 10);
+	make_delivery(&d[1], &a, 1, 10);
+	uint8_t parts[] = { 1, '1', 0, 0, 2, 8, 0 };
+	struct store_mime row = { "(NIL \"s\" NIL NIL NIL NIL NIL NIL NIL NIL)", "(\"text\" \"plain\")",
+				  "(\"text\")", parts, sizeof(parts) };
+	d[0].d.mime = &row;        /* d[1]: no row, as from an older Strata */
+	CHECK_ST("commit", commit(f, d, 2), ST_OK);
+	CHECK_ST("both delivered", d[0].d.status, ST_OK);
+	CHECK_ST("both delivered", d[1].d.status, ST_OK);
+
+	struct store_mime got;
+	CHECK_ST("get", store_mime_get(f->st, &d[0].d.id, &got), ST_OK);
+	assert_string_equal(got.envelope, row.envelope);
+	assert_string_equal(got.bodystructure, row.bodystructure);
+	assert_string_equal(got.body, row.body);
+	assert_int_equal(got.parts_len, sizeof(parts));
+	assert_memory_equal(got.parts, parts, sizeof(parts));
+	store_mime_free(&got);
+	assert_null(got.envelope);
+	CHECK_ST("no row", store_mime_get(f->st, &d[1].d.id, &got), ST_NOT_FOUND);
+
+	/* Lazy fill; a second put keeps the first row. */
+	CHECK_ST("put", store_mime_put(f->st, &d[1].d.id, &row, NULL), ST_OK);
+	struct store_mime other = row;
+	other.body = "(\"other\")";
+	CHECK_ST("put again", store_mime_put(f->st, &d[1].d.id, &other, NULL), ST_OK);
+	CHECK_ST("get filled", store_mime_get(f->st, &d[1].d.id, &got), ST_OK);
+	assert_string_equal(got.body, row.body);
+	store_mime_free(&got);
+	/* A blob that does not exist: nothing written, not an error. */
+	struct msgid none;
+	msgid_new(&none);
+	CHECK_ST("put unknown", store_mime_put(f->st, &none, &row, NULL), ST_OK);
+	assert_int_equal(raw_int(f, "SELECT count(*) FROM mime"), 2);
+
+	/* Rows go with their blobs. */
+	must(store_user_del(f->st, "a@ex.org", NULL), "del a", NULL);
+	assert_int_equal(raw_int(f, "SELECT count(*) FROM mime"), 0);
+}
+
+/* An index of schema version 1 (before the MIME cache) is migrated by a
+ * writer opened with `create`, keeps its data, and refuses other handles
+ * until then. */
+static void test_migration_v1_to_v2(void **state)
+{
+	struct fixture *f = *state;
+	add_domain(f, "ex.org");
+	int64_t a = add_user(f, "a@ex.org", 0, 0);
+	struct delivery_buf d;
+	make_delivery(&d, &a, 1, 10);
+	CHECK_ST("commit", commit(f, &d, 1), ST_OK);
+	store_close(&f->st);
+	raw_exec(f, "DROP TABLE vanished_floor; DROP TABLE vanished; DROP TABLE mime; PRAGMA user_version = 1");
+
+	char *err = NULL;
+	assert_null(store_open(f->s, false, &err));
+	assert_non_null(strstr(err, "version 1"));
+	xfree(&err);
+	f->st = store_open(f->s, true, &err);
+	assert_non_null(f->st);
+	assert_int_equal(raw_int(f, "PRAGMA user_version"), STORE_SCHEMA_VERSION);
+	assert_int_equal(raw_int(f, "SELECT count(*) FROM blobs"), 1);
+	struct store_mime got;
+	CHECK_ST("no row yet", store_mime_get(f->st, &d.d.id, &got), ST_NOT_FOUND);
+	struct store_mime row = { "(NIL)", "(\"text\")", "(\"text\")", NULL, 0 };
+	CHECK_ST("lazy put", store_mime_put(f->st, &d.d.id, &row, NULL), ST_OK);
+	CHECK_ST("row", store_mime_get(f->st, &d.d.id, &got), ST_OK);
+	assert_string_equal(got.envelope, "(NIL)");
+	assert_int_equal(got.parts_len, 0);
+	store_mime_free(&got);
 }
 
 /* ---- the index size of a message ---------------------------------------------------- */
@@ -1379,6 +1461,88 @@ static void test_index_bytes_per_message(void **state)
 		fail_msg("index uses %.1f bytes per message, budget 300", per);
 }
 
+/* The QRESYNC expunge log: complete only after its floor, and pruned to the
+ * newest STORE_VANISHED_KEEP rows with the floor raised to match. */
+static void check_vanished(int64_t mb, struct store *st, const char *label, uint64_t since, bool want_complete,
+			   size_t want_n, uint32_t want_first)
+{
+	uint32_t *uids = NULL;
+	size_t n = 0;
+	bool complete = true;
+	CHECK_ST(label, store_imap_vanished(st, mb, since, &uids, &n, &complete), ST_OK);
+	if (complete != want_complete || n != want_n || (n > 0 && uids[0] != want_first))
+		fail_msg("%s: got complete=%d n=%zu first=%u, want complete=%d n=%zu first=%u", label, complete, n,
+			 n ? uids[0] : 0, want_complete, want_n, want_first);
+	for (size_t i = 1; i < n; i++) {
+		if (uids[i] <= uids[i - 1])
+			fail_msg("%s: not ascending at %zu: %u after %u", label, i, uids[i], uids[i - 1]);
+	}
+	free(uids);
+}
+
+static void test_vanished_log(void **state)
+{
+	struct fixture *f = *state;
+	add_domain(f, "ex.org");
+	add_user(f, "a@ex.org", 0, 0);
+	int64_t account;
+	CHECK_ST("account", store_account_id(f->st, "a@ex.org", &account, NULL), ST_OK);
+	struct store_mailbox_info inbox;
+	CHECK_ST("inbox", store_imap_mailbox_get(f->st, account, "INBOX", false, &inbox), ST_OK);
+	int64_t mb = inbox.id;
+	check_vanished(mb, f->st, "no log yet", 0, false, 0, 0);
+
+	const uint32_t first[] = { 3, 1, 2 };
+	CHECK_ST("log 3", store_vanished_log(f->st, mb, 10, first, 3, NULL), ST_OK);
+	static const struct {
+		const char *label;
+		uint64_t since;
+		bool complete;
+		size_t n;
+		uint32_t first;
+	} before[] = {
+		{ "before the floor", 8, false, 0, 0 },
+		{ "at the floor", 9, true, 3, 1 },
+		{ "after the expunge", 10, true, 0, 0 },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(before); i++)
+		check_vanished(mb, f->st, before[i].label, before[i].since, before[i].complete, before[i].n,
+			       before[i].first);
+
+	/* KEEP more rows at modseq 11: the three at 10 are pruned, floor 10. */
+	uint32_t *many = xcalloc(STORE_VANISHED_KEEP, sizeof(*many));
+	for (size_t i = 0; i < STORE_VANISHED_KEEP; i++)
+		many[i] = (uint32_t)(100 + i);
+	CHECK_ST("begin", store_db_begin(f->st, NULL), ST_OK);
+	CHECK_ST("log many", store_vanished_log(f->st, mb, 11, many, STORE_VANISHED_KEEP, NULL), ST_OK);
+	CHECK_ST("commit", store_db_commit(f->st, NULL), ST_OK);
+	free(many);
+	static const struct {
+		const char *label;
+		uint64_t since;
+		bool complete;
+		size_t n;
+		uint32_t first;
+	} after[] = {
+		{ "pruned range", 9, false, 0, 0 },
+		{ "raised floor", 10, true, STORE_VANISHED_KEEP, 100 },
+		{ "newest", 11, true, 0, 0 },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(after); i++)
+		check_vanished(mb, f->st, after[i].label, after[i].since, after[i].complete, after[i].n,
+			       after[i].first);
+	assert_int_equal(raw_int(f, "SELECT count(*) FROM vanished"), STORE_VANISHED_KEEP);
+
+	/* Deleting the mailbox takes its log with it (ON DELETE CASCADE). */
+	CHECK_ST("create", store_imap_mailbox_create(f->st, account, "Tmp", NULL), ST_OK);
+	struct store_mailbox_info tmp;
+	CHECK_ST("tmp", store_imap_mailbox_get(f->st, account, "Tmp", false, &tmp), ST_OK);
+	CHECK_ST("log tmp", store_vanished_log(f->st, tmp.id, 2, first, 3, NULL), ST_OK);
+	CHECK_ST("delete", store_imap_mailbox_delete(f->st, account, "Tmp", NULL), ST_OK);
+	assert_int_equal(raw_int(f, "SELECT count(*) FROM vanished_floor"), 1);
+	assert_int_equal(raw_int(f, "SELECT count(*) FROM vanished"), STORE_VANISHED_KEEP);
+}
+
 int main(void)
 {
 	log_init("store_test", false, LOG_LVL_ERROR);
@@ -1386,6 +1550,9 @@ int main(void)
 		return 1;
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_domain_syntax, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_mime_rows, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_migration_v1_to_v2, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_vanished_log, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_domain_del, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_user_add, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_user_add_errors, setup, teardown),

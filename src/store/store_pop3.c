@@ -1,0 +1,227 @@
+/*
+ * store_pop3.c - the POP3 server's UPDATE state: deleting a session's
+ * DELE'd messages in one transaction.
+ *
+ * Contract: see store.h ("POP3 access").  Unlike an IMAP expunge, which
+ * removes messages carrying \Deleted, POP3 deletes exactly the UIDs its
+ * session marked, whatever their flags: the marks live in the session,
+ * never in the index, so a session that ends without QUIT changes nothing.
+ *
+ * Transaction: BEGIN IMMEDIATE; per UID read (blob, size), delete the row,
+ * drop one blob reference (the blob row goes at 0); then usage, the
+ * mailbox's highestmodseq and the expunge log (IMAP QRESYNC); COMMIT.  Blob files are unlinked only after
+ * COMMIT returned, so a crash in between leaves an orphan file (found by
+ * a verify pass), never an index row naming a missing file.
+ *
+ * Threads: the caller's writer handle, on a thread that may block.
+ */
+#include "store_internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct pop3_unlink {
+	struct msgid *ids;
+	size_t n, cap;
+};
+
+static enum status prep(struct store *st, const char *sql, sqlite3_stmt **q, char **error_r)
+{
+	int rc = sqlite3_prepare_v3(st->db, sql, -1, 0, q, NULL);
+	if (rc == SQLITE_OK)
+		return ST_OK;
+	enum status s = store_db_fail(st->db, rc, "preparing a POP3 statement", error_r);
+	sqlite3_finalize(*q);
+	*q = NULL;
+	return s;
+}
+
+/* One reference less on blob `blob_id`; at 0 its row goes and a local
+ * file (tier 0) is remembered for unlinking after COMMIT. */
+static enum status decref(struct store *st, int64_t blob_id, struct pop3_unlink *ul, char **error_r)
+{
+	sqlite3_stmt *q = st->q[Q_BLOB_DECREF];
+	sqlite3_bind_int64(q, 1, blob_id);
+	sqlite3_bind_int64(q, 2, 1);
+	int rc = sqlite3_step(q);
+	if (rc != SQLITE_ROW) {
+		enum status s = rc == SQLITE_DONE ? ST_OK : store_db_fail(st->db, rc, "blob reference", error_r);
+		store_db_reset(q);
+		return s;
+	}
+	int64_t refs = sqlite3_column_int64(q, 0);
+	const void *b = sqlite3_column_blob(q, 1);
+	bool have_id = b != NULL && sqlite3_column_bytes(q, 1) == MSGID_BYTES;
+	struct msgid id = { { 0 } };
+	if (have_id)
+		memcpy(id.b, b, MSGID_BYTES);
+	int64_t tier = sqlite3_column_int64(q, 2);
+	store_db_reset(q);
+	if (refs > 0)
+		return ST_OK;
+	q = st->q[Q_BLOB_DELETE];
+	sqlite3_bind_int64(q, 1, blob_id);
+	rc = store_db_run(q);
+	if (rc != SQLITE_DONE)
+		return store_db_fail(st->db, rc, "blob row", error_r);
+	if (have_id && tier == 0) {
+		if (ul->n == ul->cap) {
+			ul->cap = ul->cap ? ul->cap * 2 : 16;
+			ul->ids = xreallocarray(ul->ids, ul->cap, sizeof(*ul->ids));
+		}
+		ul->ids[ul->n++] = id;
+	}
+	return ST_OK;
+}
+
+/* Steps a statement to its end and resets it. */
+static enum status step_done(struct store *st, sqlite3_stmt *q, const char *what, char **error_r)
+{
+	int rc = sqlite3_step(q);
+	enum status s = ST_OK;
+	if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+		s = store_db_fail(st->db, rc, what, error_r);
+	sqlite3_reset(q);
+	sqlite3_clear_bindings(q);
+	return s;
+}
+
+/* Removes one message; *bytes_r gets its size, *found_r whether it was there. */
+static enum status remove_one(struct store *st, sqlite3_stmt *get, sqlite3_stmt *del, int64_t mailbox_id,
+			      uint32_t uid, struct pop3_unlink *ul, bool *found_r, uint64_t *bytes_r,
+			      char **error_r)
+{
+	*found_r = false;
+	sqlite3_bind_int64(get, 1, mailbox_id);
+	sqlite3_bind_int64(get, 2, uid);
+	int rc = sqlite3_step(get);
+	int64_t blob = 0;
+	if (rc == SQLITE_ROW) {
+		blob = sqlite3_column_int64(get, 0);
+		*bytes_r = store_db_column_u64(get, 1);
+		*found_r = true;
+	}
+	enum status s = ST_OK;
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		s = store_db_fail(st->db, rc, "reading a message to delete", error_r);
+	sqlite3_reset(get);
+	sqlite3_clear_bindings(get);
+	if (s != ST_OK || !*found_r)
+		return s;
+	sqlite3_bind_int64(del, 1, mailbox_id);
+	sqlite3_bind_int64(del, 2, uid);
+	s = step_done(st, del, "deleting a message", error_r);
+	if (s == ST_OK)
+		s = decref(st, blob, ul, error_r);
+	return s;
+}
+
+/* Usage, the mailbox's mod-sequence and the expunge log after removing
+ * `gone` (count UIDs). */
+static enum status account_after(struct store *st, int64_t account_id, int64_t mailbox_id, uint64_t count,
+				 uint64_t bytes, const uint32_t *gone, char **error_r)
+{
+	sqlite3_stmt *q = NULL;
+	enum status s = prep(st, "UPDATE accounts SET used_bytes = max(0, used_bytes - ?2),"
+				 " used_messages = max(0, used_messages - ?3) WHERE id = ?1", &q, error_r);
+	if (s != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, account_id);
+	store_db_bind_u64(q, 2, bytes);
+	store_db_bind_u64(q, 3, count);
+	s = step_done(st, q, "updating quota usage", error_r);
+	sqlite3_finalize(q);
+	if (s != ST_OK)
+		return s;
+	if ((s = prep(st, "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?1"
+			  " RETURNING highestmodseq", &q, error_r)) != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, mailbox_id);
+	int rc = sqlite3_step(q);
+	uint64_t modseq = rc == SQLITE_ROW ? store_db_column_u64(q, 0) : 0;
+	if (rc != SQLITE_ROW)
+		s = store_db_fail(st->db, rc == SQLITE_DONE ? SQLITE_NOTFOUND : rc, "mailbox modseq", error_r);
+	sqlite3_finalize(q);
+	if (s == ST_OK)
+		s = store_vanished_log(st, mailbox_id, modseq, gone, (size_t)count, error_r);
+	return s;
+}
+
+static enum status mailbox_owned(struct store *st, int64_t account_id, int64_t mailbox_id, char **error_r)
+{
+	sqlite3_stmt *q = NULL;
+	enum status s = prep(st, "SELECT 1 FROM mailboxes WHERE id = ?1 AND account_id = ?2", &q, error_r);
+	if (s != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, mailbox_id);
+	sqlite3_bind_int64(q, 2, account_id);
+	int rc = sqlite3_step(q);
+	if (rc == SQLITE_DONE) {
+		s = ST_NOT_FOUND;
+		if (error_r)
+			*error_r = xstrdup("mailbox not found");
+	} else if (rc != SQLITE_ROW) {
+		s = store_db_fail(st->db, rc, "mailbox lookup", error_r);
+	}
+	sqlite3_finalize(q);
+	return s;
+}
+
+static void unlink_after_commit(struct store *st, struct pop3_unlink *ul)
+{
+	for (size_t i = 0; i < ul->n; i++) {
+		char path[PATH_MAX];
+		store_blob_path(st->s->store_blob_dir, &ul->ids[i], path, sizeof(path));
+		int e = store_blob_unlink(st->s, &ul->ids[i]); /* every tier */
+		if (e != 0)
+			log_error("store: cannot remove blob %s: %s", path, strerror(e));
+	}
+}
+
+enum status store_pop3_delete(struct store *st, int64_t account_id, int64_t mailbox_id, const uint32_t *uids,
+			      size_t n, size_t *deleted_r, char **error_r)
+{
+	*deleted_r = 0;
+	struct pop3_unlink ul = { NULL, 0, 0 };
+	enum status s = store_db_begin(st, error_r);
+	if (s != ST_OK)
+		return s;
+	sqlite3_stmt *get = NULL, *del = NULL;
+	s = mailbox_owned(st, account_id, mailbox_id, error_r);
+	if (s == ST_OK)
+		s = prep(st, "SELECT m.blob_id, b.size FROM messages m JOIN blobs b ON b.id = m.blob_id"
+			     " WHERE m.mailbox_id = ?1 AND m.uid = ?2", &get, error_r);
+	if (s == ST_OK)
+		s = prep(st, "DELETE FROM messages WHERE mailbox_id = ?1 AND uid = ?2", &del, error_r);
+	uint64_t count = 0, bytes = 0;
+	uint32_t *gone = xcalloc(n ? n : 1, sizeof(*gone));
+	for (size_t i = 0; s == ST_OK && i < n; i++) {
+		bool found = false;
+		uint64_t size = 0;
+		s = remove_one(st, get, del, mailbox_id, uids[i], &ul, &found, &size, error_r);
+		if (s == ST_OK && found) {
+			gone[count++] = uids[i];
+			bytes += size;
+		}
+	}
+	sqlite3_finalize(get);
+	sqlite3_finalize(del);
+	if (s == ST_OK && count > 0)
+		s = account_after(st, account_id, mailbox_id, count, bytes, gone, error_r);
+	free(gone);
+	if (s == ST_OK) {
+		s = store_db_commit(st, error_r);
+	} else {
+		store_db_rollback(st);
+	}
+	if (s == ST_OK) {
+		unlink_after_commit(st, &ul);
+		*deleted_r = (size_t)count;
+	}
+	free(ul.ids);
+	return s;
+}

@@ -1,0 +1,156 @@
+/*
+ * tier.h - automatic storage tiering: heat, placement and crash-safe moves.
+ *
+ * Owns: the heat model (decay and priors), the in-memory access-event ring
+ * and its flusher, the placement decision, the file move with its journal
+ * and start-up recovery, the mover thread, and the mover lock.  The index
+ * side (tables, queries, blob paths per tier, the open helper readers use)
+ * is src/store/store_tier.c.  docs/TIERING.md is the user's guide;
+ * docs/STORAGE.md "Tiering" is the on-disk contract.
+ *
+ * Invariants:
+ *  - A blob's file exists on the tier blobs.tier names whenever the index
+ *    is committed (copy, fsync, rename, directory fsync come before the
+ *    index update; the unlink of the source comes after).
+ *  - One process moves at a time: the mover lock (flock on
+ *    <tier 0>/tier.lock) is held by the daemon's mover during a pass and by
+ *    `strata tier move` while it runs; recovery runs under it.
+ *  - Heat is advisory: losing it (a crash loses at most the last flush
+ *    interval) changes placement quality, never correctness.
+ *
+ * Threads: the heat and placement functions are pure and thread-safe;
+ * tier_access_* is callable from any thread; a struct store passed in is
+ * used by the calling thread only.
+ */
+#ifndef STRATA_TIER_H
+#define STRATA_TIER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "core.h"
+#include "store.h"
+
+#define TIER_DAY_S 86400
+#define TIER_READ_WINDOW_DAYS 30
+
+/* ---- heat (tier_heat.c) --------------------------------------------------- */
+
+/* score * 2^(-dt / half_life); dt <= 0 returns score unchanged. */
+double tier_heat_decay(double score, int64_t dt_s, uint64_t half_life_s);
+enum tier_event { TIER_EVENT_DELIVERY = 0, TIER_EVENT_READ = 1 };
+/* Applies one event at `now` to h: decays the score to now, adds the
+ * event's weight (1.0), and for a read marks today in reads_days (the bit
+ * map is shifted so bit 0 is always the day of h->updated). */
+void tier_heat_event(struct store_heat *h, int64_t now, enum tier_event ev, uint64_t half_life_s);
+/* Distinct days in the last TIER_READ_WINDOW_DAYS (as of now) with a read. */
+unsigned tier_heat_read_days(uint32_t reads_days, int64_t updated, int64_t now);
+
+/* Priors that need no history: in [0, 1]. */
+struct tier_prior_in {
+	int64_t received;         /* unix time */
+	const char *mailbox;      /* name */
+	const char *special_use;  /* "\\Sent" etc. or "" */
+	bool seen;
+	int64_t last_login;       /* 0 = never logged in */
+};
+double tier_prior(const struct tier_prior_in *in, int64_t now);
+/* Temperature of one reference: prior + decayed heat. */
+double tier_temperature(const struct store_tier_ref *r, int64_t now, uint64_t half_life_s);
+/* The tier a pin rule forces for this reference, or -1.  Account pins win
+ * over folder pins; among several matches the fastest tier wins. */
+int tier_pin_for(const struct settings *s, const char *mailbox, const char *special_use,
+		 const char *account);
+
+/* ---- access events (tier_access.c) ---------------------------------------
+ * A bounded ring (TIER_ACCESS_RING events) that store_access_note feeds
+ * through the store hook; a full ring drops the event and counts it.
+ * tier_access_drain moves queued events into the heat table in one
+ * transaction. */
+#define TIER_ACCESS_RING 65536
+void tier_access_install(void);     /* installs the store hook; idempotent */
+void tier_access_uninstall(void);
+/* Queues a read event (what the hook does); false when dropped. */
+bool tier_access_push(const struct msgid *id, enum tier_event ev);
+uint64_t tier_access_dropped(void);
+/* Drains at most `max` events and persists them; returns how many. */
+size_t tier_access_drain(struct store *st, uint64_t half_life_s, size_t max, char **error_r);
+
+/* ---- placement (tier_place.c) ---------------------------------------------- */
+struct tier_cand {
+	int64_t blob_id;
+	struct msgid id;
+	unsigned tier;            /* current */
+	uint64_t size;
+	double temp;
+	int pin;                  /* forced tier or -1 */
+	bool promotable;          /* read on >= tier.promote_days distinct days */
+};
+struct tier_plan { size_t cand; unsigned to; };
+/* Decides up to max_moves moves.  cap[t] is tier t's byte target (0 = no
+ * limit); the last tier takes whatever the others cannot.  Rules, in order:
+ *  1. pinned candidates go to their pin;
+ *  2. each tier over its target demotes its coldest unpinned blobs to the
+ *     next tier until it is at or below TIER_LOW_WATER percent of target
+ *     (the hottest of those that still fit under the target then stay);
+ *  3. promotable blobs (hottest first) move up to the fastest tier with
+ *     room, never past a tier's target.
+ * Writes to out (room for max_moves) and returns the count. */
+#define TIER_LOW_WATER 90
+size_t tier_place(struct tier_cand *c, size_t n, const uint64_t *cap, size_t n_tiers, size_t max_moves,
+		  struct tier_plan *out);
+/* A tier's byte target: capacity_bytes, or capacity_percent of the size of
+ * the filesystem holding its path (statvfs); 0 = no limit. */
+uint64_t tier_capacity(const struct tier_setting *t);
+
+/* ---- moves (tier_move.c) ------------------------------------------------------- */
+/* Token bucket over bytes and files per second. */
+struct tier_budget {
+	double bytes, files;            /* tokens */
+	double bytes_rate, files_rate;  /* per second */
+	uint64_t last_us;
+};
+void tier_budget_init(struct tier_budget *b, const struct settings *s);
+/* Microseconds to wait before `bytes` (one file) may be spent; 0 = now
+ * (and the tokens are taken). */
+uint64_t tier_budget_take(struct tier_budget *b, uint64_t bytes, uint64_t now_us);
+
+/* Takes the mover lock: returns the fd, or -1 (errno EWOULDBLOCK when
+ * another process holds it and !wait). */
+int tier_lock(const struct settings *s, bool wait);
+void tier_unlock(int *fd);
+
+/* Moves one blob, crash-safely (docs/STORAGE.md "Tiering"): journal row,
+ * copy into <to>/tier-tmp, fsync, rename into place, directory fsync, index
+ * update + journal commit in one transaction, unlink of the source and its
+ * directory fsync, journal row removed.  Needs the mover lock.  On failure
+ * before the index update the target copy is removed and the index still
+ * names `from`.  ST_NOT_FOUND: the blob disappeared (expunged) meanwhile. */
+enum status tier_move_blob(struct store *st, const struct settings *s, int64_t blob_id,
+			   const struct msgid *id, unsigned from, unsigned to, uint64_t *bytes_r,
+			   char **error_r);
+/* Completes or rolls back every journalled move and clears the tier-tmp
+ * directories.  Needs the mover lock.  *fixed_r (if given) = rows handled. */
+enum status tier_recover(struct store *st, const struct settings *s, size_t *fixed_r, char **error_r);
+
+/* ---- placement pass and the daemon's mover (tier_mover.c) ---------------------- */
+struct tier_pass_stats { size_t planned, moved, failed; uint64_t bytes; };
+/* One pass: reads every reference, decides, and moves under the budget
+ * (sleeping between moves; returns early when *stop becomes true). */
+enum status tier_pass(struct store *st, const struct settings *s, struct tier_budget *b,
+		      const volatile bool *stop, struct tier_pass_stats *out, char **error_r);
+/* Fills the per-tier gauges from the index. */
+void tier_metrics_update(struct store *st, const struct settings *s);
+
+struct tier_mover;
+/* Opens its own store handle, creates the tier tables, installs the access
+ * hook, runs recovery, and starts the thread (heat flush every 2 s, a
+ * placement pass every tier.interval).  NULL with *error_r on failure. */
+struct tier_mover *tier_mover_start(const struct settings *s, char **error_r);
+/* Stops and joins the thread (a pass in progress stops between moves),
+ * flushes the remaining heat, closes the handle.  NULL is a no-op. */
+void tier_mover_stop(struct tier_mover **m);
+
+#endif

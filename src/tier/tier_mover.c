@@ -1,0 +1,301 @@
+/*
+ * tier_mover.c - the placement pass and the daemon's mover thread.
+ *
+ * A pass reads every message reference (store_tier_refs), folds the
+ * references of a blob into one candidate (the hottest reference's
+ * temperature, the fastest pin, read days from the heat row), asks
+ * tier_place for at most tier.batch moves, and performs them under the
+ * token-bucket budget, sleeping between moves in slices of at most 100 ms
+ * so a stop request is honoured promptly.
+ *
+ * The thread: drains access events into the heat table every 2 seconds,
+ * and every tier.interval takes the mover lock without waiting (a running
+ * `strata tier move` makes it skip the pass), runs recovery and a pass,
+ * and refreshes the per-tier gauges.  It owns its own store handle.
+ */
+#include "tier.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "metrics.h"
+
+#define FLUSH_MS 2000
+#define DRAIN_MAX 8192
+
+struct fold_ctx {
+	const struct settings *s;
+	int64_t now;
+	uint64_t half_life_s;
+	struct tier_cand *c;
+	size_t n, cap;
+	bool overflow;
+};
+
+static bool fold_ref(void *vctx, const struct store_tier_ref *r)
+{
+	struct fold_ctx *f = vctx;
+	double t = tier_temperature(r, f->now, f->half_life_s);
+	int pin = tier_pin_for(f->s, r->mailbox, r->special_use, r->account);
+	struct tier_cand *last = f->n ? &f->c[f->n - 1] : NULL;
+	if (last && last->blob_id == r->blob_id) {
+		if (t > last->temp)
+			last->temp = t;
+		if (pin >= 0 && (last->pin < 0 || pin < last->pin))
+			last->pin = pin;
+		return true;
+	}
+	if (f->n == f->cap) {
+		if (f->cap >= (size_t)1 << 28) {
+			f->overflow = true;
+			return false;
+		}
+		f->cap = f->cap ? f->cap * 2 : 1024;
+		f->c = xreallocarray(f->c, f->cap, sizeof(*f->c));
+	}
+	struct tier_cand *c = &f->c[f->n++];
+	c->blob_id = r->blob_id;
+	c->id = r->id;
+	c->tier = r->tier;
+	c->size = r->size;
+	c->temp = t;
+	c->pin = pin;
+	c->promotable = r->heat_updated != 0 &&
+			tier_heat_read_days(r->reads_days, r->heat_updated, f->now) >= f->s->tier_promote_days;
+	return true;
+}
+
+static void sleep_us(uint64_t us)
+{
+	struct timespec ts = { (time_t)(us / 1000000), (long)(us % 1000000) * 1000 };
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+/* Waits for the budget; false when stopped meanwhile. */
+static bool wait_budget(struct tier_budget *b, uint64_t bytes, const volatile bool *stop)
+{
+	for (int i = 0; i < 100000; i++) {
+		if (stop && *stop)
+			return false;
+		uint64_t w = tier_budget_take(b, bytes, time_mono_us());
+		if (w == 0)
+			return true;
+		sleep_us(w < 100000 ? w : 100000);
+	}
+	return false;
+}
+
+enum status tier_pass(struct store *st, const struct settings *s, struct tier_budget *b,
+		      const volatile bool *stop, struct tier_pass_stats *out, char **error_r)
+{
+	memset(out, 0, sizeof(*out));
+	struct fold_ctx f = { s, (int64_t)time(NULL), s->tier_half_life_ms / 1000, NULL, 0, 0, false };
+	enum status r = store_tier_refs(st, NULL, NULL, 0, fold_ref, &f, error_r);
+	if (r == ST_OK && f.overflow) {
+		if (error_r)
+			*error_r = xstrdup("too many blobs for one placement pass");
+		r = ST_TEMPFAIL;
+	}
+	if (r != ST_OK || s->n_tiers < 2) {
+		free(f.c);
+		return r;
+	}
+	uint64_t cap[CONFIG_TIER_MAX];
+	for (size_t t = 0; t < s->n_tiers; t++)
+		cap[t] = tier_capacity(&s->tiers[t]);
+	struct tier_plan *plan = xcalloc(s->tier_batch, sizeof(*plan));
+	size_t n = tier_place(f.c, f.n, cap, s->n_tiers, s->tier_batch, plan);
+	out->planned = n;
+	for (size_t i = 0; i < n; i++) {
+		const struct tier_cand *c = &f.c[plan[i].cand];
+		if (!wait_budget(b, c->size, stop))
+			break;
+		uint64_t bytes = 0;
+		char *err = NULL;
+		enum status mr = tier_move_blob(st, s, c->blob_id, &c->id, c->tier, plan[i].to, &bytes, &err);
+		if (mr == ST_OK) {
+			out->moved++;
+			out->bytes += bytes;
+		} else if (mr != ST_NOT_FOUND) {
+			out->failed++;
+			metric_inc(M_TIER_MOVE_FAILURES);
+			log_warn("tier: move of blob %lld to tier %u failed: %s", (long long)c->blob_id,
+				 plan[i].to, err ? err : status_info(mr)->name);
+		}
+		free(err);
+	}
+	free(plan);
+	free(f.c);
+	return ST_OK;
+}
+
+void tier_metrics_update(struct store *st, const struct settings *s)
+{
+	struct store_tier_usage u[CONFIG_TIER_MAX];
+	uint64_t stray;
+	(void)s;
+	if (store_tier_usage(st, u, &stray, NULL) != ST_OK)
+		return;
+	for (int t = 0; t < CONFIG_TIER_MAX; t++) {
+		enum metric_gauge gb = (enum metric_gauge)(M_TIER_BYTES_0 + t);
+		enum metric_gauge gm = (enum metric_gauge)(M_TIER_MESSAGES_0 + t);
+		gauge_add(gb, (int64_t)u[t].bytes - gauge_get(gb));
+		gauge_add(gm, (int64_t)u[t].messages - gauge_get(gm));
+	}
+}
+
+/* ---- the thread ------------------------------------------------------------- */
+
+struct tier_mover {
+	const struct settings *s;
+	struct store *st;
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	volatile bool stop;
+	struct tier_budget budget;
+};
+
+static void flush_heat(struct tier_mover *m)
+{
+	char *err = NULL;
+	for (int i = 0; i < 64; i++) {
+		if (tier_access_drain(m->st, m->s->tier_half_life_ms / 1000, DRAIN_MAX, &err) < DRAIN_MAX)
+			break;
+	}
+	if (err) {
+		log_warn("tier: heat flush failed: %s", err);
+		free(err);
+	}
+}
+
+static void run_pass(struct tier_mover *m)
+{
+	int lock = tier_lock(m->s, false);
+	if (lock < 0)
+		return; /* `strata tier move` is running: next interval */
+	char *err = NULL;
+	struct tier_pass_stats ps;
+	if (tier_recover(m->st, m->s, NULL, &err) != ST_OK ||
+	    tier_pass(m->st, m->s, &m->budget, &m->stop, &ps, &err) != ST_OK) {
+		log_warn("tier: placement pass failed: %s", err ? err : "?");
+	} else if (ps.moved || ps.failed) {
+		log_info("tier: pass moved %zu blob(s), %llu bytes, %zu failed, of %zu planned", ps.moved,
+			 (unsigned long long)ps.bytes, ps.failed, ps.planned);
+	}
+	free(err);
+	tier_unlock(&lock);
+	tier_metrics_update(m->st, m->s);
+}
+
+/* Sleeps on the condition variable until `until_ms` (monotonic) or a stop. */
+static void wait_until_ms(struct tier_mover *m, uint64_t until_ms)
+{
+	uint64_t now = time_mono_ms();
+	if (until_ms <= now)
+		return;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	uint64_t ns = (uint64_t)ts.tv_nsec + (until_ms - now) * 1000000ull;
+	ts.tv_sec += (time_t)(ns / 1000000000ull);
+	ts.tv_nsec = (long)(ns % 1000000000ull);
+	pthread_cond_timedwait(&m->cv, &m->mu, &ts);
+}
+
+static void *mover_main(void *arg)
+{
+	struct tier_mover *m = arg;
+	uint64_t now = time_mono_ms();
+	uint64_t next_flush = now + FLUSH_MS, next_pass = now; /* first pass at once */
+	pthread_mutex_lock(&m->mu);
+	while (!m->stop) {
+		wait_until_ms(m, next_flush < next_pass ? next_flush : next_pass);
+		if (m->stop)
+			break;
+		pthread_mutex_unlock(&m->mu);
+		now = time_mono_ms();
+		if (now >= next_flush) {
+			flush_heat(m);
+			next_flush = time_mono_ms() + FLUSH_MS;
+		}
+		if (now >= next_pass) {
+			run_pass(m);
+			next_pass = time_mono_ms() + m->s->tier_interval_ms;
+		}
+		pthread_mutex_lock(&m->mu);
+	}
+	pthread_mutex_unlock(&m->mu);
+	return NULL;
+}
+
+struct tier_mover *tier_mover_start(const struct settings *s, char **error_r)
+{
+	for (size_t t = 1; t < s->n_tiers; t++) {
+		if (!fs_mkdir_p(s->tiers[t].path, 0750)) {
+			*error_r = xasprintf("cannot create tier %s at %s: %s", s->tiers[t].name, s->tiers[t].path,
+					     strerror(errno));
+			return NULL;
+		}
+	}
+	struct store *st = store_open(s, false, error_r);
+	if (st == NULL)
+		return NULL;
+	if (store_tier_init(st, error_r) != ST_OK) {
+		store_close(&st);
+		return NULL;
+	}
+	int lock = tier_lock(s, true);
+	if (lock < 0) {
+		*error_r = xasprintf("tier lock in %s: %s", s->tiers[0].path, strerror(errno));
+		store_close(&st);
+		return NULL;
+	}
+	enum status r = tier_recover(st, s, NULL, error_r);
+	tier_unlock(&lock);
+	if (r != ST_OK) {
+		store_close(&st);
+		return NULL;
+	}
+	struct tier_mover *m = xcalloc(1, sizeof(*m));
+	m->s = s;
+	m->st = st;
+	tier_budget_init(&m->budget, s);
+	pthread_mutex_init(&m->mu, NULL);
+	pthread_cond_init(&m->cv, NULL);
+	tier_metrics_update(st, s);
+	tier_access_install();
+	int e = pthread_create(&m->thread, NULL, mover_main, m);
+	if (e != 0) {
+		tier_access_uninstall();
+		*error_r = xasprintf("tier mover thread: %s", strerror(e));
+		pthread_cond_destroy(&m->cv);
+		pthread_mutex_destroy(&m->mu);
+		store_close(&m->st);
+		free(m);
+		return NULL;
+	}
+	return m;
+}
+
+void tier_mover_stop(struct tier_mover **mp)
+{
+	struct tier_mover *m = *mp;
+	if (m == NULL)
+		return;
+	pthread_mutex_lock(&m->mu);
+	m->stop = true;
+	pthread_cond_signal(&m->cv);
+	pthread_mutex_unlock(&m->mu);
+	pthread_join(m->thread, NULL);
+	tier_access_uninstall();
+	flush_heat(m);
+	pthread_cond_destroy(&m->cv);
+	pthread_mutex_destroy(&m->mu);
+	store_close(&m->st);
+	free(m);
+	*mp = NULL;
+}
