@@ -39,6 +39,7 @@
 #include "core.h"
 #include "imap.h"
 #include "imap_parser.h"
+#include "queue.h"
 #include "store.h"
 
 #define IMAP_IDLE_POLL_MS 500u            /* IDLE change polling period */
@@ -47,7 +48,7 @@
 #define IMAP_MEMORY_LITERAL_MAX (64u * 1024u) /* in-memory literals per command */
 #define IMAP_DISCARD_MAX (64ull << 20)    /* refused non-sync literal we still read */
 
-/* ---- pool (imap_pool.c) ---------------------------------------------------- */
+/* ---- store jobs (imap_pool.c, over queue.h's store thread pool) ----------- */
 
 struct imap_job;
 typedef void imap_job_fn(struct imap_job *j, struct store *st);
@@ -57,15 +58,13 @@ struct imap_job {
 	imap_done_fn *done;             /* loop thread, exactly once */
 	struct event_base *base;
 	struct imap_session *s;
-	struct imap_job *next;
+	struct queue_job qj;            /* the pool's view of this job */
 	enum status status;
 	char *error;                    /* malloc'd, for logs */
 };
-struct imap_pool;
-struct imap_pool *imap_pool_new(const struct settings *s, size_t threads, char **error_r);
-void imap_pool_submit(struct imap_pool *p, struct imap_job *j);
-/* Runs the queued jobs, joins the threads, frees. */
-void imap_pool_free(struct imap_pool **p);
+/* Hands j to the worker's store threads: j->run there, then j->done on
+ * j->base's loop. */
+void imap_pool_submit(struct queue_pool *p, struct imap_job *j);
 
 /* ---- worker --------------------------------------------------------------- */
 
@@ -75,7 +74,7 @@ struct imap_worker {
 	const struct settings *s;
 	SSL_CTX *tls;
 	struct store *reader;           /* reads on this loop thread only */
-	struct imap_pool *pool;
+	struct queue_pool *pool;        /* store threads (queue.h) */
 	struct imap_session *sessions;
 	size_t n_sessions;
 	bool shutting_down;

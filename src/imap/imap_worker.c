@@ -5,7 +5,7 @@
  *
  * Contract: see imap.h.  The worker owns a read-write store handle used
  * only for reads on its loop thread, and a pool of imap.store_threads store
- * threads (imap_pool.c) for everything that writes or blocks.
+ * threads (queue.h's store thread pool) for everything that writes or blocks.
  *
  * Connection cap: imap.max_connections counts the IMAP sessions of the
  * whole process in one atomic counter; a connection over the cap gets
@@ -51,7 +51,7 @@ struct imap_worker *imap_worker_new(struct event_base *base, const struct settin
 		free(err);
 		return NULL;
 	}
-	struct imap_pool *pool = imap_pool_new(s, (size_t)s->imap_store_threads, error_r);
+	struct queue_pool *pool = queue_pool_new(s, (size_t)s->imap_store_threads, "imap", error_r);
 	if (pool == NULL) {
 		store_close(&reader);
 		return NULL;
@@ -134,7 +134,7 @@ void imap_worker_free(struct imap_worker **wp)
 		imap_session_destroy(w->sessions);
 	/* Jobs still queued finish on the pool; their completions were
 	 * detached from sessions by imap_session_destroy. */
-	imap_pool_free(&w->pool);
+	queue_pool_free(&w->pool);
 	store_close(&w->reader);
 	free(w);
 	*wp = NULL;

@@ -34,13 +34,14 @@
 #include "core.h"
 #include "pop3.h"
 #include "pop3_parser.h"
+#include "queue.h"
 #include "store.h"
 
 #define POP3_OUTPUT_HIGH (256u * 1024u)   /* pause output producers above this */
 #define POP3_INPUT_HIGH (64u * 1024u)     /* stop reading above this */
 #define POP3_CHUNK (64u * 1024u)          /* blob bytes read per RETR step */
 
-/* ---- pool (pop3_worker.c) ------------------------------------------------- */
+/* ---- store jobs (pop3_worker.c, over queue.h's store thread pool) --------- */
 
 struct pop3_job;
 typedef void pop3_job_fn(struct pop3_job *j, struct store *st);
@@ -50,14 +51,13 @@ struct pop3_job {
 	pop3_done_fn *done;             /* loop thread, exactly once */
 	struct event_base *base;
 	struct pop3_session *s;
-	struct pop3_job *next;
+	struct queue_job qj;            /* the pool's view of this job */
 	enum status status;
 	char *error;                    /* malloc'd, for logs */
 };
-struct pop3_pool;
-struct pop3_pool *pop3_pool_new(const struct settings *s, size_t threads, char **error_r);
-void pop3_pool_submit(struct pop3_pool *p, struct pop3_job *j);
-void pop3_pool_free(struct pop3_pool **p);
+/* Hands j to the worker's store threads: j->run there, then j->done on
+ * j->base's loop. */
+void pop3_pool_submit(struct queue_pool *p, struct pop3_job *j);
 
 /* ---- maildrop locks (pop3_worker.c) ----------------------------------------- */
 
@@ -72,7 +72,7 @@ struct pop3_worker {
 	struct event_base *base;
 	const struct settings *s;
 	SSL_CTX *tls;
-	struct pop3_pool *pool;
+	struct queue_pool *pool;        /* store threads (queue.h) */
 	struct pop3_session *sessions;
 	size_t n_sessions;
 	bool shutting_down;

@@ -25,6 +25,7 @@
 
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -101,114 +102,31 @@ void pop3_lock_release(int64_t account_id)
 	panic("pop3: maildrop lock of account %lld released but not held", (long long)account_id);
 }
 
-/* ---- store threads ---------------------------------------------------------- */
+/* ---- store jobs ---------------------------------------------------------------- */
 
-struct pool_thread {
-	pthread_t tid;
-	struct pop3_pool *pool;
-	struct store *st;
-	bool started;
-};
-
-struct pop3_pool {
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	struct pop3_job *head, *tail;
-	bool stopping;
-	size_t n;
-	struct pool_thread *t;
-};
-
-static void done_cb(evutil_socket_t fd, short what, void *arg)
+static struct pop3_job *job_of(struct queue_job *qj)
 {
-	(void)fd;
-	(void)what;
-	struct pop3_job *j = arg;
+	return (struct pop3_job *)(void *)((char *)qj - offsetof(struct pop3_job, qj));
+}
+
+static void job_run(struct queue_job *qj, struct store *st)
+{
+	struct pop3_job *j = job_of(qj);
+	j->run(j, st);
+}
+
+static void job_done(struct queue_job *qj)
+{
+	struct pop3_job *j = job_of(qj);
 	j->done(j);
 }
 
-static void *pool_main(void *arg)
+void pop3_pool_submit(struct queue_pool *p, struct pop3_job *j)
 {
-	struct pool_thread *t = arg;
-	struct pop3_pool *p = t->pool;
-	for (;;) {
-		pthread_mutex_lock(&p->mu);
-		while (p->head == NULL && !p->stopping)
-			pthread_cond_wait(&p->cv, &p->mu);
-		struct pop3_job *j = p->head;
-		if (j == NULL) {
-			pthread_mutex_unlock(&p->mu);
-			return NULL;
-		}
-		p->head = j->next;
-		if (p->head == NULL)
-			p->tail = NULL;
-		pthread_mutex_unlock(&p->mu);
-		j->run(j, t->st);
-		if (event_base_once(j->base, -1, EV_TIMEOUT, done_cb, j, NULL) != 0)
-			panic("pop3: event_base_once failed");
-	}
-}
-
-struct pop3_pool *pop3_pool_new(const struct settings *s, size_t threads, char **error_r)
-{
-	struct pop3_pool *p = xcalloc(1, sizeof(*p));
-	pthread_mutex_init(&p->mu, NULL);
-	pthread_cond_init(&p->cv, NULL);
-	p->t = xcalloc(threads, sizeof(*p->t));
-	p->n = threads;
-	for (size_t i = 0; i < threads; i++) {
-		char *err = NULL;
-		p->t[i].pool = p;
-		p->t[i].st = store_open(s, false, &err);
-		if (p->t[i].st == NULL) {
-			*error_r = xasprintf("pop3: cannot open the store: %s", err ? err : "unknown error");
-			free(err);
-			pop3_pool_free(&p);
-			return NULL;
-		}
-		if (pthread_create(&p->t[i].tid, NULL, pool_main, &p->t[i]) != 0) {
-			*error_r = xstrdup("pop3: cannot start a store thread");
-			pop3_pool_free(&p);
-			return NULL;
-		}
-		p->t[i].started = true;
-	}
-	return p;
-}
-
-void pop3_pool_submit(struct pop3_pool *p, struct pop3_job *j)
-{
-	j->next = NULL;
-	pthread_mutex_lock(&p->mu);
-	if (p->tail)
-		p->tail->next = j;
-	else
-		p->head = j;
-	p->tail = j;
-	pthread_cond_signal(&p->cv);
-	pthread_mutex_unlock(&p->mu);
-}
-
-void pop3_pool_free(struct pop3_pool **pp)
-{
-	struct pop3_pool *p = *pp;
-	if (p == NULL)
-		return;
-	pthread_mutex_lock(&p->mu);
-	p->stopping = true;
-	pthread_cond_broadcast(&p->cv);
-	pthread_mutex_unlock(&p->mu);
-	for (size_t i = 0; i < p->n; i++) {
-		if (p->t[i].started)
-			pthread_join(p->t[i].tid, NULL);
-		store_close(&p->t[i].st);
-	}
-	pthread_mutex_destroy(&p->mu);
-	pthread_cond_destroy(&p->cv);
-	free(p->t);
-	free(p);
-	*pp = NULL;
+	j->qj.run = job_run;
+	j->qj.done = job_done;
+	j->qj.base = j->base;
+	queue_pool_submit(p, &j->qj);
 }
 
 /* ---- the worker --------------------------------------------------------------- */
@@ -216,7 +134,7 @@ void pop3_pool_free(struct pop3_pool **pp)
 struct pop3_worker *pop3_worker_new(struct event_base *base, const struct settings *s, SSL_CTX *tls,
 				    char **error_r)
 {
-	struct pop3_pool *pool = pop3_pool_new(s, (size_t)s->pop3_store_threads, error_r);
+	struct queue_pool *pool = queue_pool_new(s, (size_t)s->pop3_store_threads, "pop3", error_r);
 	if (pool == NULL)
 		return NULL;
 	struct pop3_worker *w = xcalloc(1, sizeof(*w));
@@ -289,7 +207,7 @@ void pop3_worker_free(struct pop3_worker **wp)
 		return;
 	while (w->sessions != NULL)
 		pop3_session_destroy(w->sessions);
-	pop3_pool_free(&w->pool);
+	queue_pool_free(&w->pool);
 	free(w);
 	*wp = NULL;
 }

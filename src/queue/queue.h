@@ -89,4 +89,27 @@ void queue_msg_abort(struct queue_msg **m);
  * listening).  A temp file is never referenced by the index. */
 void queue_recover(const struct settings *s);
 
+/* ---- store threads for protocol sessions (queue_pool.c) ----------------
+ * IMAP and POP3 sessions hand every index write, fsync and password check
+ * to a pool of threads with their own store handles, and get the result
+ * back on their event loop.  `run` runs on a pool thread; `done` then runs
+ * exactly once on `base`'s loop.  The job stays the caller's memory and must
+ * live until `done`.  queue_pool_free runs every queued job first (their
+ * done callbacks are scheduled: the loops must run once more). */
+struct queue_job;
+typedef void queue_job_run_fn(struct queue_job *j, struct store *st);
+typedef void queue_job_done_fn(struct queue_job *j);
+struct queue_job {
+	queue_job_run_fn *run;
+	queue_job_done_fn *done;
+	struct event_base *base;
+	struct queue_job *next;      /* the pool's */
+};
+struct queue_pool;
+/* `threads` threads, each with store_open(s, false); `name` prefixes errors. */
+struct queue_pool *queue_pool_new(const struct settings *s, size_t threads, const char *name,
+				  char **error_r);
+void queue_pool_submit(struct queue_pool *p, struct queue_job *j);
+void queue_pool_free(struct queue_pool **p);
+
 #endif
