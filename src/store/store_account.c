@@ -323,7 +323,7 @@ static enum status release_blobs(struct store *st, int64_t account_id, struct do
 		if (rc2 == SQLITE_ROW && sqlite3_column_int64(dec, 0) <= 0) {
 			const void *mid = sqlite3_column_blob(dec, 1);
 			int64_t tier = sqlite3_column_int64(dec, 2);
-			if (mid && sqlite3_column_bytes(dec, 1) == MSGID_BYTES && tier == 0) {
+			if (mid && sqlite3_column_bytes(dec, 1) == MSGID_BYTES) {
 				if (dm->n == dm->cap) {
 					dm->cap = dm->cap ? dm->cap * 2 : 64;
 					dm->ids = xreallocarray(dm->ids, dm->cap, sizeof(*dm->ids));

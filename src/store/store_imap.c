@@ -221,7 +221,6 @@ static enum status blob_decref(struct store *st, int64_t blob_id, struct unlink_
 	int64_t refs = sqlite3_column_int64(q, 0);
 	struct msgid id = { { 0 } };
 	bool have_id = column_id(q, 1, &id);
-	int64_t tier = sqlite3_column_int64(q, 2);
 	store_db_reset(q);
 	if (refs > 0)
 		return ST_OK;
@@ -230,7 +229,7 @@ static enum status blob_decref(struct store *st, int64_t blob_id, struct unlink_
 	rc = store_db_run(q);
 	if (rc != SQLITE_DONE)
 		return store_db_fail(st->db, rc, "blob row", error_r);
-	if (have_id && tier == 0) {
+	if (have_id) { /* store_blob_unlink removes it from every tier */
 		if (ul->n == ul->cap) {
 			ul->cap = ul->cap ? ul->cap * 2 : 16;
 			ul->ids = xreallocarray(ul->ids, ul->cap, sizeof(*ul->ids));

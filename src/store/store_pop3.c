@@ -59,7 +59,6 @@ static enum status decref(struct store *st, int64_t blob_id, struct pop3_unlink 
 	struct msgid id = { { 0 } };
 	if (have_id)
 		memcpy(id.b, b, MSGID_BYTES);
-	int64_t tier = sqlite3_column_int64(q, 2);
 	store_db_reset(q);
 	if (refs > 0)
 		return ST_OK;
@@ -68,7 +67,7 @@ static enum status decref(struct store *st, int64_t blob_id, struct pop3_unlink 
 	rc = store_db_run(q);
 	if (rc != SQLITE_DONE)
 		return store_db_fail(st->db, rc, "blob row", error_r);
-	if (have_id && tier == 0) {
+	if (have_id) { /* store_blob_unlink removes it from every tier */
 		if (ul->n == ul->cap) {
 			ul->cap = ul->cap ? ul->cap * 2 : 16;
 			ul->ids = xreallocarray(ul->ids, ul->cap, sizeof(*ul->ids));

@@ -246,3 +246,44 @@ def test_sigkill_during_cli_moves_then_recovery(strata_factory):
     verify_clean(s)
     assert tier_counts(s).get(1) == 20
     assert snapshot(s) == before
+
+
+def blob_files(s):
+    """Every blob file on every tier (not temp files)."""
+    found = set()
+    for root in (s.options["store.blob_dir"] if "store.blob_dir" in s.options
+                 else os.path.join(s.state_dir, "blobs"),
+                 os.path.join(s.state_dir, "t-standard"), os.path.join(s.state_dir, "t-archive")):
+        for dirpath, _, files in os.walk(root):
+            if os.path.basename(dirpath) in ("tmp", "tier-tmp"):
+                continue
+            found.update(f for f in files if len(f) == 26)
+    return found
+
+
+def test_deleting_mail_on_a_slower_tier_removes_its_files(strata_factory):
+    """An IMAP expunge and an account deletion free the
+    files of blobs that live on other tiers than the first, not only on it."""
+    s = new_tiered(strata_factory, fast_cap="10M", std_cap="10M")
+    deliver_many(s, 3)
+    deliver_many(s, 2, rcpt=BOB)
+    s.cli("tier", "move", "--account", ALICE, "--to", "archive")
+    s.cli("tier", "move", "--account", BOB, "--to", "standard")
+    assert tier_counts(s) == {2: 3, 1: 2}
+    assert len(blob_files(s)) == 5
+    # IMAP expunge of alice's archived mail
+    m = imaplib.IMAP4("127.0.0.1", s.imap_port, timeout=30)
+    try:
+        m.login(ALICE, PASSWORD)
+        assert m.select("INBOX")[0] == "OK"
+        assert m.store("1:*", "+FLAGS", "(\\Deleted)")[0] == "OK"
+        assert m.expunge()[0] == "OK"
+    finally:
+        m.logout()
+    assert tier_counts(s) == {1: 2}
+    assert len(blob_files(s)) == 2, blob_files(s)
+    # deleting bob's account frees his files on the standard tier
+    s.cli("user", "del", BOB)
+    assert tier_counts(s) == {}
+    assert blob_files(s) == set()
+    verify_clean(s)
