@@ -120,12 +120,9 @@ static bool write_all_stdout(const char *p, size_t n)
 	return true;
 }
 
-/* Copies the first `size` bytes of path to stdout. */
-static int copy_message(const char *path, uint64_t size)
+/* Copies the first `size` bytes of fd (the file at path) to stdout. */
+static int copy_message(int fd, const char *path, uint64_t size)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return cli_error("cannot open the message file %s: %s", path, strerror(errno));
 	char *chunk = xmalloc(65536);
 	uint64_t done = 0;
 	int rc = CLI_OK;
@@ -170,13 +167,25 @@ static int mail_cat(struct cli *c)
 	const char *mailbox = c->n_pos > 2 ? c->pos[2] : "INBOX";
 	char path[4096];
 	uint64_t size = 0;
-	enum status st = store_message_path(c->st, c->pos[0], mailbox, (uint32_t)uid, path, sizeof(path), &size);
-	if (st == ST_NOT_FOUND)
-		return cli_error("no message %llu in %s of %s", (unsigned long long)uid, mailbox, c->pos[0]);
-	if (st != ST_OK)
-		return cli_error("cannot find the message: %s", status_info(st)->smtp_text);
+	/* The tier mover may move the file between the index lookup and the
+	 * open: then the index already names the new place, so look again. */
+	int fd = -1;
+	for (int attempt = 0; fd < 0 && attempt < 3; attempt++) {
+		enum status st = store_message_path(c->st, c->pos[0], mailbox, (uint32_t)uid, path,
+						    sizeof(path), &size);
+		if (st == ST_NOT_FOUND)
+			return cli_error("no message %llu in %s of %s", (unsigned long long)uid, mailbox,
+					 c->pos[0]);
+		if (st != ST_OK)
+			return cli_error("cannot find the message: %s", status_info(st)->smtp_text);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0 && errno != ENOENT)
+			break;
+	}
+	if (fd < 0)
+		return cli_error("cannot open the message file %s: %s", path, strerror(errno));
 	signal(SIGPIPE, SIG_IGN); /* EPIPE instead of a silent death mid-copy */
-	return copy_message(path, size);
+	return copy_message(fd, path, size);
 }
 
 int cli_cmd_mail(struct cli *c)

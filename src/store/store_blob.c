@@ -299,3 +299,56 @@ void store_blob_meta_free(struct blob_meta *meta)
 	meta->rcpt_addresses = NULL;
 	meta->n_rcpts = 0;
 }
+
+/* ---- references ----------------------------------------------------------- */
+
+enum status store_blob_decref(struct store *st, int64_t blob_id, struct store_unlink_list *ul,
+			      char **error_r)
+{
+	sqlite3_stmt *q = st->q[Q_BLOB_DECREF];
+	sqlite3_bind_int64(q, 1, blob_id);
+	sqlite3_bind_int64(q, 2, 1);
+	int rc = sqlite3_step(q);
+	if (rc != SQLITE_ROW) {
+		enum status s = rc == SQLITE_DONE ? ST_OK : store_db_fail(st->db, rc, "blob reference", error_r);
+		store_db_reset(q);
+		return s;
+	}
+	int64_t refs = sqlite3_column_int64(q, 0);
+	const void *b = sqlite3_column_blob(q, 1);
+	bool have_id = b != NULL && sqlite3_column_bytes(q, 1) == MSGID_BYTES;
+	struct msgid id = { { 0 } };
+	if (have_id)
+		memcpy(id.b, b, MSGID_BYTES);
+	store_db_reset(q);
+	if (refs > 0)
+		return ST_OK;
+	q = st->q[Q_BLOB_DELETE];
+	sqlite3_bind_int64(q, 1, blob_id);
+	rc = store_db_run(q);
+	if (rc != SQLITE_DONE)
+		return store_db_fail(st->db, rc, "blob row", error_r);
+	if (have_id) {
+		if (ul->n == ul->cap) {
+			ul->cap = ul->cap ? ul->cap * 2 : 16;
+			ul->ids = xreallocarray(ul->ids, ul->cap, sizeof(*ul->ids));
+		}
+		ul->ids[ul->n++] = id;
+	}
+	return ST_OK;
+}
+
+void store_unlink_after_commit(struct store *st, struct store_unlink_list *ul)
+{
+	for (size_t i = 0; i < ul->n; i++) {
+		int e = store_blob_unlink(st->s, &ul->ids[i]); /* every tier */
+		if (e != 0) {
+			char text[MSGID_TEXT_LEN + 1];
+			msgid_format(&ul->ids[i], text);
+			log_error("store: cannot remove blob %s: %s", text, strerror(e));
+		}
+	}
+	free(ul->ids);
+	ul->ids = NULL;
+	ul->n = ul->cap = 0;
+}

@@ -199,60 +199,6 @@ static enum status mailbox_bump(struct store *st, int64_t mailbox_id, uint32_t u
 	return s;
 }
 
-/* Blob ids whose files go once the transaction commits. */
-struct unlink_list {
-	struct msgid *ids;
-	size_t n, cap;
-};
-
-/* Removes one reference from a blob; at 0 the row goes and the id is
- * remembered for unlinking after commit. */
-static enum status blob_decref(struct store *st, int64_t blob_id, struct unlink_list *ul, char **error_r)
-{
-	sqlite3_stmt *q = st->q[Q_BLOB_DECREF];
-	sqlite3_bind_int64(q, 1, blob_id);
-	sqlite3_bind_int64(q, 2, 1);
-	int rc = sqlite3_step(q);
-	if (rc != SQLITE_ROW) {
-		enum status s = rc == SQLITE_DONE ? ST_OK : store_db_fail(st->db, rc, "blob reference", error_r);
-		store_db_reset(q);
-		return s;
-	}
-	int64_t refs = sqlite3_column_int64(q, 0);
-	struct msgid id = { { 0 } };
-	bool have_id = column_id(q, 1, &id);
-	store_db_reset(q);
-	if (refs > 0)
-		return ST_OK;
-	q = st->q[Q_BLOB_DELETE];
-	sqlite3_bind_int64(q, 1, blob_id);
-	rc = store_db_run(q);
-	if (rc != SQLITE_DONE)
-		return store_db_fail(st->db, rc, "blob row", error_r);
-	if (have_id) { /* store_blob_unlink removes it from every tier */
-		if (ul->n == ul->cap) {
-			ul->cap = ul->cap ? ul->cap * 2 : 16;
-			ul->ids = xreallocarray(ul->ids, ul->cap, sizeof(*ul->ids));
-		}
-		ul->ids[ul->n++] = id;
-	}
-	return ST_OK;
-}
-
-static void unlink_blobs(struct store *st, struct unlink_list *ul)
-{
-	for (size_t i = 0; i < ul->n; i++) {
-		char path[PATH_MAX];
-		store_blob_path(st->s->store_blob_dir, &ul->ids[i], path, sizeof(path));
-		int e = store_blob_unlink(st->s, &ul->ids[i]); /* every tier */
-		if (e != 0)
-			log_error("store: cannot remove blob %s: %s", path, strerror(e));
-	}
-	free(ul->ids);
-	ul->ids = NULL;
-	ul->n = ul->cap = 0;
-}
-
 /* COMMIT, or ROLLBACK when s is not ST_OK; returns the final status. */
 static enum status finish(struct store *st, enum status s, char **error_r)
 {
@@ -512,7 +458,7 @@ static enum status has_inferiors(struct store *st, int64_t account_id, const cha
  * references and usage.  Removed UIDs go to *uids_r (ascending) if given. */
 static enum status remove_messages(struct store *st, int64_t account_id, int64_t mailbox_id,
 				   const char *filter, const uint32_t *uids, size_t n_uids,
-				   struct unlink_list *ul, uint32_t **uids_r, size_t *n_r, char **error_r)
+				   struct store_unlink_list *ul, uint32_t **uids_r, size_t *n_r, char **error_r)
 {
 	char sql[512];
 	snprintf(sql, sizeof(sql),
@@ -552,7 +498,7 @@ static enum status remove_messages(struct store *st, int64_t account_id, int64_t
 		sqlite3_bind_int64(del, 1, mailbox_id);
 		sqlite3_bind_int64(del, 2, rows[i].uid);
 		if ((s = run(st, del, "removing a message", error_r)) == ST_OK)
-			s = blob_decref(st, rows[i].blob, ul, error_r);
+			s = store_blob_decref(st, rows[i].blob, ul, error_r);
 	}
 	sqlite3_finalize(del);
 	if (s == ST_OK && n > 0)
@@ -582,7 +528,7 @@ enum status store_imap_mailbox_delete(struct store *st, int64_t account_id, cons
 			*error_r = xstrdup("INBOX cannot be deleted");
 		return ST_INVALID;
 	}
-	struct unlink_list ul = { NULL, 0, 0 };
+	struct store_unlink_list ul = { NULL, 0, 0 };
 	enum status s = store_db_begin(st, error_r);
 	if (s != ST_OK)
 		return s;
@@ -611,7 +557,7 @@ enum status store_imap_mailbox_delete(struct store *st, int64_t account_id, cons
 	}
 	s = finish(st, s, error_r);
 	if (s == ST_OK)
-		unlink_blobs(st, &ul);
+		store_unlink_after_commit(st, &ul);
 	free(ul.ids);
 	return s;
 }
@@ -1134,7 +1080,7 @@ enum status store_imap_expunge(struct store *st, int64_t account_id, int64_t mai
 {
 	*expunged_r = NULL;
 	*n_expunged_r = 0;
-	struct unlink_list ul = { NULL, 0, 0 };
+	struct store_unlink_list ul = { NULL, 0, 0 };
 	enum status s = store_db_begin(st, error_r);
 	if (s != ST_OK)
 		return s;
@@ -1150,7 +1096,7 @@ enum status store_imap_expunge(struct store *st, int64_t account_id, int64_t mai
 		s = store_vanished_log(st, mailbox_id, modseq, out, n_out, error_r);
 	s = finish(st, s, error_r);
 	if (s == ST_OK) {
-		unlink_blobs(st, &ul);
+		store_unlink_after_commit(st, &ul);
 		*expunged_r = out;
 		*n_expunged_r = n_out;
 	} else {

@@ -163,4 +163,19 @@ void store_db_unlink(const char *path);
 /* fsync of a file by name. */
 bool store_fsync_path(const char *path, char **error_r);
 
+/* ---- blob references (store_blob.c) ------------------------------------ */
+
+/* Blob ids whose files go once the transaction commits. */
+struct store_unlink_list {
+	struct msgid *ids;
+	size_t n, cap;
+};
+/* Inside a transaction: one reference less on the blob; at 0 its row goes
+ * and its id is added to ul.  The file stays until the COMMIT succeeded. */
+enum status store_blob_decref(struct store *st, int64_t blob_id, struct store_unlink_list *ul,
+			      char **error_r);
+/* After COMMIT: removes the listed blobs' files from every tier (failures
+ * are logged: an orphan file is found by verify), and empties ul. */
+void store_unlink_after_commit(struct store *st, struct store_unlink_list *ul);
+
 #endif

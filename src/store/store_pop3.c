@@ -24,11 +24,6 @@
 #include <string.h>
 #include <unistd.h>
 
-struct pop3_unlink {
-	struct msgid *ids;
-	size_t n, cap;
-};
-
 static enum status prep(struct store *st, const char *sql, sqlite3_stmt **q, char **error_r)
 {
 	int rc = sqlite3_prepare_v3(st->db, sql, -1, 0, q, NULL);
@@ -38,43 +33,6 @@ static enum status prep(struct store *st, const char *sql, sqlite3_stmt **q, cha
 	sqlite3_finalize(*q);
 	*q = NULL;
 	return s;
-}
-
-/* One reference less on blob `blob_id`; at 0 its row goes and a local
- * file (tier 0) is remembered for unlinking after COMMIT. */
-static enum status decref(struct store *st, int64_t blob_id, struct pop3_unlink *ul, char **error_r)
-{
-	sqlite3_stmt *q = st->q[Q_BLOB_DECREF];
-	sqlite3_bind_int64(q, 1, blob_id);
-	sqlite3_bind_int64(q, 2, 1);
-	int rc = sqlite3_step(q);
-	if (rc != SQLITE_ROW) {
-		enum status s = rc == SQLITE_DONE ? ST_OK : store_db_fail(st->db, rc, "blob reference", error_r);
-		store_db_reset(q);
-		return s;
-	}
-	int64_t refs = sqlite3_column_int64(q, 0);
-	const void *b = sqlite3_column_blob(q, 1);
-	bool have_id = b != NULL && sqlite3_column_bytes(q, 1) == MSGID_BYTES;
-	struct msgid id = { { 0 } };
-	if (have_id)
-		memcpy(id.b, b, MSGID_BYTES);
-	store_db_reset(q);
-	if (refs > 0)
-		return ST_OK;
-	q = st->q[Q_BLOB_DELETE];
-	sqlite3_bind_int64(q, 1, blob_id);
-	rc = store_db_run(q);
-	if (rc != SQLITE_DONE)
-		return store_db_fail(st->db, rc, "blob row", error_r);
-	if (have_id) { /* store_blob_unlink removes it from every tier */
-		if (ul->n == ul->cap) {
-			ul->cap = ul->cap ? ul->cap * 2 : 16;
-			ul->ids = xreallocarray(ul->ids, ul->cap, sizeof(*ul->ids));
-		}
-		ul->ids[ul->n++] = id;
-	}
-	return ST_OK;
 }
 
 /* Steps a statement to its end and resets it. */
@@ -91,7 +49,7 @@ static enum status step_done(struct store *st, sqlite3_stmt *q, const char *what
 
 /* Removes one message; *bytes_r gets its size, *found_r whether it was there. */
 static enum status remove_one(struct store *st, sqlite3_stmt *get, sqlite3_stmt *del, int64_t mailbox_id,
-			      uint32_t uid, struct pop3_unlink *ul, bool *found_r, uint64_t *bytes_r,
+			      uint32_t uid, struct store_unlink_list *ul, bool *found_r, uint64_t *bytes_r,
 			      char **error_r)
 {
 	*found_r = false;
@@ -115,7 +73,7 @@ static enum status remove_one(struct store *st, sqlite3_stmt *get, sqlite3_stmt 
 	sqlite3_bind_int64(del, 2, uid);
 	s = step_done(st, del, "deleting a message", error_r);
 	if (s == ST_OK)
-		s = decref(st, blob, ul, error_r);
+		s = store_blob_decref(st, blob, ul, error_r);
 	return s;
 }
 
@@ -170,22 +128,11 @@ static enum status mailbox_owned(struct store *st, int64_t account_id, int64_t m
 	return s;
 }
 
-static void unlink_after_commit(struct store *st, struct pop3_unlink *ul)
-{
-	for (size_t i = 0; i < ul->n; i++) {
-		char path[PATH_MAX];
-		store_blob_path(st->s->store_blob_dir, &ul->ids[i], path, sizeof(path));
-		int e = store_blob_unlink(st->s, &ul->ids[i]); /* every tier */
-		if (e != 0)
-			log_error("store: cannot remove blob %s: %s", path, strerror(e));
-	}
-}
-
 enum status store_pop3_delete(struct store *st, int64_t account_id, int64_t mailbox_id, const uint32_t *uids,
 			      size_t n, size_t *deleted_r, char **error_r)
 {
 	*deleted_r = 0;
-	struct pop3_unlink ul = { NULL, 0, 0 };
+	struct store_unlink_list ul = { NULL, 0, 0 };
 	enum status s = store_db_begin(st, error_r);
 	if (s != ST_OK)
 		return s;
@@ -218,7 +165,7 @@ enum status store_pop3_delete(struct store *st, int64_t account_id, int64_t mail
 		store_db_rollback(st);
 	}
 	if (s == ST_OK) {
-		unlink_after_commit(st, &ul);
+		store_unlink_after_commit(st, &ul);
 		*deleted_r = (size_t)count;
 	}
 	free(ul.ids);
