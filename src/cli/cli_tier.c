@@ -313,7 +313,7 @@ static void scan_orphans(struct verify *v, unsigned tier)
 					continue;
 				struct msgid id;
 				if (msgid_parse(e3->d_name, &id) &&
-				    bsearch(&id, v->ids, v->n, sizeof(*v->ids), cmp_id) != NULL)
+				    v->n > 0 && bsearch(&id, v->ids, v->n, sizeof(*v->ids), cmp_id) != NULL)
 					continue;
 				printf("orphan on tier %s: %s/%s\n", v->s->tiers[tier].name, p2, e3->d_name);
 				v->problems++;
@@ -342,7 +342,8 @@ static int tier_verify(struct cli *c)
 		free(err);
 		return rc;
 	}
-	qsort(v.ids, v.n, sizeof(*v.ids), cmp_id);
+	if (v.n > 0)
+		qsort(v.ids, v.n, sizeof(*v.ids), cmp_id);
 	for (unsigned t = 0; t < c->s->n_tiers; t++)
 		scan_orphans(&v, t);
 	free(v.ids);
