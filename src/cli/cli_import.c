@@ -575,7 +575,8 @@ bool import_check_duplicates(const struct import_list *l, const char *name, char
 	for (size_t i = 0; i < l->n; i++)
 		idx[i] = i;
 	sort_list = l;
-	qsort(idx, l->n, sizeof(*idx), cmp_by_address);
+	if (l->n > 0)
+		qsort(idx, l->n, sizeof(*idx), cmp_by_address);
 	sort_list = NULL;
 	bool ok = true;
 	for (size_t i = 1; i < l->n && ok; i++) {
@@ -767,7 +768,8 @@ static enum status missing_domains(struct store *st, const struct import_list *l
 	struct domain_use *uses = xreallocarray(NULL, l->n ? l->n : 1, sizeof(*uses));
 	for (size_t i = 0; i < l->n; i++)
 		uses[i] = (struct domain_use){ domain_of(&l->v[i]), l->v[i].line };
-	qsort(uses, l->n, sizeof(*uses), cmp_domain_use);
+	if (l->n > 0)
+		qsort(uses, l->n, sizeof(*uses), cmp_domain_use);
 	unsigned long *lines = NULL;
 	for (size_t i = 0; i < l->n; i++) {
 		if (i > 0 && strcmp(uses[i].domain, uses[i - 1].domain) == 0)

@@ -302,7 +302,8 @@ static void known_ranges(const struct imap_seqset *known, uint32_t max, struct u
 		r[i].lo = lo < hi ? lo : hi;
 		r[i].hi = lo < hi ? hi : lo;
 	}
-	qsort(r, known->n, sizeof(*r), irange_cmp);
+	if (known->n > 0)
+		qsort(r, known->n, sizeof(*r), irange_cmp);
 	for (size_t i = 0; i < known->n; i++) {
 		if (r[i].lo <= max)
 			uranges_push(out, r[i].lo, r[i].hi < max ? r[i].hi : max);
@@ -649,7 +650,8 @@ enum status imap_mailbox_resolve_set(struct imap_session *s, const char *text, b
 			return ST_INVALID;
 		}
 	}
-	qsort(set.r, set.n, sizeof(*set.r), range_cmp);
+	if (set.n > 0)
+		qsort(set.r, set.n, sizeof(*set.r), range_cmp);
 	size_t *idx = xcalloc(v->n ? v->n : 1, sizeof(*idx));
 	size_t n = 0, pos = 0;
 	/* Ranges sorted by lo: one forward walk over the view. */
