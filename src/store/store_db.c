@@ -249,6 +249,27 @@ int store_db_run(sqlite3_stmt *q)
 	return rc;
 }
 
+enum status store_db_prepare(struct store *st, const char *sql, sqlite3_stmt **q, char **error_r)
+{
+	int rc = sqlite3_prepare_v3(st->db, sql, -1, 0, q, NULL);
+	if (rc == SQLITE_OK)
+		return ST_OK;
+	enum status s = store_db_fail(st->db, rc, "preparing a statement", error_r);
+	sqlite3_finalize(*q);
+	*q = NULL;
+	return s;
+}
+
+enum status store_db_step_done(struct store *st, sqlite3_stmt *q, const char *what, char **error_r)
+{
+	int rc = sqlite3_step(q);
+	enum status s = ST_OK;
+	if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+		s = store_db_fail(st->db, rc, what, error_r);
+	store_db_reset(q);
+	return s;
+}
+
 int store_db_bind_u64(sqlite3_stmt *q, int idx, uint64_t v)
 {
 	if (v > (uint64_t)INT64_MAX)

@@ -49,30 +49,6 @@
 
 /* ---- small helpers --------------------------------------------------------- */
 
-static enum status prep(struct store *st, const char *sql, sqlite3_stmt **q, char **error_r)
-{
-	int rc = sqlite3_prepare_v3(st->db, sql, -1, 0, q, NULL);
-	if (rc != SQLITE_OK) {
-		enum status s = store_db_fail(st->db, rc, "preparing an IMAP statement", error_r);
-		sqlite3_finalize(*q);
-		*q = NULL;
-		return s;
-	}
-	return ST_OK;
-}
-
-/* Steps a statement expected to finish (no rows wanted), keeping it. */
-static enum status run(struct store *st, sqlite3_stmt *q, const char *what, char **error_r)
-{
-	int rc = sqlite3_step(q);
-	enum status s = ST_OK;
-	if (rc != SQLITE_DONE && rc != SQLITE_ROW)
-		s = store_db_fail(st->db, rc, what, error_r);
-	sqlite3_reset(q);
-	sqlite3_clear_bindings(q);
-	return s;
-}
-
 static bool column_id(sqlite3_stmt *q, int col, struct msgid *id)
 {
 	const void *b = sqlite3_column_blob(q, col);
@@ -150,7 +126,7 @@ static enum status usage_add(struct store *st, int64_t account_id, int sign, uin
 			     uint64_t bytes, char **error_r)
 {
 	sqlite3_stmt *q = NULL;
-	enum status s = prep(st, sign > 0
+	enum status s = store_db_prepare(st, sign > 0
 		? "UPDATE accounts SET used_bytes = used_bytes + ?2, used_messages = used_messages + ?3"
 		  " WHERE id = ?1"
 		: "UPDATE accounts SET used_bytes = max(0, used_bytes - ?2),"
@@ -160,7 +136,7 @@ static enum status usage_add(struct store *st, int64_t account_id, int sign, uin
 	sqlite3_bind_int64(q, 1, account_id);
 	store_db_bind_u64(q, 2, bytes);
 	store_db_bind_u64(q, 3, messages);
-	s = run(st, q, "updating quota usage", error_r);
+	s = store_db_step_done(st, q, "updating quota usage", error_r);
 	sqlite3_finalize(q);
 	return s;
 }
@@ -170,7 +146,7 @@ static enum status mailbox_bump(struct store *st, int64_t mailbox_id, uint32_t u
 				uint64_t *modseq_r, char **error_r)
 {
 	sqlite3_stmt *q = NULL;
-	enum status s = prep(st, "UPDATE mailboxes SET uidnext = uidnext + ?2, highestmodseq = highestmodseq + 1"
+	enum status s = store_db_prepare(st, "UPDATE mailboxes SET uidnext = uidnext + ?2, highestmodseq = highestmodseq + 1"
 				 " WHERE id = ?1 RETURNING uidnext - ?2, highestmodseq", &q, error_r);
 	if (s != ST_OK)
 		return s;
@@ -233,7 +209,7 @@ enum status store_imap_mailbox_get(struct store *st, int64_t account_id, const c
 	if (!store_imap_mailbox_name(name, norm))
 		return ST_INVALID;
 	sqlite3_stmt *q = NULL;
-	enum status s = prep(st, counts
+	enum status s = store_db_prepare(st, counts
 		? "SELECT " MAILBOX_COLS ", (SELECT count(*) FROM messages WHERE mailbox_id = mb.id),"
 		  " (SELECT count(*) FROM messages WHERE mailbox_id = mb.id AND (flags & 1) = 0)"
 		  " FROM mailboxes mb WHERE account_id = ?1 AND name = ?2"
@@ -263,7 +239,7 @@ enum status store_imap_mailbox_list(struct store *st, int64_t account_id, store_
 				    void *ctx)
 {
 	sqlite3_stmt *q = NULL;
-	enum status s = prep(st, "SELECT " MAILBOX_COLS " FROM mailboxes WHERE account_id = ?1"
+	enum status s = store_db_prepare(st, "SELECT " MAILBOX_COLS " FROM mailboxes WHERE account_id = ?1"
 				 " ORDER BY name <> 'INBOX', name", &q, NULL);
 	if (s != ST_OK)
 		return s;
@@ -286,7 +262,7 @@ enum status store_imap_mailbox_poll(struct store *st, int64_t mailbox_id, uint32
 				    uint64_t *highestmodseq_r)
 {
 	sqlite3_stmt *q = NULL;
-	enum status s = prep(st, "SELECT uidnext, highestmodseq FROM mailboxes WHERE id = ?1", &q, NULL);
+	enum status s = store_db_prepare(st, "SELECT uidnext, highestmodseq FROM mailboxes WHERE id = ?1", &q, NULL);
 	if (s != ST_OK)
 		return s;
 	sqlite3_bind_int64(q, 1, mailbox_id);
@@ -307,7 +283,7 @@ enum status store_imap_messages(struct store *st, int64_t mailbox_id, uint32_t u
 				store_imap_msg_cb *cb, void *ctx)
 {
 	sqlite3_stmt *q = NULL;
-	enum status s = prep(st, "SELECT m.uid, m.flags, m.modseq, b.size, b.received, b.msgid, m.keywords"
+	enum status s = store_db_prepare(st, "SELECT m.uid, m.flags, m.modseq, b.size, b.received, b.msgid, m.keywords"
 				 " FROM messages m JOIN blobs b ON b.id = m.blob_id"
 				 " WHERE m.mailbox_id = ?1 AND m.uid >= ?2 ORDER BY m.uid", &q, NULL);
 	if (s != ST_OK)
@@ -439,7 +415,7 @@ static enum status has_inferiors(struct store *st, int64_t account_id, const cha
 				 char **error_r)
 {
 	sqlite3_stmt *q = NULL;
-	enum status s = prep(st, "SELECT 1 FROM mailboxes WHERE account_id = ?1"
+	enum status s = store_db_prepare(st, "SELECT 1 FROM mailboxes WHERE account_id = ?1"
 				 " AND substr(name, 1, length(?2) + 1) = ?2 || '/' LIMIT 1", &q, error_r);
 	if (s != ST_OK)
 		return s;
@@ -465,9 +441,9 @@ static enum status remove_messages(struct store *st, int64_t account_id, int64_t
 		 "SELECT m.uid, m.blob_id, b.size FROM messages m JOIN blobs b ON b.id = m.blob_id"
 		 " WHERE m.mailbox_id = ?1 %s ORDER BY m.uid", filter);
 	sqlite3_stmt *q = NULL, *del = NULL;
-	enum status s = prep(st, sql, &q, error_r);
+	enum status s = store_db_prepare(st, sql, &q, error_r);
 	if (s == ST_OK)
-		s = prep(st, "DELETE FROM messages WHERE mailbox_id = ?1 AND uid = ?2", &del, error_r);
+		s = store_db_prepare(st, "DELETE FROM messages WHERE mailbox_id = ?1 AND uid = ?2", &del, error_r);
 	uint64_t bytes = 0;
 	struct { uint32_t uid; int64_t blob; } *rows = NULL;
 	size_t n = 0, cap = 0;
@@ -497,7 +473,7 @@ static enum status remove_messages(struct store *st, int64_t account_id, int64_t
 	for (size_t i = 0; s == ST_OK && i < n; i++) {
 		sqlite3_bind_int64(del, 1, mailbox_id);
 		sqlite3_bind_int64(del, 2, rows[i].uid);
-		if ((s = run(st, del, "removing a message", error_r)) == ST_OK)
+		if ((s = store_db_step_done(st, del, "removing a message", error_r)) == ST_OK)
 			s = store_blob_decref(st, rows[i].blob, ul, error_r);
 	}
 	sqlite3_finalize(del);
@@ -548,10 +524,10 @@ enum status store_imap_mailbox_delete(struct store *st, int64_t account_id, cons
 		s = remove_messages(st, account_id, id, "", NULL, 0, &ul, NULL, NULL, error_r);
 	if (s == ST_OK) {
 		sqlite3_stmt *q = NULL;
-		s = prep(st, "DELETE FROM mailboxes WHERE id = ?1", &q, error_r);
+		s = store_db_prepare(st, "DELETE FROM mailboxes WHERE id = ?1", &q, error_r);
 		if (s == ST_OK) {
 			sqlite3_bind_int64(q, 1, id);
-			s = run(st, q, "deleting mailbox", error_r);
+			s = store_db_step_done(st, q, "deleting mailbox", error_r);
 			sqlite3_finalize(q);
 		}
 	}
@@ -566,7 +542,7 @@ enum status store_imap_mailbox_delete(struct store *st, int64_t account_id, cons
 static enum status move_inbox(struct store *st, int64_t inbox_id, int64_t dst, char **error_r)
 {
 	sqlite3_stmt *q = NULL;
-	enum status s = prep(st, "SELECT count(*) FROM messages WHERE mailbox_id = ?1", &q, error_r);
+	enum status s = store_db_prepare(st, "SELECT count(*) FROM messages WHERE mailbox_id = ?1", &q, error_r);
 	if (s != ST_OK)
 		return s;
 	sqlite3_bind_int64(q, 1, inbox_id);
@@ -580,7 +556,7 @@ static enum status move_inbox(struct store *st, int64_t inbox_id, int64_t dst, c
 	    (s = mailbox_bump(st, inbox_id, 0, NULL, &inbox_modseq, error_r)) != ST_OK)
 		return s;
 	/* row_number() keeps the UID order in the new mailbox. */
-	s = prep(st, "INSERT INTO messages(mailbox_id, uid, blob_id, flags, keywords, modseq)"
+	s = store_db_prepare(st, "INSERT INTO messages(mailbox_id, uid, blob_id, flags, keywords, modseq)"
 		     " SELECT ?2, ?3 + row_number() OVER (ORDER BY uid) - 1, blob_id, flags, keywords, ?4"
 		     " FROM messages WHERE mailbox_id = ?1", &q, error_r);
 	if (s != ST_OK)
@@ -589,11 +565,11 @@ static enum status move_inbox(struct store *st, int64_t inbox_id, int64_t dst, c
 	sqlite3_bind_int64(q, 2, dst);
 	sqlite3_bind_int64(q, 3, first);
 	store_db_bind_u64(q, 4, modseq);
-	s = run(st, q, "moving INBOX messages", error_r);
+	s = store_db_step_done(st, q, "moving INBOX messages", error_r);
 	sqlite3_finalize(q);
 	if (s != ST_OK)
 		return s;
-	if ((s = prep(st, "SELECT uid FROM messages WHERE mailbox_id = ?1 ORDER BY uid", &q, error_r)) != ST_OK)
+	if ((s = store_db_prepare(st, "SELECT uid FROM messages WHERE mailbox_id = ?1 ORDER BY uid", &q, error_r)) != ST_OK)
 		return s;
 	sqlite3_bind_int64(q, 1, inbox_id);
 	uint32_t *gone = xcalloc((size_t)count, sizeof(*gone));
@@ -609,10 +585,10 @@ static enum status move_inbox(struct store *st, int64_t inbox_id, int64_t dst, c
 	free(gone);
 	if (s != ST_OK)
 		return s;
-	if ((s = prep(st, "DELETE FROM messages WHERE mailbox_id = ?1", &q, error_r)) != ST_OK)
+	if ((s = store_db_prepare(st, "DELETE FROM messages WHERE mailbox_id = ?1", &q, error_r)) != ST_OK)
 		return s;
 	sqlite3_bind_int64(q, 1, inbox_id);
-	s = run(st, q, "emptying INBOX", error_r);
+	s = store_db_step_done(st, q, "emptying INBOX", error_r);
 	sqlite3_finalize(q);
 	return s;
 }
@@ -669,14 +645,14 @@ enum status store_imap_mailbox_rename(struct store *st, int64_t account_id, cons
 	if (s == ST_OK) {
 		/* Inferiors keep their suffix: "a/b" -> "c/b". */
 		sqlite3_stmt *q = NULL;
-		s = prep(st, "UPDATE mailboxes SET name = ?3 || substr(name, length(?2) + 1)"
+		s = store_db_prepare(st, "UPDATE mailboxes SET name = ?3 || substr(name, length(?2) + 1)"
 			     " WHERE account_id = ?1 AND (name = ?2 OR substr(name, 1, length(?2) + 1) = ?2 || '/')",
 			 &q, error_r);
 		if (s == ST_OK) {
 			sqlite3_bind_int64(q, 1, account_id);
 			sqlite3_bind_text(q, 2, src, -1, SQLITE_STATIC);
 			sqlite3_bind_text(q, 3, dst, -1, SQLITE_STATIC);
-			s = run(st, q, "renaming mailbox", error_r);
+			s = store_db_step_done(st, q, "renaming mailbox", error_r);
 			sqlite3_finalize(q);
 		}
 	}
@@ -705,14 +681,14 @@ enum status store_imap_mailbox_subscribe(struct store *st, int64_t account_id, c
 		return ST_INVALID;
 	}
 	sqlite3_stmt *q = NULL;
-	enum status s = prep(st, "UPDATE mailboxes SET subscribed = ?3 WHERE account_id = ?1 AND name = ?2",
+	enum status s = store_db_prepare(st, "UPDATE mailboxes SET subscribed = ?3 WHERE account_id = ?1 AND name = ?2",
 			     &q, error_r);
 	if (s != ST_OK)
 		return s;
 	sqlite3_bind_int64(q, 1, account_id);
 	sqlite3_bind_text(q, 2, norm, -1, SQLITE_STATIC);
 	sqlite3_bind_int(q, 3, subscribed ? 1 : 0);
-	s = run(st, q, "subscribing", error_r);
+	s = store_db_step_done(st, q, "subscribing", error_r);
 	if (s == ST_OK && sqlite3_changes(st->db) == 0) {
 		s = ST_NOT_FOUND;
 		if (error_r)
@@ -731,28 +707,28 @@ enum status store_vanished_log(struct store *st, int64_t mailbox_id, uint64_t mo
 		return ST_OK;
 	sqlite3_stmt *q = NULL;
 	/* First logged expunge: complete from here on (modseq - 1 excluded). */
-	enum status s = prep(st, "INSERT OR IGNORE INTO vanished_floor(mailbox_id, modseq) VALUES(?1, ?2)", &q,
+	enum status s = store_db_prepare(st, "INSERT OR IGNORE INTO vanished_floor(mailbox_id, modseq) VALUES(?1, ?2)", &q,
 			     error_r);
 	if (s == ST_OK) {
 		sqlite3_bind_int64(q, 1, mailbox_id);
 		store_db_bind_u64(q, 2, modseq - 1);
-		s = run(st, q, "expunge log floor", error_r);
+		s = store_db_step_done(st, q, "expunge log floor", error_r);
 		sqlite3_finalize(q);
 	}
-	if (s == ST_OK && (s = prep(st, "INSERT OR IGNORE INTO vanished(mailbox_id, modseq, uid) VALUES(?1, ?2, ?3)",
+	if (s == ST_OK && (s = store_db_prepare(st, "INSERT OR IGNORE INTO vanished(mailbox_id, modseq, uid) VALUES(?1, ?2, ?3)",
 				    &q, error_r)) == ST_OK) {
 		for (size_t i = 0; s == ST_OK && i < n; i++) {
 			sqlite3_bind_int64(q, 1, mailbox_id);
 			store_db_bind_u64(q, 2, modseq);
 			sqlite3_bind_int64(q, 3, uids[i]);
-			s = run(st, q, "expunge log", error_r);
+			s = store_db_step_done(st, q, "expunge log", error_r);
 		}
 		sqlite3_finalize(q);
 	}
 	if (s != ST_OK)
 		return s;
 	/* Retention: the modseq of the first row beyond the newest KEEP. */
-	if ((s = prep(st, "SELECT modseq FROM vanished WHERE mailbox_id = ?1 ORDER BY modseq DESC, uid DESC"
+	if ((s = store_db_prepare(st, "SELECT modseq FROM vanished WHERE mailbox_id = ?1 ORDER BY modseq DESC, uid DESC"
 			  " LIMIT 1 OFFSET ?2", &q, error_r)) != ST_OK)
 		return s;
 	sqlite3_bind_int64(q, 1, mailbox_id);
@@ -764,17 +740,17 @@ enum status store_vanished_log(struct store *st, int64_t mailbox_id, uint64_t mo
 	sqlite3_finalize(q);
 	if (s != ST_OK || cut == 0)
 		return s;
-	if ((s = prep(st, "DELETE FROM vanished WHERE mailbox_id = ?1 AND modseq <= ?2", &q, error_r)) == ST_OK) {
+	if ((s = store_db_prepare(st, "DELETE FROM vanished WHERE mailbox_id = ?1 AND modseq <= ?2", &q, error_r)) == ST_OK) {
 		sqlite3_bind_int64(q, 1, mailbox_id);
 		store_db_bind_u64(q, 2, cut);
-		s = run(st, q, "expunge log pruning", error_r);
+		s = store_db_step_done(st, q, "expunge log pruning", error_r);
 		sqlite3_finalize(q);
 	}
-	if (s == ST_OK && (s = prep(st, "UPDATE vanished_floor SET modseq = max(modseq, ?2) WHERE mailbox_id = ?1",
+	if (s == ST_OK && (s = store_db_prepare(st, "UPDATE vanished_floor SET modseq = max(modseq, ?2) WHERE mailbox_id = ?1",
 				    &q, error_r)) == ST_OK) {
 		sqlite3_bind_int64(q, 1, mailbox_id);
 		store_db_bind_u64(q, 2, cut);
-		s = run(st, q, "expunge log floor", error_r);
+		s = store_db_step_done(st, q, "expunge log floor", error_r);
 		sqlite3_finalize(q);
 	}
 	return s;
@@ -787,7 +763,7 @@ enum status store_imap_vanished(struct store *st, int64_t mailbox_id, uint64_t s
 	*n_r = 0;
 	*complete_r = false;
 	sqlite3_stmt *q = NULL;
-	enum status s = prep(st, "SELECT modseq FROM vanished_floor WHERE mailbox_id = ?1", &q, NULL);
+	enum status s = store_db_prepare(st, "SELECT modseq FROM vanished_floor WHERE mailbox_id = ?1", &q, NULL);
 	if (s != ST_OK)
 		return s;
 	sqlite3_bind_int64(q, 1, mailbox_id);
@@ -798,7 +774,7 @@ enum status store_imap_vanished(struct store *st, int64_t mailbox_id, uint64_t s
 	sqlite3_finalize(q);
 	if (s != ST_OK || !complete)
 		return s;
-	if ((s = prep(st, "SELECT DISTINCT uid FROM vanished WHERE mailbox_id = ?1 AND modseq > ?2 ORDER BY uid", &q,
+	if ((s = store_db_prepare(st, "SELECT DISTINCT uid FROM vanished WHERE mailbox_id = ?1 AND modseq > ?2 ORDER BY uid", &q,
 		      NULL)) != ST_OK)
 		return s;
 	sqlite3_bind_int64(q, 1, mailbox_id);
@@ -907,7 +883,7 @@ static char *kwset_join(struct kwset *k)
 static enum status mailbox_keywords(struct store *st, int64_t mailbox_id, struct kwset *out, char **error_r)
 {
 	sqlite3_stmt *q = NULL;
-	enum status s = prep(st, "SELECT DISTINCT keywords FROM messages WHERE mailbox_id = ?1"
+	enum status s = store_db_prepare(st, "SELECT DISTINCT keywords FROM messages WHERE mailbox_id = ?1"
 				 " AND keywords IS NOT NULL", &q, error_r);
 	if (s != ST_OK)
 		return s;
@@ -999,10 +975,10 @@ enum status store_imap_set_flags_cond(struct store *st, int64_t mailbox_id, cons
 	else
 		s = keywords_admit(st, mailbox_id, keywords, &req, error_r);
 	if (s == ST_OK)
-		s = prep(st, "SELECT flags, modseq, keywords FROM messages WHERE mailbox_id = ?1 AND uid = ?2",
+		s = store_db_prepare(st, "SELECT flags, modseq, keywords FROM messages WHERE mailbox_id = ?1 AND uid = ?2",
 			 &get, error_r);
 	if (s == ST_OK)
-		s = prep(st, "UPDATE messages SET flags = ?3, modseq = ?4, keywords = ?5"
+		s = store_db_prepare(st, "UPDATE messages SET flags = ?3, modseq = ?4, keywords = ?5"
 			     " WHERE mailbox_id = ?1 AND uid = ?2", &set, error_r);
 	for (size_t i = 0; s == ST_OK && i < n; i++) {
 		sqlite3_bind_int64(get, 1, mailbox_id);
@@ -1056,7 +1032,7 @@ enum status store_imap_set_flags_cond(struct store *st, int64_t mailbox_id, cons
 			sqlite3_bind_text(set, 5, kw, -1, SQLITE_TRANSIENT);
 		else
 			sqlite3_bind_null(set, 5);
-		s = run(st, set, "setting flags", error_r);
+		s = store_db_step_done(st, set, "setting flags", error_r);
 		free(kw);
 	}
 	kwset_free(&req);
@@ -1119,7 +1095,7 @@ static enum status copy_read(struct store *st, int64_t mailbox_id, const uint32_
 			     struct copy_src *src, uint64_t *count_r, uint64_t *bytes_r, char **error_r)
 {
 	sqlite3_stmt *q = NULL;
-	enum status s = prep(st, "SELECT m.blob_id, m.flags, b.size FROM messages m JOIN blobs b ON b.id = m.blob_id"
+	enum status s = store_db_prepare(st, "SELECT m.blob_id, m.flags, b.size FROM messages m JOIN blobs b ON b.id = m.blob_id"
 				 " WHERE m.mailbox_id = ?1 AND m.uid = ?2", &q, error_r);
 	*count_r = *bytes_r = 0;
 	for (size_t i = 0; s == ST_OK && i < n; i++) {
@@ -1156,11 +1132,11 @@ static enum status copy_write(struct store *st, int64_t src_mailbox, int64_t dst
 	uint32_t *moved = move ? xcalloc(n ? n : 1, sizeof(*moved)) : NULL;
 	size_t n_moved = 0;
 	if (s == ST_OK)
-		s = prep(st, "INSERT INTO messages(mailbox_id, uid, blob_id, flags, keywords, modseq)"
+		s = store_db_prepare(st, "INSERT INTO messages(mailbox_id, uid, blob_id, flags, keywords, modseq)"
 			     " SELECT ?1, ?2, blob_id, flags, keywords, ?3 FROM messages WHERE mailbox_id = ?4 AND uid = ?5",
 			 &ins, error_r);
 	if (s == ST_OK)
-		s = prep(st, move ? "DELETE FROM messages WHERE mailbox_id = ?1 AND uid = ?2"
+		s = store_db_prepare(st, move ? "DELETE FROM messages WHERE mailbox_id = ?1 AND uid = ?2"
 				  : "UPDATE blobs SET refcount = refcount + 1 WHERE id = ?1",
 			 move ? &del : &ref, error_r);
 	for (size_t i = 0; s == ST_OK && i < n; i++) {
@@ -1172,16 +1148,16 @@ static enum status copy_write(struct store *st, int64_t src_mailbox, int64_t dst
 		store_db_bind_u64(ins, 3, modseq);
 		sqlite3_bind_int64(ins, 4, src_mailbox);
 		sqlite3_bind_int64(ins, 5, src[i].uid);
-		if ((s = run(st, ins, "copying a message", error_r)) != ST_OK)
+		if ((s = store_db_step_done(st, ins, "copying a message", error_r)) != ST_OK)
 			break;
 		if (move) {
 			sqlite3_bind_int64(del, 1, src_mailbox);
 			sqlite3_bind_int64(del, 2, src[i].uid);
-			s = run(st, del, "moving a message", error_r);
+			s = store_db_step_done(st, del, "moving a message", error_r);
 			moved[n_moved++] = src[i].uid;
 		} else {
 			sqlite3_bind_int64(ref, 1, src[i].blob);
-			s = run(st, ref, "blob reference", error_r);
+			s = store_db_step_done(st, ref, "blob reference", error_r);
 		}
 		dst_uids[i] = uid++;
 	}
@@ -1216,7 +1192,7 @@ enum status store_imap_copy(struct store *st, int64_t account_id, int64_t src_ma
 		s = quota_check(st, &qt, count, bytes, error_r);
 	if (s == ST_OK) {
 		sqlite3_stmt *q = NULL;
-		s = prep(st, "SELECT uidvalidity FROM mailboxes WHERE id = ?1 AND account_id = ?2", &q, error_r);
+		s = store_db_prepare(st, "SELECT uidvalidity FROM mailboxes WHERE id = ?1 AND account_id = ?2", &q, error_r);
 		if (s == ST_OK) {
 			sqlite3_bind_int64(q, 1, dst_mailbox_id);
 			sqlite3_bind_int64(q, 2, account_id);
@@ -1254,7 +1230,7 @@ enum status store_imap_append(struct store *st, int64_t account_id, int64_t mail
 	if ((s = quota_get(st, account_id, &qt, error_r)) == ST_OK)
 		s = quota_check(st, &qt, 1, size, error_r);
 	sqlite3_stmt *q = NULL;
-	if (s == ST_OK && (s = prep(st, "SELECT uidvalidity FROM mailboxes WHERE id = ?1 AND account_id = ?2",
+	if (s == ST_OK && (s = store_db_prepare(st, "SELECT uidvalidity FROM mailboxes WHERE id = ?1 AND account_id = ?2",
 				    &q, error_r)) == ST_OK) {
 		sqlite3_bind_int64(q, 1, mailbox_id);
 		sqlite3_bind_int64(q, 2, account_id);
@@ -1303,7 +1279,7 @@ enum status store_imap_append(struct store *st, int64_t account_id, int64_t mail
 		s = keywords_admit(st, mailbox_id, keywords, &kws, error_r);
 	char *kw = kwset_join(&kws);
 	kwset_free(&kws);
-	if (s == ST_OK && ((flags & MSG_FLAGS_ALL) != 0 || kw != NULL) && (s = prep(st,
+	if (s == ST_OK && ((flags & MSG_FLAGS_ALL) != 0 || kw != NULL) && (s = store_db_prepare(st,
 		"UPDATE messages SET flags = ?3, keywords = ?4 WHERE mailbox_id = ?1 AND uid = ?2", &q,
 		error_r)) == ST_OK) {
 		sqlite3_bind_int64(q, 1, mailbox_id);
@@ -1311,7 +1287,7 @@ enum status store_imap_append(struct store *st, int64_t account_id, int64_t mail
 		sqlite3_bind_int64(q, 3, flags & MSG_FLAGS_ALL);
 		if (kw != NULL)
 			sqlite3_bind_text(q, 4, kw, -1, SQLITE_TRANSIENT);
-		s = run(st, q, "message flags", error_r);
+		s = store_db_step_done(st, q, "message flags", error_r);
 		sqlite3_finalize(q);
 	}
 	free(kw);

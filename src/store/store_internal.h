@@ -85,6 +85,12 @@ enum status store_db_fail(sqlite3 *db, int rc, const char *what, char **error_r)
  * SQLITE_DONE (or SQLITE_ROW, for RETURNING statements whose row is ignored)
  * or the error code. */
 int store_db_run(sqlite3_stmt *q);
+/* Prepares a statement the caller finalizes; on failure *q is NULL and
+ * *error_r names the SQLite error. */
+enum status store_db_prepare(struct store *st, const char *sql, sqlite3_stmt **q, char **error_r);
+/* Steps q once (a write, or a read whose row is not wanted), then resets it
+ * and clears its bindings; `what` names it in the error. */
+enum status store_db_step_done(struct store *st, sqlite3_stmt *q, const char *what, char **error_r);
 /* Resets a statement and clears its bindings. */
 void store_db_reset(sqlite3_stmt *q);
 /* BEGIN IMMEDIATE / COMMIT / ROLLBACK on the writer.  rollback is a no-op

@@ -24,29 +24,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static enum status prep(struct store *st, const char *sql, sqlite3_stmt **q, char **error_r)
-{
-	int rc = sqlite3_prepare_v3(st->db, sql, -1, 0, q, NULL);
-	if (rc == SQLITE_OK)
-		return ST_OK;
-	enum status s = store_db_fail(st->db, rc, "preparing a POP3 statement", error_r);
-	sqlite3_finalize(*q);
-	*q = NULL;
-	return s;
-}
-
-/* Steps a statement to its end and resets it. */
-static enum status step_done(struct store *st, sqlite3_stmt *q, const char *what, char **error_r)
-{
-	int rc = sqlite3_step(q);
-	enum status s = ST_OK;
-	if (rc != SQLITE_DONE && rc != SQLITE_ROW)
-		s = store_db_fail(st->db, rc, what, error_r);
-	sqlite3_reset(q);
-	sqlite3_clear_bindings(q);
-	return s;
-}
-
 /* Removes one message; *bytes_r gets its size, *found_r whether it was there. */
 static enum status remove_one(struct store *st, sqlite3_stmt *get, sqlite3_stmt *del, int64_t mailbox_id,
 			      uint32_t uid, struct store_unlink_list *ul, bool *found_r, uint64_t *bytes_r,
@@ -71,7 +48,7 @@ static enum status remove_one(struct store *st, sqlite3_stmt *get, sqlite3_stmt 
 		return s;
 	sqlite3_bind_int64(del, 1, mailbox_id);
 	sqlite3_bind_int64(del, 2, uid);
-	s = step_done(st, del, "deleting a message", error_r);
+	s = store_db_step_done(st, del, "deleting a message", error_r);
 	if (s == ST_OK)
 		s = store_blob_decref(st, blob, ul, error_r);
 	return s;
@@ -83,18 +60,18 @@ static enum status account_after(struct store *st, int64_t account_id, int64_t m
 				 uint64_t bytes, const uint32_t *gone, char **error_r)
 {
 	sqlite3_stmt *q = NULL;
-	enum status s = prep(st, "UPDATE accounts SET used_bytes = max(0, used_bytes - ?2),"
+	enum status s = store_db_prepare(st, "UPDATE accounts SET used_bytes = max(0, used_bytes - ?2),"
 				 " used_messages = max(0, used_messages - ?3) WHERE id = ?1", &q, error_r);
 	if (s != ST_OK)
 		return s;
 	sqlite3_bind_int64(q, 1, account_id);
 	store_db_bind_u64(q, 2, bytes);
 	store_db_bind_u64(q, 3, count);
-	s = step_done(st, q, "updating quota usage", error_r);
+	s = store_db_step_done(st, q, "updating quota usage", error_r);
 	sqlite3_finalize(q);
 	if (s != ST_OK)
 		return s;
-	if ((s = prep(st, "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?1"
+	if ((s = store_db_prepare(st, "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?1"
 			  " RETURNING highestmodseq", &q, error_r)) != ST_OK)
 		return s;
 	sqlite3_bind_int64(q, 1, mailbox_id);
@@ -111,7 +88,7 @@ static enum status account_after(struct store *st, int64_t account_id, int64_t m
 static enum status mailbox_owned(struct store *st, int64_t account_id, int64_t mailbox_id, char **error_r)
 {
 	sqlite3_stmt *q = NULL;
-	enum status s = prep(st, "SELECT 1 FROM mailboxes WHERE id = ?1 AND account_id = ?2", &q, error_r);
+	enum status s = store_db_prepare(st, "SELECT 1 FROM mailboxes WHERE id = ?1 AND account_id = ?2", &q, error_r);
 	if (s != ST_OK)
 		return s;
 	sqlite3_bind_int64(q, 1, mailbox_id);
@@ -139,10 +116,10 @@ enum status store_pop3_delete(struct store *st, int64_t account_id, int64_t mail
 	sqlite3_stmt *get = NULL, *del = NULL;
 	s = mailbox_owned(st, account_id, mailbox_id, error_r);
 	if (s == ST_OK)
-		s = prep(st, "SELECT m.blob_id, b.size FROM messages m JOIN blobs b ON b.id = m.blob_id"
+		s = store_db_prepare(st, "SELECT m.blob_id, b.size FROM messages m JOIN blobs b ON b.id = m.blob_id"
 			     " WHERE m.mailbox_id = ?1 AND m.uid = ?2", &get, error_r);
 	if (s == ST_OK)
-		s = prep(st, "DELETE FROM messages WHERE mailbox_id = ?1 AND uid = ?2", &del, error_r);
+		s = store_db_prepare(st, "DELETE FROM messages WHERE mailbox_id = ?1 AND uid = ?2", &del, error_r);
 	uint64_t count = 0, bytes = 0;
 	uint32_t *gone = xcalloc(n ? n : 1, sizeof(*gone));
 	for (size_t i = 0; s == ST_OK && i < n; i++) {

@@ -124,16 +124,6 @@ void store_access_note(const struct msgid *id)
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-static enum status prep(struct store *st, const char *sql, sqlite3_stmt **q, char **error_r)
-{
-	int rc = sqlite3_prepare_v2(st->db, sql, -1, q, NULL);
-	if (rc != SQLITE_OK) {
-		*q = NULL;
-		return store_db_fail(st->db, rc, "prepare tier statement", error_r);
-	}
-	return ST_OK;
-}
-
 static void column_msgid(sqlite3_stmt *q, int col, struct msgid *id)
 {
 	memset(id, 0, sizeof(*id));
@@ -198,7 +188,7 @@ enum status store_tier_refs(struct store *st, const char *account, const char *m
 		" WHERE (?1 IS NULL OR a.address = ?1) AND (?2 IS NULL OR mb.name = ?2 COLLATE NOCASE)"
 		" AND (?3 = 0 OR b.received < ?3) ORDER BY b.id";
 	sqlite3_stmt *q;
-	enum status s = prep(st, sql, &q, error_r);
+	enum status s = store_db_prepare(st, sql, &q, error_r);
 	if (s != ST_OK)
 		return s;
 	if (account)
@@ -236,7 +226,7 @@ enum status store_tier_usage(struct store *st, struct store_tier_usage out[CONFI
 			     uint64_t *stray_r, char **error_r)
 {
 	sqlite3_stmt *q;
-	enum status s = prep(st, "SELECT tier, count(*), coalesce(sum(size), 0) FROM blobs GROUP BY tier",
+	enum status s = store_db_prepare(st, "SELECT tier, count(*), coalesce(sum(size), 0) FROM blobs GROUP BY tier",
 			     &q, error_r);
 	if (s != ST_OK)
 		return s;
@@ -261,7 +251,7 @@ enum status store_tier_usage(struct store *st, struct store_tier_usage out[CONFI
 enum status store_tier_blobs(struct store *st, store_tier_blob_cb *cb, void *ctx, char **error_r)
 {
 	sqlite3_stmt *q;
-	enum status s = prep(st, "SELECT id, msgid, tier, size FROM blobs ORDER BY id", &q, error_r);
+	enum status s = store_db_prepare(st, "SELECT id, msgid, tier, size FROM blobs ORDER BY id", &q, error_r);
 	if (s != ST_OK)
 		return s;
 	int rc;
@@ -283,7 +273,7 @@ enum status store_tier_blobs(struct store *st, store_tier_blob_cb *cb, void *ctx
 enum status store_tier_heat_get(struct store *st, const struct msgid *id, struct store_heat *out)
 {
 	sqlite3_stmt *q;
-	enum status s = prep(st,
+	enum status s = store_db_prepare(st,
 			     "SELECT b.id, coalesce(h.score, 0), coalesce(h.updated, 0), coalesce(h.reads_days, 0)"
 			     " FROM blobs b LEFT JOIN heat h ON h.blob_id = b.id WHERE b.msgid = ?1",
 			     &q, NULL);
@@ -308,7 +298,7 @@ enum status store_tier_heat_put(struct store *st, const struct store_heat *rows,
 				char **error_r)
 {
 	sqlite3_stmt *q;
-	enum status s = prep(st,
+	enum status s = store_db_prepare(st,
 			     "INSERT OR REPLACE INTO heat(blob_id, score, updated, reads_days)"
 			     " SELECT id, ?2, ?3, ?4 FROM blobs WHERE id = ?1",
 			     &q, error_r);
@@ -342,7 +332,7 @@ static enum status run_tx(struct store *st, const char *const *sql, size_t n_sql
 		return s;
 	for (size_t i = 0; s == ST_OK && i < n_sql; i++) {
 		sqlite3_stmt *q;
-		s = prep(st, sql[i], &q, error_r);
+		s = store_db_prepare(st, sql[i], &q, error_r);
 		if (s != ST_OK)
 			break;
 		int np = sqlite3_bind_parameter_count(q);
@@ -371,7 +361,7 @@ enum status store_tier_move_begin(struct store *st, int64_t blob_id, const struc
 				  unsigned from, unsigned to, char **error_r)
 {
 	sqlite3_stmt *q;
-	enum status s = prep(st,
+	enum status s = store_db_prepare(st,
 			     "INSERT INTO tier_moves(blob_id, msgid, src, dst, committed, started)"
 			     " VALUES(?1, ?2, ?3, ?4, 0, ?5)",
 			     &q, error_r);
@@ -428,7 +418,7 @@ enum status store_tier_moves(struct store *st, struct store_tier_move **out, siz
 			     char **error_r)
 {
 	sqlite3_stmt *q;
-	enum status s = prep(st,
+	enum status s = store_db_prepare(st,
 			     "SELECT j.blob_id, j.msgid, b.id IS NOT NULL, coalesce(b.tier, 0), j.src, j.dst,"
 			     " j.committed FROM tier_moves j LEFT JOIN blobs b ON b.id = j.blob_id"
 			     " ORDER BY j.blob_id",
