@@ -22,6 +22,12 @@
  * session stays bounded whatever the messages' and the set's size.  Blob
  * reads cover [0, size) only: the trailer is never served.
  *
+ * Expunges by other sessions: a message's blob is opened once, before any
+ * of its response is written, and that descriptor serves all its items.
+ * A message whose blob another session's EXPUNGE has already freed is left
+ * out, and the command ends "NO [EXPUNGEISSUED]" (RFC 2180 4.1.2, RFC 5530)
+ * as Dovecot does; the EXPUNGE itself reaches the client with its next sync.
+ *
  * \Seen: a non-PEEK body item first sets \Seen on the messages that lack
  * it, with one store job; those messages' responses then include FLAGS
  * (and MODSEQ once CONDSTORE is on).
@@ -79,6 +85,7 @@ struct fmsg {
 	bool flags_changed;          /* \Seen set by this FETCH */
 	bool loaded;
 	bool mime_ready;             /* mime holds the blob's cached row */
+	bool gone;                   /* its blob was freed by another session's expunge */
 	struct store_mime mime;
 };
 
@@ -95,8 +102,11 @@ struct imap_fetch {
 	bool started;                /* "* n FETCH (" written */
 	bool need_space;             /* an item was written after "(" */
 	int fd;                      /* streaming a body range, or -1 */
+	int msg_fd;                  /* the current message's blob, or -1 */
 	uint64_t s_off, s_left;
 	bool failed;                 /* a blob could not be read */
+	bool need_body;              /* some item reads the blob */
+	bool expunge_issued;         /* messages skipped: expunged by another session */
 	bool need_mime;              /* some item needs the MIME row */
 	bool job_pending;            /* a MIME job runs: produce nothing */
 };
@@ -123,6 +133,8 @@ void imap_fetch_free(struct imap_fetch **fp)
 	free(f->msgs);
 	if (f->fd >= 0)
 		close(f->fd);
+	if (f->msg_fd >= 0)
+		close(f->msg_fd);
 	free(f);
 	*fp = NULL;
 }
@@ -358,13 +370,8 @@ static bool parse_items(struct imap_fetch *f, const struct imap_arg *a, const ch
 
 /* ---- blob reading ---------------------------------------------------------------------- */
 
-bool imap_blob_read(const char *path, uint64_t off, uint64_t len, struct buf *out)
+static bool blob_pread(int fd, const char *path, uint64_t off, uint64_t len, struct buf *out)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		log_error("imap: cannot open %s: %s", path, strerror(errno));
-		return false;
-	}
 	buf_reserve(out, (size_t)len);
 	uint64_t done = 0;
 	while (done < len) {
@@ -373,15 +380,25 @@ bool imap_blob_read(const char *path, uint64_t off, uint64_t len, struct buf *ou
 			continue;
 		if (n <= 0) {
 			log_error("imap: cannot read %s: %s", path, n < 0 ? strerror(errno) : "short file");
-			close(fd);
 			return false;
 		}
 		out->len += (size_t)n;
 		done += (uint64_t)n;
 	}
 	out->data[out->len] = '\0';
-	close(fd);
 	return true;
+}
+
+bool imap_blob_read(const char *path, uint64_t off, uint64_t len, struct buf *out)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		log_error("imap: cannot open %s: %s", path, strerror(errno));
+		return false;
+	}
+	bool ok = blob_pread(fd, path, off, len, out);
+	close(fd);
+	return ok;
 }
 
 /* Length of the header including its blank line (the whole message when
@@ -520,7 +537,7 @@ static bool emit_body(struct imap_session *s, struct imap_fetch *f, const struct
 			buf_printf(b, "%s NIL", it->name);
 		return true;
 	}
-	int fd = store_blob_open(s->set, 0, &m->id, NULL); /* any tier (src/tier) */
+	int fd = f->msg_fd >= 0 ? fcntl(f->msg_fd, F_DUPFD_CLOEXEC, 0) : -1;
 	if (fd < 0) {
 		log_error("imap: cannot open %s: %s", path, strerror(errno));
 		return false;
@@ -545,7 +562,7 @@ static bool emit_body(struct imap_session *s, struct imap_fetch *f, const struct
 	if (it->section == SEC_FIELDS || it->section == SEC_FIELDS_NOT) {
 		struct buf h = BUF_INIT;
 		uint64_t hl = len < FETCH_HEADER_MAX ? len : FETCH_HEADER_MAX;
-		if (!imap_blob_read(path, start, hl, &h)) {
+		if (!blob_pread(fd, path, start, hl, &h)) {
 			buf_free(&h);
 			close(fd);
 			return false;
@@ -665,6 +682,7 @@ static void fetch_finish(struct imap_session *s)
 	struct imap_fetch *f = s->fetch;
 	bool failed = f->failed;
 	bool uid_cmd = f->uid_cmd;
+	bool expunge_issued = f->expunge_issued;
 	imap_fetch_free(&s->fetch);
 	imap_session_resume(s, IP_FETCH);
 	if (failed) {
@@ -672,7 +690,12 @@ static void fetch_finish(struct imap_session *s)
 		return;
 	}
 	imap_mailbox_sync(s, uid_cmd);
-	imap_session_tagged(s, "OK", "FETCH completed");
+	/* RFC 2180 4.1.2 and RFC 5530: what another session expunged is
+	 * left out, and the client is told why. */
+	if (expunge_issued)
+		imap_session_tagged(s, "NO", "[EXPUNGEISSUED] Some of the requested messages no longer exist");
+	else
+		imap_session_tagged(s, "OK", "FETCH completed");
 }
 
 /* ---- MIME rows ------------------------------------------------------------------------ */
@@ -689,6 +712,7 @@ struct mime_job {
 		struct msgid id;
 		uint64_t size;
 		bool ok;
+		bool gone;
 		struct store_mime row;
 	} m[FETCH_MIME_BATCH];
 };
@@ -700,10 +724,18 @@ static void mime_job_run(struct imap_job *j, struct store *st)
 	for (size_t i = 0; i < mj->n; i++) {
 		struct mime_job_msg *x = &mj->m[i];
 		char path[PATH_MAX];
-		store_blob_find(mj->set, 0, &x->id, path, sizeof(path)); /* any tier */
+		if (!store_blob_find(mj->set, 0, &x->id, path, sizeof(path))) { /* any tier */
+			x->gone = true;   /* expunged by another session */
+			continue;
+		}
 		struct mime_summary sum;
 		char *err = NULL;
 		if (mime_parse_file(path, x->size, &sum, &err) != ST_OK) {
+			if (!store_blob_find(mj->set, 0, &x->id, path, sizeof(path))) {
+				x->gone = true;   /* expunged while it was read */
+				free(err);
+				continue;
+			}
 			log_error("imap: MIME structure of %s: %s", path, err);
 			free(err);
 			continue;
@@ -730,6 +762,10 @@ static void mime_job_done(struct imap_job *j)
 				if (x->idx >= f->n_msgs || f->msgs[x->idx].uid != x->uid)
 					panic("imap: FETCH messages changed under a MIME job");
 				struct fmsg *m = &f->msgs[x->idx];
+				if (x->gone) {
+					m->gone = true;
+					continue;
+				}
 				if (!x->ok) {
 					f->failed = true;
 					continue;
@@ -756,7 +792,7 @@ static void mime_job_done(struct imap_job *j)
 static bool mime_ready(struct imap_session *s, struct imap_fetch *f)
 {
 	struct fmsg *cur = &f->msgs[f->pos];
-	if (cur->mime_ready)
+	if (cur->mime_ready || cur->gone)
 		return true;
 	if (store_mime_get(s->w->reader, &cur->id, &cur->mime) == ST_OK) {
 		cur->mime_ready = true;
@@ -766,7 +802,7 @@ static bool mime_ready(struct imap_session *s, struct imap_fetch *f)
 	mj->set = s->set;
 	for (size_t i = f->pos; i < f->n_msgs && i < f->pos + FETCH_MIME_BATCH; i++) {
 		struct fmsg *m = &f->msgs[i];
-		if (m->mime_ready)
+		if (m->mime_ready || m->gone)
 			continue;
 		if (i > f->pos && store_mime_get(s->w->reader, &m->id, &m->mime) == ST_OK) {
 			m->mime_ready = true;
@@ -782,6 +818,34 @@ static bool mime_ready(struct imap_session *s, struct imap_fetch *f)
 	mj->j.done = mime_job_done;
 	f->job_pending = true;
 	imap_session_submit(s, &mj->j);
+	return false;
+}
+
+/* Opens the message's blob once for all its body items, before anything
+ * of its response is written: an open descriptor keeps the bytes readable
+ * whatever another session expunges or the tier mover moves meanwhile.
+ * False when the message cannot be sent: f->failed is set on a real error,
+ * not when the blob is gone because another session expunged it. */
+static bool message_open(struct imap_session *s, struct imap_fetch *f, struct fmsg *m)
+{
+	if (m->gone)
+		return false;
+	if (!f->need_body)
+		return true;
+	/* Twice: the tier mover may unlink one copy between two lookups. */
+	for (int attempt = 0; attempt < 2; attempt++) {
+		f->msg_fd = store_blob_open(s->set, 0, &m->id, NULL); /* any tier (src/tier) */
+		if (f->msg_fd >= 0)
+			return true;
+		if (errno != ENOENT)
+			break;
+	}
+	if (errno == ENOENT)
+		return false;
+	char path[PATH_MAX];
+	store_blob_path(s->set->store_blob_dir, &m->id, path, sizeof(path));
+	log_error("imap: cannot open %s: %s", path, strerror(errno));
+	f->failed = true;
 	return false;
 }
 
@@ -806,6 +870,15 @@ void imap_fetch_continue(struct imap_session *s)
 		struct fmsg *m = &f->msgs[f->pos];
 		if (!f->started && f->need_mime && !mime_ready(s, f))
 			break;
+		if (!f->started && !message_open(s, f, m)) {
+			if (f->failed)
+				break;
+			f->expunge_issued = true;   /* nothing of it is sent */
+			store_mime_free(&m->mime);
+			m->mime_ready = false;
+			f->pos++;
+			continue;
+		}
 		buf_reset(&b);
 		if (!f->started) {
 			f->started = true;
@@ -844,6 +917,10 @@ void imap_fetch_continue(struct imap_session *s)
 		buf_append_str(&b, ")\r\n");
 		imap_session_write(s, b.data, b.len);
 		f->started = false;
+		if (f->msg_fd >= 0) {
+			close(f->msg_fd);
+			f->msg_fd = -1;
+		}
 		store_mime_free(&m->mime);
 		m->mime_ready = false;
 		f->pos++;
@@ -978,6 +1055,7 @@ void imap_fetch_start(struct imap_session *s, struct imap_cmd *cmd)
 	}
 	struct imap_fetch *f = xcalloc(1, sizeof(*f));
 	f->fd = -1;
+	f->msg_fd = -1;
 	f->uid_cmd = cmd->uid;
 	const char *why = NULL;
 	if (!parse_items(f, &cmd->args[1], &why)) {
@@ -1011,6 +1089,8 @@ void imap_fetch_start(struct imap_session *s, struct imap_cmd *cmd)
 	for (size_t i = 0; i < f->n_items; i++) {
 		if (f->items[i].kind == FI_BODY && !f->items[i].peek && !v->readonly)
 			f->set_seen = true;
+		if (f->items[i].kind == FI_BODY)
+			f->need_body = true;
 	}
 	if (f->n_msgs > 0) {
 		struct load_ctx c = { f, 0 };

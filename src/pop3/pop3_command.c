@@ -421,8 +421,10 @@ static void quit_done(struct pop3_job *j)
 	if (j->status != ST_OK)
 		log_error("pop3: deleting %zu messages of account %lld failed: %s", qj->n,
 			  (long long)qj->account_id, j->error ? j->error : status_info(j->status)->name);
-	/* The lock is released when the session is freed, after the commit. */
+	/* The lock goes before the reply: a client that logs in again as soon
+	 * as it reads +OK must find the maildrop free (RFC 1939 section 6). */
 	if (pop3_session_job_finished(s)) {
+		pop3_command_logout(s);
 		if (j->status == ST_OK) {
 			log_info("pop3: logout %s, %zu deleted", s->user, qj->deleted);
 			pop3_session_ok(s, "Logging out, messages deleted.");
@@ -445,6 +447,7 @@ static void cmd_quit(struct pop3_session *s)
 	if (s->state != PS_TRANS || n == 0) {
 		if (s->state == PS_TRANS)
 			log_info("pop3: logout %s", s->user);
+		pop3_command_logout(s);
 		pop3_session_ok(s, "Logging out.");
 		pop3_session_close_after_flush(s);
 		return;

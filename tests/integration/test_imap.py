@@ -462,6 +462,39 @@ def test_expunge_is_deferred_during_fetch_and_reported_at_noop(srv):
         b.logout()
 
 
+def test_fetch_of_messages_expunged_by_another_session_ends_expungeissued(srv):
+    """A FETCH that outlives another session's EXPUNGE (the client reads
+    slowly, the blobs are freed meanwhile) leaves the gone messages out and
+    ends NO [EXPUNGEISSUED] (RFC 2180 4.1.2, RFC 5530); the session keeps
+    working and learns of the EXPUNGEs at its next NOOP."""
+    user = "slowreader@local.example"
+    srv.add_user(user)
+    body = (b"y" * 998 + b"\r\n") * 500                      # about 500 KB each
+    n = 40                                                  # 20 MB: more than socket buffers hold
+    for _ in range(n):
+        deliver(srv, user, body=body)
+    a, b = Raw(srv, timeout=60), login(srv, user)
+    try:
+        a.login(user)
+        assert tagged(a.cmd("s", "SELECT INBOX")) == "OK"
+        a.send("fx1 FETCH 1:* (UID BODY.PEEK[])\r\n")        # not read yet: the server stalls
+        time.sleep(1)
+        ok(b.select("INBOX"))
+        ok(b.store("1:*", "+FLAGS", "(\\Deleted)"))
+        ok(b.expunge())
+        lines = a.until_tagged("fx1")
+        sent = [l for l in lines if l.startswith("* ") and " FETCH " in l]
+        assert 0 < len(sent) < n, len(sent)
+        assert lines[-1].startswith("fx1 NO [EXPUNGEISSUED]"), lines[-1]
+        lines = a.cmd("n", "NOOP")
+        assert lines[-1].startswith("n OK"), lines[-1]
+        assert len([l for l in lines if l.endswith(" EXPUNGE")]) == n, lines
+        assert "* 0 EXISTS" in a.cmd("s2", "SELECT INBOX")
+    finally:
+        a.close()
+        b.logout()
+
+
 def test_quota_applies_to_append_and_copy(srv):
     srv.add_user("small@local.example", quota_messages=2)
     user = "small@local.example"

@@ -281,6 +281,28 @@ def test_plaintext_garbage_on_tls_ports_is_dropped(srv):
 
 # ---- reading ---------------------------------------------------------------------------
 
+def test_quit_frees_the_maildrop_before_its_reply(srv):
+    """A client that logs in again the moment it reads QUIT's +OK (with
+    and without deletions) finds the maildrop free, every time."""
+    for i in range(30):
+        if i % 3 == 0:
+            srv.deliver([BOB], make_message(to=BOB))
+        r = Raw(srv)
+        try:
+            r.login(BOB)
+            if i % 3 == 0:
+                assert r.cmd("DELE 1").startswith("+OK")
+            assert r.cmd("QUIT").startswith("+OK")
+        finally:
+            r.close()
+        r = Raw(srv)
+        try:
+            r.login(BOB)                   # asserts +OK, not -ERR [IN-USE]
+            assert r.cmd("QUIT").startswith("+OK")
+        finally:
+            r.close()
+
+
 def test_stat_list_uidl_top_retr_byte_exact(srv):
     empty_inbox(srv, BOB)
     body = (b"Line one\r\n.starts with a dot\r\n..two dots\r\n.\r\nafter a lone dot\r\n"
