@@ -11,8 +11,9 @@
  *      takes a token and counts the connection; a refusal at a later level
  *      gives back the connections counted at the earlier ones (tokens are
  *      not given back: a refused attempt is still an attempt);
- *   4. the class cap, then, above guard.fair_share_above percent of it, the
- *      fair share: a network already holding max_connections /
+ *   4. the class cap less guard.good.reserve percent (the whole cap for a
+ *      good sender), then, above guard.fair_share_above percent of that
+ *      pool, the fair share (not for good senders): a network already holding max_connections /
  *      (active_networks + 1) connections (floored, at least 1) is refused.
  *      The + 1 keeps one share for a network that has no connection yet:
  *      with max_connections / active_networks a flood from a single network
@@ -35,6 +36,11 @@
  * guard.offence_forget has passed, so a repeat offence bans for the next,
  * longer step of guard.offence_bans.  Entries neither banning nor
  * remembering are removed when met, and are displaced first.
+ *
+ * Every change of a ban in force (set, lengthened, lifted, displaced) is
+ * also handed to the kernel mirror (guard_nft_note, non-blocking, under
+ * the ban shard's lock so the queue sees changes in table order); a ban
+ * or an offence forgets the address's good-sender record.
  *
  * Refusals never allocate: the lines are prebuilt in the snapshot.
  */
@@ -147,6 +153,8 @@ static struct guard_conf *conf_build(const struct settings *s, char **error_r)
 	c->auth_ban_after = s->guard_auth_ban_after;
 	c->auth_window_ms = s->guard_auth_window_ms;
 	c->proxy_timeout_ms = s->guard_proxy_timeout_ms;
+	c->good_ttl_ms = s->guard_good_ttl_ms;
+	c->good_reserve_pct = s->guard_good_reserve_percent;
 	for (int cls = 0; cls < GUARD_CLASS__COUNT; cls++) {
 		char *err = NULL;
 		if (!guard_cidr_parse_list(s->guard_proxy_from[cls], &c->proxy_from[cls], &c->n_proxy_from[cls], &err)) {
@@ -189,6 +197,8 @@ struct guard *guard_new(const struct settings *s, char **error_r)
 			panic("guard: cannot initialise a mutex");
 	}
 	guard_auth_init(g, (size_t)s->guard_ban_entries);
+	guard_good_init(g, (size_t)s->guard_good_entries);
+	atomic_init(&g->nft, NULL);
 	return g;
 }
 
@@ -197,6 +207,7 @@ void guard_free(struct guard **gp)
 	struct guard *g = *gp;
 	if (g == NULL)
 		return;
+	guard_nft_stop(g, false);   /* reads the ban table: before it goes */
 	for (int cls = 0; cls < GUARD_CLASS__COUNT; cls++) {
 		if (atomic_load(&g->tables[cls].conns) != 0)
 			log_warn("guard: freed with %llu connections not released",
@@ -207,6 +218,7 @@ void guard_free(struct guard **gp)
 		pthread_mutex_destroy(&g->ban_shards[i].mu);
 	free(g->bans);
 	guard_auth_destroy(g);
+	guard_good_destroy(g);
 	free(g->extra);
 	free(g->state_dir);
 	conf_free_chain(atomic_load(&g->conf));
@@ -247,6 +259,9 @@ bool guard_set_settings(struct guard *g, const struct settings *s, char **error_
 	conf_free_one(built);
 	c->older = atomic_load(&g->conf);
 	atomic_store(&g->conf, c);
+	/* The allowlist may have changed, and an operator may have flushed the
+	 * ruleset: SIGHUP brings the kernel set back in line. */
+	guard_nft_resync(g);
 	return true;
 }
 
@@ -279,14 +294,22 @@ static void undo_levels(struct guard_table *t, struct guard_ticket *tk, int upto
 	}
 }
 
-/* The class cap and the fair share; counts the connection when it passes. */
+/* The class cap and the fair share; counts the connection when it passes.
+ * guard.good.reserve percent of the cap is for good senders only: others
+ * stop at the rest (the general pool), and the fair share is reckoned on
+ * that pool.  A good sender may fill the whole cap and skips the fair
+ * share, whose purpose - room for a network not seen yet - the reserve
+ * serves for it. */
 static enum guard_verdict check_global(const struct guard_conf *c, struct guard_table *t, int cls,
-				       uint32_t net_conns_before)
+				       uint32_t net_conns_before, bool good)
 {
 	uint64_t cap = c->max_conn[cls];
+	uint64_t reserved = cap * c->good_reserve_pct / 100;
 	uint64_t total = atomic_fetch_add(&t->conns, 1) + 1;
+	if (!good)
+		cap -= reserved;
 	bool ok = total <= cap;
-	if (ok && total * 100 > cap * c->fair_pct) {
+	if (ok && !good && total * 100 > cap * c->fair_pct) {
 		uint64_t share = cap / (atomic_load(&t->active_nets) + 1);
 		if (share == 0)
 			share = 1;
@@ -332,7 +355,8 @@ static enum guard_verdict admit_limits(struct guard *g, const struct guard_conf 
 		if (lv == GUARD_LEVEL_NET)
 			net_before = st.conns_before;
 	}
-	enum guard_verdict v = check_global(c, t, cls, net_before);
+	bool good = c->good_reserve_pct > 0 && guard_is_good(g, a, now);
+	enum guard_verdict v = check_global(c, t, cls, net_before, good);
 	if (v != GUARD_ADMIT)
 		undo_levels(t, tk, GUARD_LEVEL__COUNT);
 	return v;
@@ -462,6 +486,11 @@ static struct guard_ban *ban_slot(struct guard *g, struct guard_ban *ways, const
 			if (ways[w].expires_ms < slot->expires_ms)
 				slot = &ways[w];
 		}
+		if (slot->expires_ms > now_ms) {   /* a ban in force leaves the kernel set too */
+			struct guard_addr gone = { .family = slot->family };
+			memcpy(gone.b, slot->b, sizeof(gone.b));
+			guard_nft_note(g, &gone, 0);
+		}
 		ban_clear(g, slot);
 	}
 	atomic_fetch_add(&g->n_bans, 1);
@@ -485,7 +514,10 @@ void guard_ban(struct guard *g, const struct guard_addr *a, uint64_t seconds, ui
 	pthread_mutex_lock(mu);
 	struct guard_ban *slot = ban_slot(g, &g->bans[bucket * GUARD_WAYS], a, now_ms, c->offence_forget_ms);
 	slot->expires_ms = expiry_after(now_ms, seconds);
+	if (!allowed(c, a))
+		guard_nft_note(g, a, slot->expires_ms);
 	pthread_mutex_unlock(mu);
+	guard_good_forget(g, a);
 }
 
 uint64_t guard_offence(struct guard *g, const struct guard_addr *a, enum guard_offence kind, uint64_t now_ms)
@@ -514,10 +546,13 @@ uint64_t guard_offence(struct guard *g, const struct guard_addr *a, enum guard_o
 	size_t step = slot->strikes <= c->n_offence_steps ? slot->strikes - 1u : c->n_offence_steps - 1u;
 	uint64_t seconds = c->offence_ban_s[step];
 	uint64_t expires = expiry_after(now_ms, seconds);
-	if (expires > slot->expires_ms)
+	if (expires > slot->expires_ms) {
 		slot->expires_ms = expires;   /* never shortens a longer ban already in force */
+		guard_nft_note(g, a, expires);
+	}
 	unsigned strikes = slot->strikes;
 	pthread_mutex_unlock(mu);
+	guard_good_forget(g, a);   /* an offender is no good sender */
 	metric_inc(M_GUARD_OFFENCE_BANS);
 	char text[64];
 	guard_addr_format(a, text, sizeof(text));
@@ -610,6 +645,8 @@ static bool ban_lookup(struct guard *g, const struct guard_addr *a, uint64_t now
 		if (ways[w].family == 0 || !ban_match(&ways[w], a))
 			continue;
 		if (lift) {
+			if (ways[w].expires_ms > now_ms)
+				guard_nft_note(g, a, 0);
 			ban_clear(g, &ways[w]);
 			found = true;
 		} else if (ways[w].expires_ms > now_ms) {

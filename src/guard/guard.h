@@ -11,15 +11,19 @@
  * address's protocol offences, so bans grow on repeat.  Bans and run-time
  * allowlist entries are saved in the state directory (guard_state.c).
  * It also counts failed logins per source and per account (brute force,
- * guard_auth.c) and parses the PROXY protocol header of connections from
- * trusted load balancers (guard_proxy.c).
+ * guard_auth.c), parses the PROXY protocol header of connections from
+ * trusted load balancers (guard_proxy.c), remembers good senders that get
+ * reserved room and no banner delay (guard_good.c), and mirrors every ban
+ * into an nftables set so the kernel drops banned sources
+ * (guard_nft.c, guard_nft_helper.c).
  * The listener consults it on accept, before any TLS or
  * protocol work; a refused connection gets one protocol line written with a
  * non-blocking send() and is closed, with no allocation.
  *
  * Memory is bounded by construction: one fixed table per class
- * (guard.table_entries entries of 40 bytes) and one fixed ban
- * table, all allocated by guard_new.  A new source takes an entry by clock
+ * (guard.table_entries entries of 40 bytes), one fixed ban table and one
+ * fixed good-sender table, all allocated by guard_new; the kernel mirror's
+ * queue of changes is fixed too (a full queue becomes one re-sync).  A new source takes an entry by clock
  * (second-chance) eviction inside its hash bucket; an entry with live
  * connections is never evicted.  A million distinct sources cannot grow it.
  *
@@ -39,6 +43,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #include "config.h"
 #include "core.h"
@@ -270,6 +275,109 @@ size_t guard_proxy_wanted(const uint8_t *p, size_t have, size_t avail);
 bool guard_proxy_trusted(struct guard *g, enum guard_class cls, const struct sockaddr *peer, socklen_t len);
 /* guard.proxy_timeout: the whole header must arrive within it. */
 uint64_t guard_proxy_timeout_ms(struct guard *g);
+
+/*
+ * Good senders (guard_good.c): a source that completed a clean SMTP
+ * delivery (a 250 to DATA/BDAT in a session with no offence) or logged in
+ * over IMAP or POP3 is remembered for guard.good.ttl after the last time,
+ * in a fixed table (guard.good.entries; a full bucket forgets one by
+ * clock, second chance), saved with the other guard state.  A good sender
+ * may use the share of each class's cap (guard.good.reserve) that others
+ * may not, and gets the SMTP banner at once; every rate, concurrency limit
+ * and ban still applies to it.  An offence or a ban forgets the address.
+ *
+ * guard_good_mark: called by the protocol after the clean delivery or the
+ * login (any thread).  Allowlisted and banned addresses are not recorded.
+ * guard_is_good: true while `a` is remembered.  guard_good_forget: true
+ * when `a` was remembered.
+ */
+void guard_good_mark(struct guard *g, const struct guard_addr *a, uint64_t now_ms);
+/* The protocols' one-line hook: guard_good_mark on the daemon's guard
+ * (guard_process; nothing without one) for the numeric address `ip`, now. */
+void guard_good_mark_ip(const char *ip);
+bool guard_is_good(struct guard *g, const struct guard_addr *a, uint64_t now_ms);
+bool guard_good_forget(struct guard *g, const struct guard_addr *a);
+/* Entries of the table (guard.good.entries rounded to whole buckets). */
+size_t guard_good_capacity(struct guard *g);
+
+/*
+ * The kernel mirror of the bans (guard_nft.c, guard_nft_helper.c): every
+ * ban in force is also an element, with the time it has left (at most a
+ * year; a re-sync renews it), of an nftables set in Strata's own table
+ * (guard.nft.table, family inet; sets guard.nft.set4 and guard.nft.set6),
+ * whose input-hook rule drops the TCP packets of its elements to
+ * guard.nft.ports (default: every listener's port) - except on loopback.
+ * User space stays the truth and keeps refusing banned sources whether the
+ * mirror works or not.
+ *
+ * Privileges: nft needs CAP_NET_ADMIN, which the daemon gives up with
+ * root.  So guard_nft_helper_start forks, before the drop, a small helper
+ * that keeps only CAP_NET_ADMIN (as the service user when change_user),
+ * reads fixed-size requests (set up, add, remove, delete the table) from a
+ * socket, builds the nft script itself from validated addresses and the
+ * names fixed at its start - a compromised daemon can touch nothing but
+ * Strata's own table - and runs `nft -f -` with a time limit.  It exits
+ * when the daemon closes the socket or dies.
+ *
+ * guard_nft_helper_start: main thread, before other threads exist.  False
+ * with *error_r on a bad guard.nft.* setting (a configuration error) or
+ * when the helper cannot be started.  out->fd is -1 after a failure.
+ * guard_nft_helper_stop: closes the socket and reaps the helper (waits at
+ * most a few seconds, then kills it); safe on a stopped helper.
+ *
+ * guard_nft_start: takes over the helper and starts the mirror's thread,
+ * which first recreates the table and adds every ban in force.  Without
+ * permission (not root, no CAP_NET_ADMIN, no nft) it logs one warning and
+ * the guard keeps banning in user space.  guard_nft_resync: asks for a
+ * full re-sync (guard_set_settings does, on SIGHUP).  guard_nft_stop: ends
+ * the thread (deleting the table first when delete_table: a clean
+ * shutdown; the bans are in the state file) and the helper.  guard_free
+ * stops a mirror still running, without deleting the table.
+ */
+#define GUARD_NFT_MAX_PORTS 64
+#define GUARD_NFT_NAME_MAX 64
+
+/* What the helper may touch, fixed when it starts. */
+struct guard_nft_names {
+	char table[GUARD_NFT_NAME_MAX];     /* without the family: always inet */
+	char set4[GUARD_NFT_NAME_MAX], set6[GUARD_NFT_NAME_MAX];
+	uint16_t ports[GUARD_NFT_MAX_PORTS];
+	size_t n_ports;
+	size_t set_size;                    /* guard.ban_entries */
+};
+
+struct guard_nft_helper {
+	int pid;                            /* -1: none */
+	int fd;                             /* the daemon's end of the socket; -1: none */
+	struct guard_nft_names names;
+};
+
+/* guard.nft.* into names; listener_ports are used when guard.nft.ports is
+ * empty.  False with *error_r on a bad name or port list. */
+bool guard_nft_names_parse(const struct settings *s, const uint16_t *listener_ports, size_t n_listener_ports,
+			   struct guard_nft_names *out, char **error_r);
+bool guard_nft_helper_start(const struct settings *s, const uint16_t *listener_ports, size_t n_listener_ports,
+			    bool change_user, uid_t uid, gid_t gid, struct guard_nft_helper *out, char **error_r);
+void guard_nft_helper_stop(struct guard_nft_helper *h);
+void guard_nft_start(struct guard *g, struct guard_nft_helper *h);
+void guard_nft_resync(struct guard *g);
+void guard_nft_stop(struct guard *g, bool delete_table);
+
+enum guard_nft_state {
+	GUARD_NFT_OFF = 0,     /* guard.nft.enabled = no, or not started */
+	GUARD_NFT_STARTING,    /* the first re-sync has not finished */
+	GUARD_NFT_ACTIVE,      /* the table exists and updates reach it */
+	GUARD_NFT_INACTIVE,    /* no permission or no nft: user space only */
+};
+struct guard_nft_report {
+	enum guard_nft_state state;
+	uint64_t updates;      /* elements added or removed, and set-ups */
+	uint64_t errors;       /* failed nft runs */
+	char describe[256];    /* "table inet strata, sets ban4 and ban6" */
+	char reason[256];      /* why not active */
+};
+enum guard_nft_state guard_nft_status(struct guard *g, struct guard_nft_report *out);
+const char *guard_nft_state_name(enum guard_nft_state st);
 
 /* The daemon's guard, for the accept path (set on the main thread before
  * the network threads start, cleared after they are joined). */

@@ -9,8 +9,12 @@
  *   guard_addr.c   address normalisation, prefixes, CIDR lists, the keyed
  *                  bucket hash
  *   guard_auth.c   failed logins per source and per account (brute force)
- *   guard_state.c  the run-time allowlist, saving and loading bans and
- *                  allowlist entries, the status report
+ *   guard_state.c  the run-time allowlist, saving and loading bans,
+ *                  good senders and allowlist entries, the status report
+ *   guard_good.c   the good-sender memory
+ *   guard_nft.c    the kernel mirror of the bans: nft scripts, the queue
+ *                  and its thread
+ *   guard_nft_helper.c  the privileged process that runs nft
  */
 #ifndef STRATA_GUARD_INT_H
 #define STRATA_GUARD_INT_H
@@ -41,6 +45,7 @@ struct guard_key {
 	uint8_t b[16];
 };
 #define GUARD_KEY_BAN 0xff
+#define GUARD_KEY_GOOD 0xfe
 
 void guard_key_make(const struct guard_addr *a, unsigned level, unsigned prefix, struct guard_key *k);
 /* Keyed SipHash-2-4 of the key. */
@@ -141,6 +146,8 @@ struct guard_conf {
 	struct guard_cidr *proxy_from[GUARD_CLASS__COUNT];   /* guard.<class>.proxy_from */
 	size_t n_proxy_from[GUARD_CLASS__COUNT];
 	uint64_t proxy_timeout_ms;
+	uint64_t good_ttl_ms;                /* guard.good.ttl */
+	uint64_t good_reserve_pct;           /* guard.good.reserve */
 };
 
 /* Failed logins of one source (key: the address) or one account (key: a
@@ -170,6 +177,25 @@ struct guard_ban {
 	uint8_t reserved[6];
 };
 
+/* A good sender (guard_good.c), 32 bytes. */
+struct guard_good_entry {
+	uint8_t b[16];
+	uint64_t seen_ms;                 /* monotonic: last clean delivery or login */
+	uint8_t family;                   /* 0: free */
+	uint8_t ref;                      /* second-chance bit */
+	uint8_t reserved[6];
+};
+
+struct guard_good_table {
+	struct guard_good_entry *entries; /* n_buckets * GUARD_WAYS */
+	uint8_t *hands;                   /* clock hand per bucket */
+	size_t n_buckets;
+	struct guard_shard shards[GUARD_SHARDS];
+	_Atomic size_t n;                 /* ways in use (some may have expired) */
+};
+
+struct guard_nft;
+
 struct guard {
 	_Atomic(struct guard_conf *) conf;
 	/* Allowlist entries added at run time (guard_allow_add), kept across
@@ -185,6 +211,8 @@ struct guard {
 	struct guard_shard ban_shards[GUARD_SHARDS];
 	_Atomic size_t n_bans;            /* bans stored (some may have expired) */
 	struct guard_auth_table auth[2];  /* [0] sources, [1] accounts (guard_auth.c) */
+	struct guard_good_table good;     /* guard_good.c */
+	_Atomic(struct guard_nft *) nft;  /* the kernel mirror, NULL when off (guard_nft.c) */
 };
 
 /* guard_auth.c: the tables' memory (entries: guard.ban_entries each). */
@@ -200,6 +228,59 @@ void guard_ban_restore(struct guard *g, const struct guard_addr *a, uint64_t exp
  * Locks one shard at a time; cb must not call back into the guard. */
 typedef void guard_ban_cb(void *arg, const struct guard_addr *a, uint64_t expires_ms, unsigned strikes);
 void guard_ban_foreach(struct guard *g, uint64_t now_ms, guard_ban_cb *cb, void *arg);
+/* ---- guard_good.c -------------------------------------------------------------- */
+
+void guard_good_init(struct guard *g, size_t entries);
+void guard_good_destroy(struct guard *g);
+/* Restores a saved good sender last seen at monotonic seen_ms (skipped when
+ * guard.good.ttl has passed). */
+void guard_good_restore(struct guard *g, const struct guard_addr *a, uint64_t seen_ms, uint64_t now_ms);
+/* Calls cb (may be NULL) for every good sender at now_ms, one shard locked
+ * at a time (cb must not call back into the guard); returns their number. */
+typedef void guard_good_cb(void *arg, const struct guard_addr *a, uint64_t seen_ms);
+size_t guard_good_foreach(struct guard *g, uint64_t now_ms, guard_good_cb *cb, void *arg);
+
+/* ---- guard_nft.c ------------------------------------------------------------------ */
+
+#define GUARD_NFT_BATCH 1024                    /* elements in one request to the helper */
+#define GUARD_NFT_MAX_TIMEOUT_S (365u * 86400u) /* longest timeout given to the kernel */
+
+enum guard_nft_op {
+	GUARD_NFT_SETUP = 1,   /* (re)creates the table, its chain, rule and empty sets */
+	GUARD_NFT_ADD,         /* adds (or renews) elements with their timeouts */
+	GUARD_NFT_DEL,         /* removes elements (absent ones are no error) */
+	GUARD_NFT_DESTROY,     /* deletes the table */
+};
+
+/* One element of a request: 24 bytes on the helper's socket. */
+struct guard_nft_elem {
+	uint8_t family;        /* 4 or 6 */
+	uint8_t reserved[3];
+	uint32_t timeout_s;    /* ADD: 1 .. GUARD_NFT_MAX_TIMEOUT_S */
+	uint8_t b[16];
+};
+
+
+/* The nft script of one request (validated elements only). */
+void guard_nft_script(const struct guard_nft_names *nm, enum guard_nft_op op, const struct guard_nft_elem *e,
+		      size_t n, struct buf *out);
+/* How the mirror's thread sends one request: true when nft applied it,
+ * else false with *error_r (the first line of nft's complaint). */
+typedef bool guard_nft_send_fn(void *arg, enum guard_nft_op op, const struct guard_nft_elem *e, size_t n,
+			       char **error_r);
+/* Starts the mirror thread over `send` (tests pass their own), queue of
+ * queue_cap changes; a first full re-sync is queued.  Sets g->nft. */
+void guard_nft_attach(struct guard *g, guard_nft_send_fn *send, void *arg, size_t queue_cap,
+		      const char *describe);
+/* One request to the helper process and its answer (the mirror thread). */
+bool guard_nft_helper_call(struct guard_nft_helper *h, enum guard_nft_op op, const struct guard_nft_elem *e,
+			   size_t n, char **error_r);
+/* Waits until the thread has nothing left to do (tests). */
+void guard_nft_wait_idle(struct guard *g);
+/* Called by the ban code (any thread, any lock held): `a` is now banned
+ * until monotonic expires_ms, or (expires_ms 0) no longer banned. */
+void guard_nft_note(struct guard *g, const struct guard_addr *a, uint64_t expires_ms);
+
 /* The settings snapshot with `extra` CIDRs added to its allowlist (a copy). */
 struct guard_conf *guard_conf_with_allow(const struct guard_conf *c, const struct guard_cidr *extra, size_t n);
 

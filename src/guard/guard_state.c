@@ -13,6 +13,9 @@
  *                 again at boot), STRIKES the offence count.  Records whose
  *                 ban has expired are kept while the offence count is
  *                 remembered (guard.offence_forget).
+ *   guard-good    "ADDRESS SEEN" a line: good senders (guard_good.c), SEEN
+ *                 the wall-clock milliseconds of the last clean delivery
+ *                 or login; entries past guard.good.ttl are not loaded.
  *
  * '#' starts a comment line.  Loading is bounded: a file above
  * GUARD_STATE_MAX_BYTES is refused, a line that does not parse is logged
@@ -40,6 +43,7 @@
 
 static const char allow_file[] = "guard-allow";
 static const char bans_file[] = "guard-bans";
+static const char good_file[] = "guard-good";
 
 /* ---- the run-time allowlist ------------------------------------------------------ */
 
@@ -81,6 +85,7 @@ static bool extra_add(struct guard *g, const struct guard_cidr *add, size_t n, c
 		struct guard_conf *c = guard_conf_with_allow(cur, &g->extra[g->n_extra - added], added);
 		c->older = cur;   /* a decision may still be reading it: freed by guard_free */
 		atomic_store(&g->conf, c);
+		guard_nft_resync(g);   /* allowlisted addresses leave the kernel sets */
 	}
 	return added == n || *error_r == NULL;
 }
@@ -143,6 +148,39 @@ static void save_ban_cb(void *arg, const struct guard_addr *a, uint64_t expires_
 	buf_printf(x->out, "%s %llu %u\n", text, (unsigned long long)wall, strikes);
 }
 
+/* Monotonic to wall-clock milliseconds (both "now" given). */
+static uint64_t mono_to_wall(uint64_t mono, uint64_t now_mono, uint64_t now_wall)
+{
+	if (mono == UINT64_MAX)
+		return UINT64_MAX;
+	if (mono >= now_mono)
+		return now_wall + (mono - now_mono);
+	return now_wall - (now_mono - mono < now_wall ? now_mono - mono : now_wall);
+}
+
+static void save_good_cb(void *arg, const struct guard_addr *a, uint64_t seen_ms)
+{
+	struct save_ctx *x = arg;
+	char text[64];
+	guard_addr_format(a, text, sizeof(text));
+	buf_printf(x->out, "%s %llu\n", text, (unsigned long long)mono_to_wall(seen_ms, x->now_mono, x->now_wall));
+}
+
+static bool save_good(struct guard *g, uint64_t now_ms, char **error_r)
+{
+	struct buf out = BUF_INIT;
+	buf_printf(&out, "# Good senders: address, last clean delivery or login (ms since the epoch).\n");
+	struct save_ctx x = { &out, now_ms, time_wall_ms() };
+	guard_good_foreach(g, now_ms, save_good_cb, &x);
+	char *path = xasprintf("%s/%s", g->state_dir, good_file);
+	bool ok = fs_write_file_durable(path, out.data, out.len, 0640);
+	if (!ok)
+		*error_r = xasprintf("cannot write %s: %s", path, strerror(errno));
+	free(path);
+	buf_free(&out);
+	return ok;
+}
+
 bool guard_state_save(struct guard *g, uint64_t now_ms, char **error_r)
 {
 	if (g->state_dir == NULL)
@@ -157,7 +195,7 @@ bool guard_state_save(struct guard *g, uint64_t now_ms, char **error_r)
 		*error_r = xasprintf("cannot write %s: %s", path, strerror(errno));
 	free(path);
 	buf_free(&out);
-	return ok && save_allow(g, error_r);
+	return ok && save_allow(g, error_r) && save_good(g, now_ms, error_r);
 }
 
 /* Reads a state file; *data_r NULL (and true) when it does not exist. */
@@ -201,7 +239,7 @@ static void each_line(char *data, const char *path, bool (*line_cb)(void *arg, c
 struct load_ctx {
 	struct guard *g;
 	uint64_t now_mono, now_wall;
-	size_t bans, allows;
+	size_t bans, allows, good;
 };
 
 static bool load_allow_line(void *arg, char *line)
@@ -246,15 +284,33 @@ static bool load_ban_line(void *arg, char *line)
 	return true;
 }
 
+static bool load_good_line(void *arg, char *line)
+{
+	struct load_ctx *x = arg;
+	char addr[64];
+	unsigned long long wall;
+	char extra;
+	struct guard_addr a;
+	if (sscanf(line, "%63s %llu %c", addr, &wall, &extra) != 2 || !guard_addr_parse(addr, &a))
+		return false;
+	uint64_t age = wall < x->now_wall ? x->now_wall - wall : 0;   /* a clock set back: seen now */
+	if (age >= atomic_load(&x->g->conf)->good_ttl_ms)
+		return true;   /* forgotten while the daemon was down */
+	uint64_t mono = age < x->now_mono ? x->now_mono - age : 0;
+	guard_good_restore(x->g, &a, mono, x->now_mono);
+	x->good++;
+	return true;
+}
+
 bool guard_state_load(struct guard *g, const char *state_dir, uint64_t now_ms, char **error_r)
 {
 	free(g->state_dir);
 	g->state_dir = xstrdup(state_dir);
-	struct load_ctx x = { g, now_ms, time_wall_ms(), 0, 0 };
+	struct load_ctx x = { g, now_ms, time_wall_ms(), 0, 0, 0 };
 	static const struct {
 		const char *name;
 		bool (*line_cb)(void *arg, char *line);
-	} files[] = { { allow_file, load_allow_line }, { bans_file, load_ban_line } };
+	} files[] = { { allow_file, load_allow_line }, { bans_file, load_ban_line }, { good_file, load_good_line } };
 	for (size_t i = 0; i < ARRAY_LEN(files); i++) {
 		char *path = xasprintf("%s/%s", state_dir, files[i].name);
 		char *data = NULL;
@@ -266,9 +322,9 @@ bool guard_state_load(struct guard *g, const char *state_dir, uint64_t now_ms, c
 		if (!ok)
 			return false;
 	}
-	if (x.bans > 0 || x.allows > 0)
-		log_info("guard: restored %zu bans and offence records, %zu run-time allowlist entries", x.bans,
-			 x.allows);
+	if (x.bans > 0 || x.allows > 0 || x.good > 0)
+		log_info("guard: restored %zu bans and offence records, %zu run-time allowlist entries, %zu good "
+			 "senders read", x.bans, x.allows, x.good);
 	return true;
 }
 
@@ -348,6 +404,31 @@ static const struct {
 	{ "auth", M_GUARD_OFFENCE_AUTH },
 };
 
+/* Text from nft for a JSON string: quotes, backslashes and controls out. */
+static void json_text(const char *s, struct buf *out)
+{
+	for (; *s != '\0'; s++) {
+		char ch = *s;
+		if (ch == '"' || ch == '\\')
+			buf_printf(out, "\\%c", ch);
+		else
+			buf_printf(out, "%c", (unsigned char)ch < 0x20 || (unsigned char)ch >= 0x7f ? '?' : ch);
+	}
+}
+
+static void report_json_extra(struct guard *g, uint64_t now, struct buf *out)
+{
+	struct guard_nft_report r;
+	guard_nft_status(g, &r);
+	buf_printf(out, ",\"nft\":{\"state\":\"%s\",\"updates\":%llu,\"errors\":%llu,\"mirror\":\"",
+		   guard_nft_state_name(r.state), (unsigned long long)r.updates, (unsigned long long)r.errors);
+	json_text(r.describe, out);
+	buf_printf(out, "\",\"reason\":\"");
+	json_text(r.state == GUARD_NFT_INACTIVE ? r.reason : "", out);
+	buf_printf(out, "\"},\"good_senders\":{\"count\":%zu,\"capacity\":%zu}",
+		   guard_good_foreach(g, now, NULL, NULL), guard_good_capacity(g));
+}
+
 static void report_json(struct guard *g, const struct report_ctx *x, const struct top_list *src,
 			struct buf *out)
 {
@@ -394,7 +475,9 @@ static void report_json(struct guard *g, const struct report_ctx *x, const struc
 		cidr_format(&g->extra[i], text, sizeof(text));
 		buf_printf(out, "%s\"%s\"", i ? "," : "", text);
 	}
-	buf_printf(out, "]}\n");
+	buf_printf(out, "]");
+	report_json_extra(g, x->now, out);
+	buf_printf(out, "}\n");
 }
 
 static void report_text(struct guard *g, const struct report_ctx *x, const struct top_list *src,
@@ -441,6 +524,25 @@ static void report_text(struct guard *g, const struct report_ctx *x, const struc
 	for (size_t i = 0; i < g->n_extra; i++) {
 		cidr_format(&g->extra[i], text, sizeof(text));
 		buf_printf(out, "  %s\n", text);
+	}
+	buf_printf(out, "good senders: %zu remembered (room for %zu)\n", guard_good_foreach(g, x->now, NULL, NULL),
+		   guard_good_capacity(g));
+	struct guard_nft_report r;
+	switch (guard_nft_status(g, &r)) {
+	case GUARD_NFT_OFF:
+		buf_printf(out, "kernel firewall: off (guard.nft.enabled = no)\n");
+		break;
+	case GUARD_NFT_STARTING:
+		buf_printf(out, "kernel firewall: starting (%s)\n", r.describe);
+		break;
+	case GUARD_NFT_ACTIVE:
+		buf_printf(out, "kernel firewall: active (%s); %llu updates, %llu errors\n", r.describe,
+			   (unsigned long long)r.updates, (unsigned long long)r.errors);
+		break;
+	case GUARD_NFT_INACTIVE:
+		buf_printf(out, "kernel firewall: not active (%s): %s; bans are enforced in user space only\n",
+			   r.describe, r.reason);
+		break;
 	}
 }
 

@@ -53,6 +53,8 @@ static const struct { const char *name; const char *help; } counter_meta[M_COUNT
 	[M_GUARD_ADMIN_BAN] = { "strata_guard_admin_total{action=\"ban\"}", "Operator changes to the connection guard (strata guard), by action" },
 	[M_GUARD_ADMIN_UNBAN] = { "strata_guard_admin_total{action=\"unban\"}", "Operator changes to the connection guard (strata guard), by action" },
 	[M_GUARD_ADMIN_ALLOW] = { "strata_guard_admin_total{action=\"allow\"}", "Operator changes to the connection guard (strata guard), by action" },
+	[M_GUARD_NFT_UPDATES] = { "strata_guard_nft_updates_total", "Elements added to or removed from the kernel ban sets (nftables), and table set-ups" },
+	[M_GUARD_NFT_ERRORS] = { "strata_guard_nft_errors_total", "Failed nft runs of the kernel mirror of the bans" },
 	[M_GUARD_OFFENCE_BANS] = { "strata_guard_offence_bans_total", "Temporary bans set by the connection guard for protocol offences" },
 	[M_TIER_MOVES] = { "strata_tier_moves_total", "Blobs moved between storage tiers" },
 	[M_TIER_MOVE_BYTES] = { "strata_tier_move_bytes_total", "Bytes copied by tier moves" },

@@ -57,6 +57,8 @@ enum metric_counter {
 	M_GUARD_ADMIN_BAN,              /* operator actions through the admin endpoint */
 	M_GUARD_ADMIN_UNBAN,
 	M_GUARD_ADMIN_ALLOW,
+	M_GUARD_NFT_UPDATES,            /* elements added to / removed from the kernel sets, and set-ups */
+	M_GUARD_NFT_ERRORS,             /* failed nft runs of the kernel mirror */
 	M_TIER_MOVES,                   /* blobs moved between tiers (src/tier) */
 	M_TIER_MOVE_BYTES,
 	M_TIER_MOVE_FAILURES,

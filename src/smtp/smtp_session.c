@@ -121,13 +121,17 @@ static void send_banner(struct smtp_session *s)
 }
 
 /* guard.smtp.banner_delay scaled by the mx class's load: 0 when idle, the
- * whole delay when full.  Allowlisted clients (an empty ticket) and a
- * daemon without a guard get the banner at once. */
+ * whole delay when full.  Allowlisted clients (an empty ticket), good
+ * senders (guard_is_good) and a daemon without a guard get the banner at
+ * once. */
 static uint64_t banner_delay_ms(const struct smtp_session *s)
 {
 	struct guard *g = guard_process();
 	uint64_t max = s->set->guard_smtp_banner_delay_ms;
+	struct guard_addr a;
 	if (g == NULL || s->ticket.g == NULL || max == 0)
+		return 0;
+	if (guard_addr_parse(s->ip, &a) && guard_is_good(g, &a, time_mono_ms()))
 		return 0;
 	return max * guard_load_permille(g, GUARD_CLASS_MX) / 1000;
 }

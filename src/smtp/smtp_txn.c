@@ -397,6 +397,15 @@ void txn_reject_message(struct smtp_session *s, int code, const char *enh, const
 	txn_reset(s, NULL);
 }
 
+/* A clean delivery makes the source a good sender (guard.h): the session
+ * is not being closed for an offence (an offence closes it at once, so a
+ * session still open has none). */
+static void txn_good_sender(const struct smtp_session *s)
+{
+	if (s->close == CLOSE_NONE)
+		guard_good_mark_ip(s->ip);
+}
+
 static void txn_done(void *arg, enum status st, const char *queue_id)
 {
 	struct smtp_session *s = arg;
@@ -408,6 +417,7 @@ static void txn_done(void *arg, enum status st, const char *queue_id)
 		metric_inc(M_SMTP_MESSAGES_ACCEPTED);
 		txn_log(s, queue_id, gone ? "accepted (client gone before the reply)" : "accepted");
 		session_reply(s, "250 2.0.0 Ok: queued as %s", queue_id);
+		txn_good_sender(s);
 	} else {
 		const struct status_info *si = status_info(st);
 		metric_inc(st == ST_OVER_QUOTA_TEMP || st == ST_OVER_QUOTA_PERM ? M_SMTP_REJECT_QUOTA

@@ -398,6 +398,7 @@ class Strata:
             "threads": "2",
             "hostname": HOSTNAME,
             "log.level": "info",
+            "guard.nft.enabled": "no",   # test_guard_nft.py turns it on in its own namespaces
             # The suite's own clients connect from 127.0.0.1 in quick bursts;
             # the guard's limits are tested from other 127.x sources.
             "guard.allow": "127.0.0.1",

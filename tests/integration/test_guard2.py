@@ -11,13 +11,14 @@ Every client binds its own 127.A.B.C source; 127.0.0.1 stays allowlisted so
 that the harness's readiness probes never count.
 """
 import json
+import os
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 
-from harness import SLOW, check_reply, free_port, wait_until
+from harness import SLOW, check_reply, free_port, make_message, wait_until
 from test_guard import HOST, REFUSAL, SourcedSMTP, expect_admitted, expect_refused, options
 
 LOCAL = "local.example"
@@ -682,3 +683,143 @@ def test_proxy_refused_from_others_and_when_malformed(strata_factory):
     finally:
         c.close()
     assert s.metrics().get('strata_guard_proxy_total{result="refused"}') == 4
+
+
+# ---- good senders (src/guard/guard_good.c) --------------------------------------
+
+
+def make_good(s, source):
+    """A clean delivery from source: the guard remembers it as a good sender."""
+    c = SourcedSMTP(s.smtp_port, source)
+    try:
+        check_reply(c.reply(), 220, what="banner for %s" % source)
+        data = make_message(to=ALICE)
+        check_reply(c.send_message("sender@remote.example", [ALICE], data), 250, what="DATA")
+        check_reply(c.cmd("QUIT"), 221)
+    finally:
+        c.close()
+
+
+def good_count(s):
+    return guard_status(s)["good_senders"]["count"]
+
+
+def hold(s, sources):
+    """One admitted (banner read) session from each source."""
+    held = []
+    for src in sources:
+        held.append(expect_admitted(s, src))
+    return held
+
+
+def test_good_sender_gets_the_reserve_and_survives_restart(strata_factory):
+    # cap 5, 40 % reserved for good senders: others stop at 3.
+    o = options(guard__mx__max_connections="5", guard__good__reserve="40", guard__fair_share_above="100")
+    s = strata_factory.new(options=o, populate=True)
+    good = "127.40.0.1"
+    assert good_count(s) == 0
+    make_good(s, good)
+    wait_until(lambda: good_count(s) == 1, 5 * SLOW, what="the good sender to be remembered")
+
+    def at_the_cap():
+        held = hold(s, ["127.41.0.1", "127.41.1.1", "127.41.2.1"])
+        try:
+            expect_refused(s, "127.42.0.1")              # the pool of 3 is full for others
+            held += hold(s, [good, good])                # the reserve is the good sender's
+            expect_refused(s, good)                      # ... up to the cap of 5
+            expect_refused(s, "127.42.0.2")
+        finally:
+            for c in held:
+                c.close()
+        wait_until(lambda: guard_status(s)["classes"]["mx"]["connections"] == 0, 5 * SLOW,
+                   what="the sessions to close")
+
+    at_the_cap()
+    s.restart()                                          # saved at shutdown, read at start
+    assert good_count(s) == 1
+    assert "1 good senders read" in s.read_log()
+    at_the_cap()
+
+
+def test_good_sender_skips_the_banner_delay(strata_factory):
+    # 5 of 10 held: others wait half of 20 s for the banner; a good sender none.
+    o = options(guard__mx__max_connections="10", guard__smtp__banner_delay="20s", guard__good__reserve="20")
+    s = strata_factory.new(options=o, populate=True)
+    make_good(s, "127.43.0.1")                           # idle server: no delay yet
+    holders = [SourcedSMTP(s.smtp_port, "127.43.1.%d" % (i + 1)) for i in range(5)]
+    try:
+        wait_until(lambda: s.metrics().get("strata_smtp_sessions_active", 0) >= 5, 5 * SLOW,
+                   what="5 sessions open")
+        assert banner_after(s, "127.43.0.1", timeout=10 * SLOW) < 3 * SLOW, "the good sender waited"
+        other = SourcedSMTP(s.smtp_port, "127.43.2.1", timeout=3)
+        try:
+            try:
+                line = other.read_line()
+            except socket.timeout:
+                line = None
+            assert line is None, "a sender with no history got its banner at once: %r" % line
+        finally:
+            other.close()
+    finally:
+        for h in holders:
+            h.close()
+
+
+def test_offence_forgets_the_good_sender(strata_factory):
+    s = strata_factory.new(options=options(smtp__max_errors="2"), populate=True)
+    src = "127.44.0.1"
+    make_good(s, src)
+    assert good_count(s) == 1
+    offend_with_errors(s, src)
+    assert good_count(s) == 0
+    expect_refused(s, src)
+    s.cli("guard", "unban", src)
+    # Remembered again only after a new clean delivery.
+    expect_admitted(s, src).close()
+    assert good_count(s) == 0
+    make_good(s, src)
+    assert good_count(s) == 1
+
+
+def test_pop3_login_makes_a_good_sender(strata_factory):
+    port = free_port()
+    s = strata_factory.new(options=options(pop3__listen="127.0.0.1:%d" % port), populate=True)
+    bad = Line(port, "127.45.0.2")
+    try:
+        assert bad.line().startswith("+OK")
+        bad.cmd("USER %s" % ALICE)
+        reply, _ = bad.cmd("PASS wrong")
+        assert reply.startswith("-ERR"), reply
+    finally:
+        bad.close()
+    assert good_count(s) == 0, "a failed login made a good sender"
+    c = Line(port, "127.45.0.1")
+    try:
+        assert c.line().startswith("+OK")
+        c.cmd("USER %s" % ALICE)
+        reply, _ = c.cmd("PASS %s" % PASSWORD)
+        assert reply.startswith("+OK"), reply
+    finally:
+        c.close()
+    wait_until(lambda: good_count(s) == 1, 5 * SLOW, what="the POP3 user's address to be remembered")
+
+
+def test_good_senders_bounded(strata_factory):
+    """A state file with more good senders than room: the table keeps at
+    most its capacity, whatever the file says."""
+    s = strata_factory.new(options=options(guard__good__entries="1024"), start=False)
+    os.makedirs(s.state_dir, exist_ok=True)
+    now_ms = int(time.time() * 1000)
+    with open(os.path.join(s.state_dir, "guard-good"), "w") as f:
+        f.write("# written by the test\n")
+        for i in range(5000):
+            f.write("10.%d.%d.%d %d\n" % (i >> 16, (i >> 8) & 255, i & 255, now_ms - 1000))
+        f.write("10.255.255.255 %d\n" % (now_ms - 8 * 86400 * 1000))   # past the 7-day ttl
+        f.write("garbage line\n")
+    s.start()
+    st = guard_status(s)["good_senders"]
+    assert st["capacity"] == 1024, st
+    assert 0 < st["count"] <= 1024, st
+    assert "ignoring a line that does not parse" in s.read_log()
+    s.restart()
+    assert 0 < guard_status(s)["good_senders"]["count"] <= 1024

@@ -3,8 +3,11 @@
  * address aggregation (/24, /64, /48, configurable prefixes), concurrency
  * accounting, bounded memory with clock eviction that never drops live
  * entries, fair shares under the class cap, allowlist over bans, ban
- * expiry, protocol offences with bans that grow on repeat, and the refusal
- * lines written on accept.
+ * expiry, protocol offences with bans that grow on repeat, the refusal
+ * lines written on accept, the good-sender memory (bounded, forgotten on an
+ * offence, kept across restarts, reserved capacity) and the kernel mirror
+ * of the bans (nft names and scripts, and the mirror thread against a
+ * simulated kernel set).
  *
  * Settings come from config_load("/dev/null", overrides): the machine's own
  * configuration is never read.  Time is passed explicitly (now_ms).
@@ -40,6 +43,7 @@ static struct settings *settings_with(const char *const *over)
 		"guard.user.net.rate=0", "guard.user.net.concurrency=0",
 		"guard.user.wide.rate=0", "guard.user.wide.concurrency=0",
 		"guard.mx.max_connections=1000000", "guard.user.max_connections=1000000",
+		"guard.good.reserve=0",   /* the tests of the reserve set it */
 	};
 	char *all[MAX_OVER];
 	size_t n = 0;
@@ -789,7 +793,7 @@ static void test_auth_brute_force(void **state)
 
 static void remove_state(const char *dir)
 {
-	static const char *const names[] = { "guard-allow", "guard-bans" };
+	static const char *const names[] = { "guard-allow", "guard-bans", "guard-good" };
 	for (size_t i = 0; i < ARRAY_LEN(names); i++) {
 		char path[512];
 		snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
@@ -1078,6 +1082,546 @@ static void test_disabled(void **state)
 	done(&g, &s);
 }
 
+/* ---- good senders ------------------------------------------------------------------------------ */
+
+static void test_good_senders(void **state)
+{
+	(void)state;
+	static const char *const over[] = { "guard.good.ttl=1h", "guard.good.entries=1024",
+					    "guard.allow=192.0.2.0/24", NULL };
+	struct settings *s;
+	struct guard *g = guard_with(over, &s);
+	uint64_t t0 = 5000000;
+	struct guard_addr a = addr("198.51.100.9"), b = addr("2001:db8::9"), al = addr("192.0.2.5");
+	struct guard_addr c = addr("198.51.100.10"), d = addr("198.51.100.11");
+	guard_good_mark(g, &a, t0);
+	guard_good_mark(g, &b, t0);
+	guard_good_mark(g, &al, t0);       /* allowlisted: needs no reserve */
+	guard_good_mark(g, &c, t0);
+	guard_ban(g, &d, 60, t0);
+	guard_good_mark(g, &d, t0 + 1);    /* banned: earns nothing */
+	const struct { const char *label; const struct guard_addr *x; uint64_t at; bool want; } cases[] = {
+		{ "v4 marked", &a, t0 + 1, true },
+		{ "v6 marked", &b, t0 + 1, true },
+		{ "allowlisted not recorded", &al, t0 + 1, false },
+		{ "banned not recorded", &d, t0 + 2, false },
+		{ "unknown", &(struct guard_addr){ 0 }, t0, false },
+		{ "just inside the ttl", &a, t0 + 3599999, true },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		bool got = cases[i].x->family != 0 && guard_is_good(g, cases[i].x, cases[i].at);
+		if (got != cases[i].want)
+			fail_msg("%s: good %d, expected %d", cases[i].label, got, cases[i].want);
+	}
+	assert_int_equal(guard_good_foreach(g, t0 + 1, NULL, NULL), 3);
+	/* A new mark renews the ttl; the old one runs out. */
+	guard_good_mark(g, &b, t0 + 1800000);
+	assert_false(guard_is_good(g, &a, t0 + 3600000));
+	assert_true(guard_is_good(g, &b, t0 + 3600000));
+	/* An offence forgets the address, and so does an administrator's ban. */
+	assert_true(guard_is_good(g, &c, t0 + 10));
+	assert_int_equal(guard_offence(g, &c, GUARD_OFFENCE_HARVEST, t0 + 10), 60);
+	assert_false(guard_is_good(g, &c, t0 + 11));
+	guard_ban(g, &b, 60, t0 + 1800001);
+	assert_false(guard_is_good(g, &b, t0 + 1800002));
+	assert_false(guard_good_forget(g, &b));
+	/* The protocols' hook: the daemon's guard, a text address, now. */
+	guard_good_mark_ip("198.51.100.30");     /* no daemon guard: nothing */
+	guard_process_set(g);
+	guard_good_mark_ip("not an address");
+	guard_good_mark_ip("198.51.100.30");
+	struct guard_addr hooked = addr("198.51.100.30");
+	assert_true(guard_is_good(g, &hooked, time_mono_ms()));
+	guard_process_set(NULL);
+	done(&g, &s);
+}
+
+static void test_good_bounded(void **state)
+{
+	(void)state;
+	static const char *const over[] = { "guard.good.entries=1024", NULL };
+	struct settings *s;
+	struct guard *g = guard_with(over, &s);
+	size_t cap = guard_good_capacity(g);
+	assert_true(cap >= 1024 && cap <= 1024 + GUARD_SHARDS * GUARD_WAYS);
+	/* Twenty times the room: the table recycles, it never grows. */
+	for (unsigned i = 0; i < 20 * cap; i++) {
+		struct guard_addr a = { .family = 4, .b = { 10, (uint8_t)(i >> 16), (uint8_t)(i >> 8), (uint8_t)i } };
+		guard_good_mark(g, &a, 1000 + i);
+		if (atomic_load(&g->good.n) > cap)
+			fail_msg("after %u marks: %zu entries, room for %zu", i + 1, atomic_load(&g->good.n), cap);
+	}
+	size_t live = guard_good_foreach(g, 1000 + 20 * cap, NULL, NULL);
+	if (live < cap / 2 || live > cap)
+		fail_msg("%zu good senders remembered, room for %zu", live, cap);
+	/* The latest sender is remembered (the clock evicts older ones). */
+	unsigned last = 20 * (unsigned)cap - 1;
+	struct guard_addr a = { .family = 4, .b = { 10, (uint8_t)(last >> 16), (uint8_t)(last >> 8), (uint8_t)last } };
+	assert_true(guard_is_good(g, &a, 1000 + 20 * cap));
+	done(&g, &s);
+}
+
+static void test_good_reserve(void **state)
+{
+	(void)state;
+	/* cap 10, 30 % reserved: others stop at 7; fair shares above 50 % of 7. */
+	static const char *const over[] = { "guard.mx.max_connections=10", "guard.good.reserve=30",
+					    "guard.fair_share_above=50", NULL };
+	struct settings *s;
+	struct guard *g = guard_with(over, &s);
+	struct guard_addr good = addr("10.0.9.1"), good2 = addr("10.0.1.99");
+	guard_good_mark(g, &good, 0);
+	guard_good_mark(g, &good2, 0);
+	static const struct { const char *label, *src; enum guard_verdict want; } steps[] = {
+		{ "A1", "10.0.1.1", GUARD_ADMIT }, { "A2", "10.0.1.2", GUARD_ADMIT },
+		{ "A3", "10.0.1.3", GUARD_ADMIT },
+		{ "A4: above 50 % of the pool of 7, share 7/2 = 3", "10.0.1.4", GUARD_REFUSE_GLOBAL },
+		{ "good in A's network: no fair share for it", "10.0.1.99", GUARD_ADMIT },
+		{ "B1", "10.0.2.1", GUARD_ADMIT }, { "B2", "10.0.2.2", GUARD_ADMIT },
+		{ "C1: 7, the whole pool", "10.0.3.1", GUARD_ADMIT },
+		{ "C2: the pool of 7 is full", "10.0.3.2", GUARD_REFUSE_GLOBAL },
+		{ "good: the reserve", "10.0.9.1", GUARD_ADMIT },
+		{ "good again: the reserve", "10.0.9.1", GUARD_ADMIT },
+		{ "good2 again: 10 = cap", "10.0.1.99", GUARD_ADMIT },
+		{ "good over the cap", "10.0.9.1", GUARD_REFUSE_GLOBAL },
+		{ "others still refused", "10.0.4.1", GUARD_REFUSE_GLOBAL },
+	};
+	struct guard_ticket t[ARRAY_LEN(steps)];
+	for (size_t i = 0; i < ARRAY_LEN(steps); i++)
+		expect_verdict(steps[i].label, admit(g, GUARD_CLASS_MX, steps[i].src, 0, &t[i]), steps[i].want);
+	struct guard_stats st;
+	guard_stats(g, GUARD_CLASS_MX, &st);
+	assert_int_equal(st.connections, 10);
+	/* reserve 0: a good sender is like anyone else. */
+	for (size_t i = 0; i < ARRAY_LEN(steps); i++)
+		guard_release(&t[i]);
+	static const char *const none[] = { "guard.mx.max_connections=2", "guard.good.reserve=0", NULL };
+	struct settings *s2 = settings_with(none);
+	char *err = NULL;
+	assert_true(guard_set_settings(g, s2, &err));
+	struct guard_ticket u[3];
+	expect_verdict("r0 1", admit(g, GUARD_CLASS_MX, "10.0.5.1", 0, &u[0]), GUARD_ADMIT);
+	expect_verdict("r0 2", admit(g, GUARD_CLASS_MX, "10.0.6.1", 0, &u[1]), GUARD_ADMIT);
+	expect_verdict("r0 good at the cap", admit(g, GUARD_CLASS_MX, "10.0.9.1", 0, &u[2]), GUARD_REFUSE_GLOBAL);
+	for (size_t i = 0; i < 3; i++)
+		guard_release(&u[i]);
+	done(&g, &s);
+	config_free(&s2);
+}
+
+static void test_good_state(void **state)
+{
+	(void)state;
+	char dir[] = "/tmp/guard-test-XXXXXX";
+	assert_non_null(mkdtemp(dir));
+	static const char *const over[] = { "guard.good.ttl=1h", NULL };
+	struct settings *s;
+	struct guard *g = guard_with(over, &s);
+	char *err = NULL;
+	uint64_t t0 = 10000000;
+	assert_true(guard_state_load(g, dir, t0, &err));
+	struct guard_addr fresh = addr("198.51.100.20"), v6 = addr("2001:db8:1::20"), stale = addr("198.51.100.21");
+	guard_good_mark(g, &stale, t0 - 3000000);    /* 50 min before the save */
+	guard_good_mark(g, &fresh, t0);
+	guard_good_mark(g, &v6, t0);
+	assert_true(guard_state_save(g, t0, &err));
+	done(&g, &s);
+	/* Ten minutes later in wall-clock time would age `stale` past the
+	 * ttl; the test cannot move the wall clock, so it checks the values
+	 * written and that a restart restores them. */
+	char path[512];
+	snprintf(path, sizeof(path), "%s/guard-good", dir);
+	char *text = NULL;
+	size_t len = 0;
+	assert_true(fs_read_file(path, &text, &len));
+	if (strstr(text, "198.51.100.20 ") == NULL || strstr(text, "2001:db8:1::20 ") == NULL)
+		fail_msg("guard-good lacks an address:\n%s", text);
+	free(text);
+	/* Lines a person or a crash could leave: skipped, the rest loaded. */
+	FILE *f = fopen(path, "a");
+	assert_non_null(f);
+	fprintf(f, "not-an-address 1\n198.51.100.22\n198.51.100.23 12 extra\n198.51.100.24 1\n");
+	fclose(f);
+	g = guard_with(over, &s);
+	uint64_t t1 = 90000000;
+	assert_true(guard_state_load(g, dir, t1, &err));
+	const struct { const char *label; const struct guard_addr *a; bool want; } cases[] = {
+		{ "fresh v4 survives", &fresh, true },
+		{ "fresh v6 survives", &v6, true },
+		{ "50 minutes old, ttl 1 h: survives", &stale, true },
+		{ "seen in 1970: forgotten", &(struct guard_addr){ 4, { 198, 51, 100, 24 } }, false },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		if (guard_is_good(g, cases[i].a, t1) != cases[i].want)
+			fail_msg("%s: good %d, expected %d", cases[i].label, !cases[i].want, cases[i].want);
+	}
+	/* Still aged: 50 minutes old at the save, so gone 10 minutes later. */
+	assert_false(guard_is_good(g, &stale, t1 + 11 * 60000));
+	assert_true(guard_is_good(g, &fresh, t1 + 11 * 60000));
+	done(&g, &s);
+	remove_state(dir);
+}
+
+/* ---- the kernel mirror (nftables) ------------------------------------------------------------------ */
+
+static void test_nft_names(void **state)
+{
+	(void)state;
+	static const uint16_t listeners[] = { 25, 143, 25, 110 };
+	static const struct {
+		const char *label;
+		const char *over[4];
+		bool ok;
+		const char *table, *ports;
+	} cases[] = {
+		{ "defaults: the listeners' ports, once each", { NULL }, true, "strata", "25,143,110" },
+		{ "bare table name", { "guard.nft.table=mail_guard" }, true, "mail_guard", "25,143,110" },
+		{ "ports given", { "guard.nft.ports=25, 587,25" }, true, "strata", "25,587" },
+		{ "family ip", { "guard.nft.table=ip strata" }, false, NULL, NULL },
+		{ "name with a quote", { "guard.nft.table=inet a\"b" }, false, NULL, NULL },
+		{ "name starting with a digit", { "guard.nft.set4=4ban" }, false, NULL, NULL },
+		{ "one name for both sets", { "guard.nft.set4=ban", "guard.nft.set6=ban" }, false, NULL, NULL },
+		{ "port 0", { "guard.nft.ports=0" }, false, NULL, NULL },
+		{ "port too big", { "guard.nft.ports=65536" }, false, NULL, NULL },
+		{ "not a port", { "guard.nft.ports=smtp" }, false, NULL, NULL },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		struct settings *s = settings_with(cases[i].over);
+		struct guard_nft_names nm;
+		char *err = NULL;
+		bool ok = guard_nft_names_parse(s, listeners, ARRAY_LEN(listeners), &nm, &err);
+		if (ok != cases[i].ok)
+			fail_msg("%s: parse %s (%s)", cases[i].label, ok ? "accepted" : "refused", err ? err : "");
+		if (ok) {
+			char ports[128] = "";
+			for (size_t k = 0; k < nm.n_ports; k++)
+				snprintf(ports + strlen(ports), sizeof(ports) - strlen(ports), "%s%u", k ? "," : "",
+					 (unsigned)nm.ports[k]);
+			if (strcmp(nm.table, cases[i].table) != 0 || strcmp(ports, cases[i].ports) != 0)
+				fail_msg("%s: table '%s' ports '%s', expected '%s' '%s'", cases[i].label, nm.table, ports,
+					 cases[i].table, cases[i].ports);
+		} else {
+			assert_non_null(err);
+		}
+		free(err);
+		config_free(&s);
+	}
+	struct settings *s = settings_with(NULL);
+	struct guard_nft_names nm;
+	char *err = NULL;
+	assert_false(guard_nft_names_parse(s, NULL, 0, &nm, &err));   /* no port at all */
+	free(err);
+	config_free(&s);
+}
+
+static struct guard_nft_elem elem(const char *text, uint32_t timeout_s)
+{
+	struct guard_addr a = addr(text);
+	struct guard_nft_elem e = { .family = a.family, .timeout_s = timeout_s };
+	memcpy(e.b, a.b, sizeof(e.b));
+	return e;
+}
+
+static void test_nft_scripts(void **state)
+{
+	(void)state;
+	struct guard_nft_names nm = { .table = "strata", .set4 = "ban4", .set6 = "ban6", .ports = { 25, 587 },
+				      .n_ports = 2, .set_size = 16384 };
+	struct guard_nft_elem add[] = { elem("192.0.2.1", 60), elem("2001:db8::1", 3600), elem("192.0.2.1", 90) };
+	struct guard_nft_elem del[] = { elem("192.0.2.2", 0) };
+	static const struct { const char *label; enum guard_nft_op op; size_t n; const char *want; } cases[] = {
+		{ "setup", GUARD_NFT_SETUP, 0,
+		  "add table inet strata\n"
+		  "delete table inet strata\n"
+		  "table inet strata {\n"
+		  "\tset ban4 { type ipv4_addr; flags timeout; size 16384; }\n"
+		  "\tset ban6 { type ipv6_addr; flags timeout; size 16384; }\n"
+		  "\tchain input {\n"
+		  "\t\ttype filter hook input priority filter - 10; policy accept;\n"
+		  "\t\tiif \"lo\" accept\n"
+		  "\t\tip saddr @ban4 tcp dport { 25, 587 } counter drop\n"
+		  "\t\tip6 saddr @ban6 tcp dport { 25, 587 } counter drop\n"
+		  "\t}\n"
+		  "}\n" },
+		{ "add: renewed, the later duplicate wins", GUARD_NFT_ADD, 3,
+		  "add element inet strata ban4 { 192.0.2.1 timeout 1s }\n"
+		  "delete element inet strata ban4 { 192.0.2.1 }\n"
+		  "add element inet strata ban4 { 192.0.2.1 timeout 90s }\n"
+		  "add element inet strata ban6 { 2001:db8::1 timeout 1s }\n"
+		  "delete element inet strata ban6 { 2001:db8::1 }\n"
+		  "add element inet strata ban6 { 2001:db8::1 timeout 3600s }\n" },
+		{ "del: absent is no error", GUARD_NFT_DEL, 1,
+		  "add element inet strata ban4 { 192.0.2.2 timeout 1s }\n"
+		  "delete element inet strata ban4 { 192.0.2.2 }\n" },
+		{ "destroy", GUARD_NFT_DESTROY, 0, "add table inet strata\ndelete table inet strata\n" },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		struct buf out = BUF_INIT;
+		guard_nft_script(&nm, cases[i].op, cases[i].op == GUARD_NFT_DEL ? del : add, cases[i].n, &out);
+		if (out.data == NULL || strcmp(out.data, cases[i].want) != 0)
+			fail_msg("%s:\n--- got\n%s--- expected\n%s", cases[i].label, out.data ? out.data : "",
+				 cases[i].want);
+		buf_free(&out);
+	}
+}
+
+/* A simulated kernel: requests applied to a set, as nft would. */
+struct fake_kernel {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool gate_closed;          /* the sender waits while closed */
+	bool fail;                 /* every request fails (no permission) */
+	unsigned setups, adds, dels, destroys, calls;
+	struct guard_nft_elem set[64];
+	size_t n;
+	bool table;
+};
+
+static void fake_remove(struct fake_kernel *k, const struct guard_nft_elem *e)
+{
+	for (size_t i = 0; i < k->n; i++) {
+		if (k->set[i].family == e->family && memcmp(k->set[i].b, e->b, 16) == 0) {
+			k->set[i] = k->set[--k->n];
+			return;
+		}
+	}
+}
+
+static bool fake_send(void *arg, enum guard_nft_op op, const struct guard_nft_elem *e, size_t n, char **error_r)
+{
+	struct fake_kernel *k = arg;
+	pthread_mutex_lock(&k->mu);
+	while (k->gate_closed)
+		pthread_cond_wait(&k->cv, &k->mu);
+	k->calls++;
+	bool ok = !k->fail;
+	if (!ok)
+		*error_r = xstrdup("Operation not permitted");
+	else if (op == GUARD_NFT_SETUP) {
+		k->setups++;
+		k->table = true;
+		k->n = 0;
+	} else if (op == GUARD_NFT_DESTROY) {
+		k->destroys++;
+		k->table = false;
+		k->n = 0;
+	}
+	for (size_t i = 0; ok && (op == GUARD_NFT_ADD || op == GUARD_NFT_DEL) && i < n; i++) {
+		fake_remove(k, &e[i]);
+		if (op == GUARD_NFT_ADD) {
+			assert_true(e[i].timeout_s >= 1 && e[i].timeout_s <= GUARD_NFT_MAX_TIMEOUT_S);
+			assert_true(k->n < ARRAY_LEN(k->set));
+			k->set[k->n++] = e[i];
+		}
+		op == GUARD_NFT_ADD ? k->adds++ : k->dels++;
+	}
+	pthread_mutex_unlock(&k->mu);
+	return ok;
+}
+
+static bool fake_has(struct fake_kernel *k, const char *text, uint32_t *timeout_r)
+{
+	struct guard_nft_elem e = elem(text, 0);
+	pthread_mutex_lock(&k->mu);
+	bool found = false;
+	for (size_t i = 0; i < k->n && !found; i++) {
+		if (k->set[i].family == e.family && memcmp(k->set[i].b, e.b, 16) == 0) {
+			found = true;
+			if (timeout_r)
+				*timeout_r = k->set[i].timeout_s;
+		}
+	}
+	pthread_mutex_unlock(&k->mu);
+	return found;
+}
+
+static void fake_gate(struct fake_kernel *k, bool closed)
+{
+	pthread_mutex_lock(&k->mu);
+	k->gate_closed = closed;
+	pthread_cond_broadcast(&k->cv);
+	pthread_mutex_unlock(&k->mu);
+}
+
+static void test_nft_mirror(void **state)
+{
+	(void)state;
+	static const char *const over[] = { "guard.allow=192.0.2.0/24", "guard.offence_bans=2m", NULL };
+	struct settings *s;
+	struct guard *g = guard_with(over, &s);
+	struct fake_kernel k = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
+	uint64_t now = time_mono_ms();
+	struct guard_addr before = addr("198.51.100.1");
+	guard_ban(g, &before, 600, now);   /* before the mirror: the first re-sync adds it */
+	guard_nft_attach(g, fake_send, &k, 0, "test");
+	guard_nft_wait_idle(g);
+	struct guard_nft_report r;
+	assert_int_equal(guard_nft_status(g, &r), GUARD_NFT_ACTIVE);
+	uint32_t to = 0;
+	assert_true(k.table);
+	assert_true(fake_has(&k, "198.51.100.1", &to));
+	if (to < 599 || to > 600)
+		fail_msg("re-synced timeout %u, expected 600 s less the time taken", to);
+	struct guard_addr v6 = addr("2001:db8::66"), off = addr("198.51.100.2"), allowed = addr("192.0.2.9");
+	guard_ban(g, &v6, 10ull * 365 * 86400, now);        /* ten years: the kernel gets one */
+	assert_int_equal(guard_offence(g, &off, GUARD_OFFENCE_ERRORS, now), 120);
+	guard_ban(g, &allowed, 600, now);                  /* the allowlist wins: not in the kernel */
+	guard_nft_wait_idle(g);
+	const struct { const char *label, *a; bool in; uint32_t lo, hi; } cases[] = {
+		{ "long ban capped", "2001:db8::66", true, GUARD_NFT_MAX_TIMEOUT_S, GUARD_NFT_MAX_TIMEOUT_S },
+		{ "offence ban", "198.51.100.2", true, 119, 120 },
+		{ "allowlisted", "192.0.2.9", false, 0, 0 },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		uint32_t t = 0;
+		bool in = fake_has(&k, cases[i].a, &t);
+		if (in != cases[i].in || (in && (t < cases[i].lo || t > cases[i].hi)))
+			fail_msg("%s: in the set %d timeout %u, expected %d [%u, %u]", cases[i].label, in, t, cases[i].in,
+				 cases[i].lo, cases[i].hi);
+	}
+	/* Unban: gone from the kernel at once. */
+	assert_true(guard_unban(g, &off));
+	guard_nft_wait_idle(g);
+	assert_false(fake_has(&k, "198.51.100.2", NULL));
+	/* Someone flushed the ruleset; SIGHUP (guard_set_settings) rebuilds it. */
+	pthread_mutex_lock(&k.mu);
+	k.n = 0;
+	unsigned setups = k.setups;
+	pthread_mutex_unlock(&k.mu);
+	char *err = NULL;
+	assert_true(guard_set_settings(g, s, &err));
+	guard_nft_wait_idle(g);
+	assert_int_equal(k.setups, setups + 1);
+	assert_true(fake_has(&k, "198.51.100.1", NULL));
+	assert_true(fake_has(&k, "2001:db8::66", NULL));
+	assert_int_equal(k.n, 2);
+	/* Clean shutdown deletes the table. */
+	guard_nft_stop(g, true);
+	assert_int_equal(k.destroys, 1);
+	assert_false(k.table);
+	assert_int_equal(guard_nft_status(g, &r), GUARD_NFT_OFF);
+	done(&g, &s);
+}
+
+static void test_nft_queue_overflow(void **state)
+{
+	(void)state;
+	struct settings *s;
+	struct guard *g = guard_with(NULL, &s);
+	struct fake_kernel k = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .gate_closed = true };
+	guard_nft_attach(g, fake_send, &k, 2, "test");   /* a queue of two: the thread is held at the gate */
+	uint64_t now = time_mono_ms();
+	char text[32];
+	for (int i = 1; i <= 20; i++) {
+		snprintf(text, sizeof(text), "198.51.100.%d", i);
+		struct guard_addr a = addr(text);
+		guard_ban(g, &a, 600, now);
+	}
+	for (int i = 1; i <= 5; i++) {
+		snprintf(text, sizeof(text), "198.51.100.%d", i);
+		struct guard_addr a = addr(text);
+		assert_true(guard_unban(g, &a));
+	}
+	fake_gate(&k, false);
+	guard_nft_wait_idle(g);
+	/* Whatever was dropped from the full queue, a re-sync caught up. */
+	for (int i = 1; i <= 20; i++) {
+		snprintf(text, sizeof(text), "198.51.100.%d", i);
+		if (fake_has(&k, text, NULL) != (i > 5))
+			fail_msg("%s: in the kernel set %d, expected %d", text, i <= 5, i > 5);
+	}
+	assert_int_equal(k.n, 15);
+	guard_nft_stop(g, false);
+	assert_int_equal(k.destroys, 0);   /* not a clean shutdown: the table stays */
+	done(&g, &s);
+}
+
+static void test_nft_no_permission(void **state)
+{
+	(void)state;
+	struct settings *s;
+	struct guard *g = guard_with(NULL, &s);
+	struct fake_kernel k = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .fail = true };
+	guard_nft_attach(g, fake_send, &k, 0, "test");
+	guard_nft_wait_idle(g);
+	struct guard_nft_report r;
+	assert_int_equal(guard_nft_status(g, &r), GUARD_NFT_INACTIVE);
+	if (strstr(r.reason, "Operation not permitted") == NULL)
+		fail_msg("reason '%s'", r.reason);
+	assert_int_equal(r.errors, 1);
+	/* Bans still work in user space, and cost no nft run. */
+	struct guard_addr a = addr("198.51.100.7");
+	uint64_t now = time_mono_ms();
+	guard_ban(g, &a, 600, now);
+	guard_nft_wait_idle(g);
+	assert_true(guard_is_banned(g, &a, now));
+	assert_int_equal(k.calls, 1);
+	struct buf out = BUF_INIT;
+	guard_status(g, now, false, &out);
+	if (strstr(out.data, "kernel firewall: not active (test): Operation not permitted") == NULL)
+		fail_msg("status:\n%s", out.data);
+	buf_free(&out);
+	/* SIGHUP tries again; once permitted, the bans reach the kernel. */
+	pthread_mutex_lock(&k.mu);
+	k.fail = false;
+	pthread_mutex_unlock(&k.mu);
+	guard_nft_resync(g);
+	guard_nft_wait_idle(g);
+	assert_int_equal(guard_nft_status(g, &r), GUARD_NFT_ACTIVE);
+	assert_true(fake_has(&k, "198.51.100.7", NULL));
+	guard_status(g, now, true, &out);
+	if (strstr(out.data, "\"nft\":{\"state\":\"active\"") == NULL || strstr(out.data, "\"good_senders\":{") == NULL)
+		fail_msg("status JSON:\n%s", out.data);
+	buf_free(&out);
+	done(&g, &s);   /* guard_free stops the mirror */
+	assert_int_equal(k.destroys, 0);
+}
+
+static void test_nft_helper_protocol(void **state)
+{
+	(void)state;
+	/* A table name of the test's own: as root the request really runs nft
+	 * (add and delete of that table); otherwise nft refuses.  Either way
+	 * the helper answers. */
+	char table[64];
+	snprintf(table, sizeof(table), "guard.nft.table=inet strata_unit_%d", (int)getpid());
+	const char *over[] = { table, NULL };
+	struct settings *s = settings_with(over);
+	static const uint16_t ports[] = { 25 };
+	struct guard_nft_helper h;
+	char *err = NULL;
+	assert_true(guard_nft_helper_start(s, ports, 1, false, 0, 0, &h, &err));
+	assert_true(h.fd >= 0 && h.pid > 0);
+	bool ok = guard_nft_helper_call(&h, GUARD_NFT_DESTROY, NULL, 0, &err);
+	if (!ok) {
+		if (err == NULL || strstr(err, "gone") != NULL)
+			fail_msg("the helper did not answer: %s", err ? err : "(no error)");
+		free(err);
+		err = NULL;
+	}
+	/* A request no daemon sends: the helper ends, and says nothing more. */
+	struct { uint32_t op, n; } bogus = { 99, 0 };
+	assert_int_equal(write(h.fd, &bogus, sizeof(bogus)), (ssize_t)sizeof(bogus));
+	assert_false(guard_nft_helper_call(&h, GUARD_NFT_DESTROY, NULL, 0, &err));
+	if (err == NULL || strstr(err, "gone") == NULL)
+		fail_msg("after a bad request: %s", err ? err : "(no error)");
+	free(err);
+	assert_int_equal(h.fd, -1);
+	guard_nft_helper_stop(&h);
+	assert_int_equal(h.pid, -1);
+	guard_nft_helper_stop(&h);   /* safe twice */
+	/* A bad name never starts a helper. */
+	const char *bad[] = { "guard.nft.table=inet x;y", NULL };
+	struct settings *s2 = settings_with(bad);
+	err = NULL;
+	assert_false(guard_nft_helper_start(s2, ports, 1, false, 0, 0, &h, &err));
+	assert_non_null(err);
+	assert_int_equal(h.fd, -1);
+	free(err);
+	config_free(&s2);
+	config_free(&s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1102,6 +1646,16 @@ int main(void)
 		cmocka_unit_test(test_cidr_lists),
 		cmocka_unit_test(test_accept_refusal_lines),
 		cmocka_unit_test(test_disabled),
+		cmocka_unit_test(test_good_senders),
+		cmocka_unit_test(test_good_bounded),
+		cmocka_unit_test(test_good_reserve),
+		cmocka_unit_test(test_good_state),
+		cmocka_unit_test(test_nft_names),
+		cmocka_unit_test(test_nft_scripts),
+		cmocka_unit_test(test_nft_mirror),
+		cmocka_unit_test(test_nft_queue_overflow),
+		cmocka_unit_test(test_nft_no_permission),
+		cmocka_unit_test(test_nft_helper_protocol),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
