@@ -178,7 +178,11 @@ static int mail_cat(struct cli *c)
 					 c->pos[0]);
 		if (st != ST_OK)
 			return cli_error("cannot find the message: %s", status_info(st)->smtp_text);
-		fd = open(path, O_RDONLY | O_CLOEXEC);
+		const char *base = strrchr(path, '/');
+		struct msgid id;
+		if (!msgid_parse(base ? base + 1 : path, &id))
+			return cli_error("cannot find the message: bad blob name %s", path);
+		fd = store_blob_open(c->s, 0, &id, NULL); /* any tier; decompressed */
 		if (fd < 0 && errno != ENOENT)
 			break;
 	}

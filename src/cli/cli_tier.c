@@ -1,11 +1,16 @@
 /*
- * cli_tier.c - strata tier status | policy | move | verify.
+ * cli_tier.c - strata tier status | policy | move | verify | checkpoint | rebuild.
  *
  * `move` performs the moves itself through tier_move_blob, under the mover
  * lock (waiting for a daemon pass in progress to finish) and the same
  * token-bucket budget as the daemon: safe alongside a running daemon
  * because every move is journalled and transactional and readers fall back
  * to the other tiers.  `verify` only reads; exit 1 when it finds a problem.
+ * `checkpoint` writes a heat checkpoint now (safe beside the daemon: its own
+ * file, the heat table as of the daemon's last 2-second flush).  `rebuild`
+ * runs tier_rebuild under the mover lock (beside a running daemon too: it
+ * waits for a pass; the daemon keeps its own heat in memory for at most a
+ * flush interval); exit 1 when a blob has no valid copy.
  */
 #include "cli.h"
 
@@ -34,6 +39,58 @@ static bool open_tier_store(struct cli *c)
 }
 
 /* ---- status ------------------------------------------------------------------ */
+
+static void print_share(uint64_t n, uint64_t sum)
+{
+	char cell[40];
+	if (sum == 0)
+		snprintf(cell, sizeof(cell), "-");
+	else
+		snprintf(cell, sizeof(cell), "%.1f%% (%llu)", 100.0 * (double)n / (double)sum, (unsigned long long)n);
+	printf(" %16s", cell);
+}
+
+/* What only the running daemon knows: read shares, from its admin endpoint. */
+static void print_daemon_view(const struct settings *s)
+{
+	struct buf body = BUF_INIT;
+	int code = 0;
+	char *err = NULL;
+	int r = cli_admin_http(s, "GET", "/tier/status", NULL, 2000, &code, &body, &err);
+	struct tier_admin_view v;
+	if (r == 0) {
+		printf("read shares: the daemon is not running\n");
+	} else if (r < 0 || code != 200 || !tier_admin_parse(body.data ? body.data : "", body.len, &v) ||
+		   !v.have_reads) {
+		printf("read shares: unavailable from the daemon's admin endpoint (%s)\n",
+		       r < 0 ? (err ? err : "error") : code != 200 ? "no /tier/status" : "unreadable answer");
+	} else {
+		uint64_t sum_h = 0, sum_d = 0;
+		for (size_t t = 0; t < s->n_tiers; t++) {
+			sum_h += v.reads.hour[t];
+			sum_d += v.reads.day[t];
+		}
+		printf("body reads served (share of all tiers):\n%-3s %-12s %16s %16s\n", "#", "tier", "last hour",
+		       "last day");
+		for (size_t t = 0; t < s->n_tiers; t++) {
+			printf("%-3zu %-12s", t, s->tiers[t].name);
+			print_share(v.reads.hour[t], sum_h);
+			print_share(v.reads.day[t], sum_d);
+			printf("\n");
+		}
+	}
+	if (r > 0 && code == 200 && v.have_mover) {
+		printf("mover budget: %.0f%% of tier.move_rate", v.mover.factor * 100);
+		if (v.mover.intervals == 0 && v.mover.samples == 0)
+			printf(" (no foreground blob reads measured yet)");
+		else
+			printf(" (foreground blob-read latency %.2f ms, baseline %.2f ms; halved %llu time(s))",
+			       v.mover.lat_us / 1000, v.mover.base_us / 1000, (unsigned long long)v.mover.halvings);
+		printf("\n");
+	}
+	free(err);
+	buf_free(&body);
+}
 
 static int tier_status(struct cli *c)
 {
@@ -79,6 +136,7 @@ static int tier_status(struct cli *c)
 	if (stray)
 		printf("warning: %llu blob(s) with an invalid tier number\n", (unsigned long long)stray);
 	free(mv);
+	print_daemon_view(c->s);
 	return CLI_OK;
 }
 
@@ -101,7 +159,12 @@ static int tier_policy(struct cli *c)
 			cli_format_size(ts->capacity_bytes, cap, sizeof(cap));
 		else
 			snprintf(cap, sizeof(cap), "unlimited");
-		printf("  %zu %-12s capacity %-22s %s\n", t, ts->name, cap, ts->path);
+		char comp[24];
+		if (ts->compress == TIER_COMPRESS_ZSTD)
+			snprintf(comp, sizeof(comp), "zstd:%d", ts->compress_level);
+		else
+			snprintf(comp, sizeof(comp), "none");
+		printf("  %zu %-12s capacity %-22s compress %-8s %s\n", t, ts->name, cap, comp, ts->path);
 	}
 	printf("pins:%s\n", s->n_tier_pins ? "" : " none");
 	for (size_t i = 0; i < s->n_tier_pins; i++) {
@@ -352,6 +415,55 @@ static int tier_verify(struct cli *c)
 	return v.problems ? CLI_ERROR : CLI_OK;
 }
 
+/* ---- checkpoint and rebuild ------------------------------------------------------------- */
+
+static int tier_checkpoint(struct cli *c)
+{
+	if (!cli_args(c, NULL, 0, 0, 0, "nothing"))
+		return CLI_USAGE;
+	if (!open_tier_store(c))
+		return CLI_ERROR;
+	struct tier_ckpt_info ci;
+	char *err = NULL;
+	if (tier_checkpoint_write(c->st, c->s, &ci, &err) != ST_OK) {
+		int rc = cli_error("%s", err ? err : "heat checkpoint failed");
+		free(err);
+		return rc;
+	}
+	if (ci.path[0] == '\0')
+		return cli_error("the heat table is empty but the newest checkpoint is not: nothing written;"
+				 " run `strata tier rebuild` to restore the heat from it");
+	printf("heat checkpoint %s: %zu row(s)\n", ci.path, ci.rows);
+	return CLI_OK;
+}
+
+static int tier_rebuild_cmd(struct cli *c)
+{
+	if (!cli_args(c, NULL, 0, 0, 0, "nothing"))
+		return CLI_USAGE;
+	if (!cli_open_store(c)) /* not open_tier_store: the rebuild judges the tables itself */
+		return CLI_ERROR;
+	int lock = tier_lock(c->s, true);
+	if (lock < 0)
+		return cli_error("tier lock: %s", strerror(errno));
+	struct tier_rebuild_result rr;
+	char *err = NULL;
+	enum status r = tier_rebuild(c->st, c->s, &rr, &err);
+	tier_unlock(&lock);
+	if (r != ST_OK) {
+		int rc = cli_error("%s", err ? err : status_info(r)->name);
+		free(err);
+		return rc;
+	}
+	printf("%zu blob(s): %zu placement(s) corrected from the files, %zu extra cop(ies) removed, %zu missing;"
+	       " %zu interrupted move(s) settled\n", rr.blobs, rr.corrected, rr.removed, rr.missing, rr.journal_rows);
+	if (rr.from_checkpoint)
+		printf("heat of %zu blob(s) from %s\n", rr.checkpoint.rows, rr.checkpoint.path);
+	else
+		printf("no valid heat checkpoint: heat starts empty (placement by priors)\n");
+	return rr.missing ? CLI_ERROR : CLI_OK;
+}
+
 int cli_cmd_tier(struct cli *c)
 {
 	if (c->n_args == 0)
@@ -364,5 +476,9 @@ int cli_cmd_tier(struct cli *c)
 		return tier_move(c);
 	if (strcmp(c->args[0], "verify") == 0)
 		return tier_verify(c);
+	if (strcmp(c->args[0], "checkpoint") == 0)
+		return tier_checkpoint(c);
+	if (strcmp(c->args[0], "rebuild") == 0)
+		return tier_rebuild_cmd(c);
 	return cli_usage_error(c, "unknown subcommand 'tier %s'", c->args[0]);
 }

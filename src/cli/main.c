@@ -55,7 +55,7 @@ static const struct cli_command commands[] = {
 	{ "mail", cli_cmd_mail, "list messages or print one",
 	  "  strata mail list ADDRESS [MAILBOX]      (default INBOX)\n"
 	  "  strata mail cat ADDRESS UID [MAILBOX]   (raw message on stdout)\n" },
-	{ "tier", cli_cmd_tier, "storage tiers: status, policy, move, verify",
+	{ "tier", cli_cmd_tier, "storage tiers: status, policy, move, verify, checkpoint, rebuild",
 	  "  strata tier status\n"
 	  "  strata tier policy\n"
 	  "  strata tier move [--account ADDRESS] [--folder NAME] [--older-than AGE] --to TIER\n"

@@ -36,6 +36,7 @@
  * connection (evhttp), so a stuck client cannot pin memory.
  */
 #include "server_int.h"
+#include "tier.h"
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -127,6 +128,7 @@ static void admin_metrics(struct server_admin *a, struct evhttp_request *req)
 {
 	struct buf out = BUF_INIT;
 	metrics_render(&out);
+	tier_admin_metrics(&out);
 	buf_printf(&out, "# HELP strata_build_info Strata version\n# TYPE strata_build_info gauge\n"
 			 "strata_build_info{version=\"%s\"} 1\n", STRATA_VERSION);
 	admin_gauge(&out, "strata_uptime_seconds", "Seconds since the daemon started",
@@ -322,6 +324,12 @@ static void admin_request_cb(struct evhttp_request *req, void *arg)
 		admin_metrics(a, req);
 	else if (path != NULL && strcmp(path, "/health") == 0)
 		admin_health(a, req);
+	else if (path != NULL && strcmp(path, "/tier/status") == 0) {
+		struct buf b = BUF_INIT;
+		tier_admin_status(&b, time_mono_ms());
+		admin_reply(req, 200, "OK", "text/plain; charset=utf-8", b.data, b.len);
+		buf_free(&b);
+	}
 	else
 		admin_text(req, 404, "Not Found", "not found\n");
 }

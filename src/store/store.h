@@ -44,6 +44,16 @@ struct store_reader;
  * store_reader_open needs an index that exists at this schema version. */
 struct store *store_open(const struct settings *s, bool create, char **error_r);
 void store_close(struct store **st);
+
+/* Change notification: after a transaction that changed mailboxes (new
+ * messages, flags, expunges: anything that moves a mailbox's uidnext or
+ * highestmodseq) commits on any store handle of this process, the listener
+ * is called on the committing thread with the mailboxes' ids (all = true
+ * when more changed than one call carries: treat every mailbox as changed).
+ * It must not block: IMAP uses it to wake IDLE sessions at once.  Set once
+ * at start, before store handles are used from other threads. */
+typedef void store_change_fn(void *ctx, const int64_t *mailbox_ids, size_t n, bool all);
+void store_set_change_listener(store_change_fn *fn, void *ctx);
 struct store_reader *store_reader_open(const struct settings *s, char **error_r);
 void store_reader_close(struct store_reader **r);
 
@@ -148,6 +158,15 @@ bool store_domain_is_local(struct store_reader *r, const char *domain);
  * directory fsyncs).  Temp files live in <blob_dir>/tmp/.
  */
 #define STORE_TRAILER_TAIL 27 /* "STRATA-META-END " + 10 digits + "\n" */
+/* How the message bytes before the trailer are stored (docs/STORAGE.md,
+ * "Compressed blobs").  A compressed blob's trailer carries the keys
+ * "compress: zstd" and "stored: <bytes before the trailer>"; its message
+ * bytes are one zstd frame with a content checksum.  The trailer itself is
+ * never compressed, so it reads with the same two preads. */
+enum blob_compress { BLOB_COMPRESS_NONE = TIER_COMPRESS_NONE, BLOB_COMPRESS_ZSTD = TIER_COMPRESS_ZSTD };
+/* Largest message a compressed blob may declare (the ceiling of
+ * smtp.max_message_size and imap.max_message_size): bounds decompression. */
+#define STORE_BLOB_SIZE_MAX (2ull << 30)
 struct blob_meta {
 	struct msgid id;
 	int64_t received;           /* unix time: the IMAP internal date */
@@ -156,6 +175,8 @@ struct blob_meta {
 	size_t n_rcpts;
 	char (*rcpt_addresses)[320];/* account addresses it was delivered to */
 	char mailbox[256];          /* APPEND: the target mailbox; "" = INBOX */
+	unsigned compress;          /* enum blob_compress; 0 = plain */
+	uint64_t stored_size;       /* bytes before the trailer; parsed: == size when plain */
 };
 /* Formats the trailer for meta into out (appends).  meta must name at
  * least one rcpt (a trailer without one does not parse). */
@@ -165,7 +186,32 @@ void store_blob_trailer(const struct blob_meta *meta, struct buf *out);
  * is not a regular file); ST_NOT_FOUND when it does not exist; ST_IO_ERROR
  * when it could not be read (not proof of garbage: do not delete it). */
 enum status store_blob_read_meta(const char *path, struct blob_meta *meta);
+/* The same on an open descriptor (the file's position is not used). */
+enum status store_blob_read_meta_fd(int fd, struct blob_meta *meta);
 void store_blob_meta_free(struct blob_meta *meta);
+/* Streams the message bytes [0, meta->size) of the blob open as `in`
+ * (meta parsed from its trailer) to `out` (-1: only check them): copied
+ * when plain, decompressed when compressed.  Decompression is streaming
+ * (bounded buffers), never produces more than meta->size bytes, and checks
+ * the frame's checksum.  ST_INVALID (with *error_r) when the stored bytes
+ * are corrupt or of the wrong length; ST_IO_ERROR/ST_NO_SPACE with errno
+ * on a read or write error.  Thread-safe. */
+enum status store_blob_unpack(int in, const struct blob_meta *meta, int out, char **error_r);
+/* Writes a whole blob file for the blob open as `in` to `out`: its message
+ * bytes stored as `compress` (zstd at `level`, 1..19), then its trailer
+ * rewritten to say so.  Plain to plain is a copy; the others stream
+ * through zstd.  *written_r = bytes written.  The caller fsyncs.  Errors
+ * as store_blob_unpack. */
+enum status store_blob_repack(int in, const struct blob_meta *meta, int out, unsigned compress, int level,
+			      uint64_t *written_r, char **error_r);
+/* For readers of an open blob: fd itself when the blob is plain; for a
+ * compressed blob a sealed memfd holding its message bytes [0, size) (fd is
+ * closed).  -1 with errno (fd closed) when it cannot: EIO for a corrupt
+ * blob, ENOMEM/EMFILE from memfd_create. */
+int store_blob_fd_plain(int fd);
+/* The same, but a compressed blob is not decompressed: -1 with errno
+ * EWOULDBLOCK (fd closed).  For event-loop threads (store_blob_open_nowait). */
+int store_blob_fd_plain_nowait(int fd);
 /* Full path of a blob's final location. */
 void store_blob_path(const char *blob_dir, const struct msgid *id, char *out, size_t outlen);
 /* Directory of a blob's final location.  Names it only: the writer creates
@@ -313,6 +359,14 @@ enum status store_imap_mailbox_list(struct store *st, int64_t account_id, store_
 /* The cheap change check: ST_NOT_FOUND once the mailbox is gone. */
 enum status store_imap_mailbox_poll(struct store *st, int64_t mailbox_id, uint32_t *uidnext_r,
 				    uint64_t *highestmodseq_r);
+/* IMAP \Recent (RFC 3501 2.3.2): the first UID of the mailbox that no
+ * session has claimed as recent yet (1 when none was: every message is
+ * recent).  A read. */
+enum status store_imap_recent_get(struct store *st, int64_t mailbox_id, uint32_t *uid_r);
+/* Records that sessions have claimed every UID below `uid` (the value only
+ * grows; a mailbox that is gone is left alone).  One autocommit write: call
+ * from a thread that may block. */
+enum status store_imap_recent_advance(struct store *st, int64_t mailbox_id, uint32_t uid, char **error_r);
 /* CREATE: also creates missing superiors (RFC 3501 6.3.3).  ST_EXISTS. */
 enum status store_imap_mailbox_create(struct store *st, int64_t account_id, const char *name,
 				      char **error_r);
@@ -403,6 +457,22 @@ enum status store_imap_append(struct store *st, int64_t account_id, int64_t mail
 			      const struct msgid *id, uint64_t size, int64_t received, uint32_t flags,
 			      const char *keywords, const struct store_mime *mime, uint32_t *uid_r,
 			      uint32_t *uidvalidity_r, char **error_r);
+/* MULTIAPPEND (RFC 3502): `n` messages (n >= 1, each blob already durable
+ * as for store_imap_append) added in ONE transaction, all or none: the
+ * quota is checked for their total, and any failure writes nothing.
+ * uids_r[i] receives message i's UID (ascending).  Errors as
+ * store_imap_append. */
+struct store_imap_new {
+	const struct msgid *id;
+	uint64_t size;
+	int64_t received;
+	uint32_t flags;
+	const char *keywords;          /* space-separated, NULL = none */
+	const struct store_mime *mime; /* optional */
+};
+enum status store_imap_append_many(struct store *st, int64_t account_id, int64_t mailbox_id,
+				   const struct store_imap_new *msgs, size_t n, uint32_t *uids_r,
+				   uint32_t *uidvalidity_r, char **error_r);
 
 /* ---- POP3 access (store_pop3.c) ----------------------------------------
  * The UPDATE state of POP3 (RFC 1939 section 6): the messages a session
@@ -524,13 +594,24 @@ void store_blob_path_for(const struct settings *s, unsigned tier, const struct m
 /* Opens the blob read-only (O_CLOEXEC|O_NOFOLLOW) on `tier`, the tier the
  * index named.  When that copy is gone (ENOENT: a move committed between the
  * index read and the open) every other tier is tried once.  Returns the fd,
- * with *found_r (if non-NULL) the tier it was opened on; or -1 with errno. */
+ * with *found_r (if non-NULL) the tier it was opened on; or -1 with errno.
+ * A compressed blob is decompressed into an anonymous sealed memory file
+ * (memfd) holding exactly the message bytes [0, size), without the trailer:
+ * readers pread [0, size) of either kind the same way.  That costs the
+ * message's size in memory while the descriptor is open; a corrupt
+ * compressed blob fails with EIO. */
 int store_blob_open(const struct settings *s, unsigned tier, const struct msgid *id, unsigned *found_r);
+/* store_blob_open for event-loop threads: never decompresses (that takes
+ * CPU time in proportion to the message): a blob on a compressed tier
+ * gives -1 with errno EWOULDBLOCK, and the caller opens it with
+ * store_blob_open on a store thread instead. */
+int store_blob_open_nowait(const struct settings *s, unsigned tier, const struct msgid *id, unsigned *found_r);
 
-/* For readers that need a path (MIME parsing, SEARCH): the path of the
- * copy that exists now, `tier` first, then the others; false (out = the
- * path on `tier`) when none does.  A move may still unlink the copy before
- * the caller opens it; callers that can take an fd use store_blob_open. */
+/* The path of the copy that exists now, `tier` first, then the others;
+ * false (out = the path on `tier`) when none does.  For administration and
+ * logs: a move may unlink the copy before the caller opens it, and a copy
+ * on a compressed tier holds a zstd frame, not the message.  Readers of
+ * message bytes use store_blob_open. */
 bool store_blob_find(const struct settings *s, unsigned tier, const struct msgid *id, char *out,
 		     size_t outlen);
 /* Removes the blob's file from every tier (deletion: the copy may sit on
@@ -545,6 +626,11 @@ int store_blob_unlink(const struct settings *s, const struct msgid *id);
 typedef void store_access_hook(const struct msgid *id);
 void store_access_set_hook(store_access_hook *fn);
 void store_access_note(const struct msgid *id);
+/* Foreground latency for the tier mover's back-off: store_blob_open reports
+ * how long the open and the first read of a blob took, in microseconds,
+ * to the latency hook when one is installed.  Same rules as the access hook. */
+typedef void store_latency_hook(uint64_t us);
+void store_latency_set_hook(store_latency_hook *fn);
 
 /* Creates the heat and tier_moves tables if missing. */
 enum status store_tier_init(struct store *st, char **error_r);
@@ -583,10 +669,13 @@ typedef bool store_tier_blob_cb(void *ctx, int64_t blob_id, const struct msgid *
 				uint64_t size);
 enum status store_tier_blobs(struct store *st, store_tier_blob_cb *cb, void *ctx, char **error_r);
 
-/* Heat rows: read one (ST_NOT_FOUND when none), and write a batch in one
- * transaction.  Rows whose blob is gone are skipped. */
+/* Heat rows: read one (ST_NOT_FOUND when the blob does not exist; a blob
+ * without a heat row reads as zeros), with the blob's tier in *tier_r (if
+ * given); and write a batch in one transaction.  Rows whose blob is gone
+ * are skipped. */
 struct store_heat { int64_t blob_id; double score; int64_t updated; uint32_t reads_days; };
-enum status store_tier_heat_get(struct store *st, const struct msgid *id, struct store_heat *out);
+enum status store_tier_heat_get(struct store *st, const struct msgid *id, struct store_heat *out,
+				unsigned *tier_r);
 enum status store_tier_heat_put(struct store *st, const struct store_heat *rows, size_t n,
 				char **error_r);
 
@@ -613,5 +702,23 @@ enum status store_tier_moves(struct store *st, struct store_tier_move **out, siz
 			     char **error_r);
 /* Sets blobs.tier directly (recovery only, when the file proves the tier). */
 enum status store_tier_set(struct store *st, int64_t blob_id, unsigned tier, char **error_r);
+
+/* Tier state health (the start-up decision to run tier_rebuild): ST_OK
+ * when tables heat and tier_moves exist and pass PRAGMA quick_check;
+ * ST_NOT_FOUND when one is missing, ST_INVALID when one is damaged or
+ * cannot be checked; *reason_r (caller frees) says which. */
+enum status store_tier_check(struct store *st, char **reason_r);
+/* Drops heat (and with `journal` tier_moves) and creates them empty. */
+enum status store_tier_reset(struct store *st, bool journal, char **error_r);
+/* Every heat row of an existing blob, with the blob's msgid (checkpoints). */
+typedef bool store_tier_heat_cb(void *ctx, const struct msgid *id, const struct store_heat *h);
+enum status store_tier_heat_each(struct store *st, store_tier_heat_cb *cb, void *ctx, char **error_r);
+/* Replaces the whole heat table in ONE transaction: deletes every row,
+ * then inserts each row `next` yields (1 = a row, 0 = no more, -1 = abort:
+ * everything is rolled back), keyed by msgid; rows whose blob does not
+ * exist are skipped.  *applied_r = rows written. */
+typedef int store_tier_heat_next(void *ctx, struct msgid *id, struct store_heat *h);
+enum status store_tier_heat_replace(struct store *st, store_tier_heat_next *next, void *ctx, size_t *applied_r,
+				    char **error_r);
 
 #endif

@@ -13,22 +13,41 @@
  * bytes of trailer), and checks every field; any deviation is ST_INVALID,
  * never a crash or an unbounded allocation.
  *
+ * Compressed blobs (docs/STORAGE.md, "Compressed blobs"): the message bytes
+ * are one zstd frame (with its content checksum and size) and the trailer
+ * stays plain text with two more keys, "compress: zstd" and "stored: <n>"
+ * (the frame's length), so the trailer reads the same way and a plain
+ * reader that does not know the keys rejects the file (its size check
+ * fails) instead of serving compressed bytes.  A plain blob is recognised
+ * as compressed only by its trailer, never by the message's first bytes
+ * (a message may begin with zstd's magic number).  store_blob_unpack and
+ * store_blob_repack stream through buffers of PACK_CHUNK bytes: memory
+ * stays bounded whatever the message size, and decompression never yields
+ * more than the trailer's size (itself at most STORE_BLOB_SIZE_MAX).
+ *
  * Thread-safe: no shared state.
  */
 #include "store_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zstd.h>
 
 #define TRAILER_HEAD "\nSTRATA-META 1\n"
 #define TRAILER_END "STRATA-META-END "
 /* Bound on a trailer: 100,000 recipients of 318 bytes fit (smtp.max_recipients' ceiling). */
 #define STORE_TRAILER_MAX (64u * 1024 * 1024)
+#define PACK_CHUNK (128u * 1024)
+/* zstd frames need at most 2^24 bytes of window at level <= 19 (less for
+ * smaller messages); a frame asking for more is refused, not allocated. */
+#define PACK_WINDOW_LOG_MAX 24
 
 /* ---- paths ----------------------------------------------------------------- */
 
@@ -77,6 +96,10 @@ void store_blob_trailer(const struct blob_meta *meta, struct buf *out)
 		check_field("mailbox", meta->mailbox);
 		buf_printf(out, "mailbox: %s\n", meta->mailbox);
 	}
+	if (meta->compress == BLOB_COMPRESS_ZSTD)
+		buf_printf(out, "compress: zstd\nstored: %llu\n", (unsigned long long)meta->stored_size);
+	else if (meta->compress != BLOB_COMPRESS_NONE)
+		panic("store_blob_trailer: compression %u", meta->compress);
 	size_t len = out->len - start + STORE_TRAILER_TAIL;
 	buf_printf(out, TRAILER_END "%010zu\n", len);
 }
@@ -162,7 +185,8 @@ static bool add_rcpt(struct blob_meta *meta, size_t *cap, const char *v, size_t 
 	return true;
 }
 
-enum seen { SEEN_ID = 1, SEEN_RECEIVED = 2, SEEN_SIZE = 4, SEEN_HASH = 8, SEEN_ALL = 15, SEEN_MAILBOX = 16 };
+enum seen { SEEN_ID = 1, SEEN_RECEIVED = 2, SEEN_SIZE = 4, SEEN_HASH = 8, SEEN_ALL = 15, SEEN_MAILBOX = 16,
+	    SEEN_COMPRESS = 32, SEEN_STORED = 64 };
 _Static_assert(sizeof(((struct blob_meta *)0)->mailbox) == STORE_MAILBOX_NAME_MAX + 1,
 	       "blob_meta.mailbox holds one mailbox name");
 
@@ -223,6 +247,16 @@ static bool parse_line(struct blob_meta *meta, size_t *cap, unsigned *seen, cons
 			return false;
 		memcpy(meta->mailbox, norm, vlen + 1);
 		bit = SEEN_MAILBOX;
+	} else if (klen == 8 && memcmp(line, "compress", 8) == 0) {
+		/* An unknown method is not ignored: its bytes would be served as mail. */
+		if (vlen != 4 || memcmp(v, "zstd", 4) != 0)
+			return false;
+		meta->compress = BLOB_COMPRESS_ZSTD;
+		bit = SEEN_COMPRESS;
+	} else if (klen == 6 && memcmp(line, "stored", 6) == 0) {
+		if (!parse_dec(v, vlen, &meta->stored_size))
+			return false;
+		bit = SEEN_STORED;
 	} else {
 		return true; /* an unknown key: added by a later writer, ignored */
 	}
@@ -249,7 +283,14 @@ static bool parse_trailer(struct blob_meta *meta, const char *t, size_t len, uin
 			return false;
 		pos += llen + 1;
 	}
-	return (seen & SEEN_ALL) == SEEN_ALL && meta->n_rcpts > 0 && meta->size == body_size;
+	if ((seen & SEEN_ALL) != SEEN_ALL || meta->n_rcpts == 0)
+		return false;
+	if (seen & SEEN_COMPRESS)
+		return (seen & SEEN_STORED) && meta->stored_size == body_size && meta->size <= STORE_BLOB_SIZE_MAX;
+	if (seen & SEEN_STORED)
+		return false; /* "stored" without "compress": not a trailer we wrote */
+	meta->stored_size = meta->size;
+	return meta->size == body_size;
 }
 
 enum status store_blob_read_meta(const char *path, struct blob_meta *meta)
@@ -261,6 +302,14 @@ enum status store_blob_read_meta(const char *path, struct blob_meta *meta)
 			return ST_NOT_FOUND;
 		return errno == ELOOP ? ST_INVALID : ST_IO_ERROR;
 	}
+	enum status s = store_blob_read_meta_fd(fd, meta);
+	close(fd);
+	return s;
+}
+
+enum status store_blob_read_meta_fd(int fd, struct blob_meta *meta)
+{
+	memset(meta, 0, sizeof(*meta));
 	struct stat sb;
 	char tail[STORE_TRAILER_TAIL];
 	uint64_t tlen = 0;
@@ -287,7 +336,6 @@ enum status store_blob_read_meta(const char *path, struct blob_meta *meta)
 		s = ST_INVALID;
 out:
 	free(text);
-	close(fd);
 	if (s != ST_OK)
 		store_blob_meta_free(meta);
 	return s;
@@ -298,6 +346,285 @@ void store_blob_meta_free(struct blob_meta *meta)
 	free(meta->rcpt_addresses);
 	meta->rcpt_addresses = NULL;
 	meta->n_rcpts = 0;
+}
+
+/* ---- compressed blobs ---------------------------------------------------- */
+
+static const unsigned char zstd_magic[4] = { 0x28, 0xb5, 0x2f, 0xfd };
+
+static enum status pack_fail(enum status s, char **error_r, const char *fmt, ...) ATTR_PRINTF(3, 4);
+static enum status pack_fail(enum status s, char **error_r, const char *fmt, ...)
+{
+	if (error_r) {
+		va_list ap;
+		va_start(ap, fmt);
+		*error_r = xvasprintf(fmt, ap);
+		va_end(ap);
+	}
+	return s;
+}
+
+/* Reads up to len bytes at off: *got_r = 0 only at end of file. */
+static enum status pread_some(int fd, void *buf, size_t len, off_t off, size_t *got_r, char **error_r)
+{
+	for (;;) {
+		ssize_t n = pread(fd, buf, len, off);
+		if (n >= 0) {
+			*got_r = (size_t)n;
+			return ST_OK;
+		}
+		if (errno != EINTR)
+			return pack_fail(ST_IO_ERROR, error_r, "read: %s", strerror(errno));
+	}
+}
+
+static enum status write_out(int out, const void *buf, size_t len, char **error_r)
+{
+	if (out < 0 || len == 0)
+		return ST_OK;
+	if (!fs_write_all(out, buf, len)) {
+		int e = errno;
+		return pack_fail(status_from_errno(e), error_r, "write: %s", strerror(e));
+	}
+	return ST_OK;
+}
+
+/* Copies [0, len) of in to out as it is. */
+static enum status copy_stored(int in, uint64_t len, int out, char *buf, char **error_r)
+{
+	for (uint64_t off = 0; off < len;) {
+		size_t want = len - off < PACK_CHUNK ? (size_t)(len - off) : PACK_CHUNK, got;
+		enum status s = pread_some(in, buf, want, (off_t)off, &got, error_r);
+		if (s != ST_OK)
+			return s;
+		if (got == 0)
+			return pack_fail(ST_INVALID, error_r, "blob shorter than its trailer says");
+		s = write_out(out, buf, got, error_r);
+		if (s != ST_OK)
+			return s;
+		off += got;
+	}
+	return ST_OK;
+}
+
+struct unpacker {
+	ZSTD_DCtx *d;
+	int out;
+	uint64_t limit, produced;
+	char *obuf;
+	size_t ret;                 /* last ZSTD_decompressStream result; 0 = frame complete */
+};
+
+/* One decompression step over ib; bounded output, error on no progress. */
+static enum status unpack_step(struct unpacker *u, ZSTD_inBuffer *ib, char **error_r)
+{
+	ZSTD_outBuffer ob = { u->obuf, PACK_CHUNK, 0 };
+	size_t before = ib->pos;
+	u->ret = ZSTD_decompressStream(u->d, &ob, ib);
+	if (ZSTD_isError(u->ret))
+		return pack_fail(ST_INVALID, error_r, "corrupt compressed blob: %s", ZSTD_getErrorName(u->ret));
+	if (ob.pos > u->limit - u->produced)
+		return pack_fail(ST_INVALID, error_r, "compressed blob longer than its size %llu",
+				 (unsigned long long)u->limit);
+	if (ob.pos == 0 && ib->pos == before && u->ret != 0)
+		return pack_fail(ST_INVALID, error_r, "compressed blob is truncated");
+	u->produced += ob.pos;
+	return write_out(u->out, u->obuf, ob.pos, error_r);
+}
+
+static enum status unpack_zstd(int in, const struct blob_meta *meta, int out, char *ibuf, char **error_r)
+{
+	struct unpacker u = { ZSTD_createDCtx(), out, meta->size, 0, xmalloc(PACK_CHUNK), 1 };
+	if (u.d == NULL)
+		panic("ZSTD_createDCtx: out of memory");
+	ZSTD_DCtx_setParameter(u.d, ZSTD_d_windowLogMax, PACK_WINDOW_LOG_MAX);
+	enum status s = ST_OK;
+	/* Each step consumes input or yields output, and output is bounded by
+	 * meta->size: the loops end. */
+	for (uint64_t off = 0; s == ST_OK && off < meta->stored_size;) {
+		uint64_t left = meta->stored_size - off;
+		size_t want = left < PACK_CHUNK ? (size_t)left : PACK_CHUNK, got = 0;
+		s = pread_some(in, ibuf, want, (off_t)off, &got, error_r);
+		if (s == ST_OK && got == 0)
+			s = pack_fail(ST_INVALID, error_r, "compressed blob shorter than its trailer says");
+		ZSTD_inBuffer ib = { ibuf, got, 0 };
+		while (s == ST_OK && ib.pos < ib.size) {
+			if (u.ret == 0)
+				s = pack_fail(ST_INVALID, error_r, "data after the compressed frame");
+			else
+				s = unpack_step(&u, &ib, error_r);
+		}
+		off += got;
+	}
+	while (s == ST_OK && u.ret != 0) {
+		ZSTD_inBuffer ib = { NULL, 0, 0 };
+		s = unpack_step(&u, &ib, error_r);
+	}
+	if (s == ST_OK && u.produced != meta->size)
+		s = pack_fail(ST_INVALID, error_r, "compressed blob holds %llu bytes, its trailer says %llu",
+			      (unsigned long long)u.produced, (unsigned long long)meta->size);
+	ZSTD_freeDCtx(u.d);
+	free(u.obuf);
+	return s;
+}
+
+enum status store_blob_unpack(int in, const struct blob_meta *meta, int out, char **error_r)
+{
+	char *buf = xmalloc(PACK_CHUNK);
+	enum status s;
+	if (meta->compress == BLOB_COMPRESS_ZSTD)
+		s = unpack_zstd(in, meta, out, buf, error_r);
+	else if (meta->compress == BLOB_COMPRESS_NONE)
+		s = copy_stored(in, meta->size, out, buf, error_r);
+	else
+		s = pack_fail(ST_INVALID, error_r, "unknown compression %u", meta->compress);
+	free(buf);
+	return s;
+}
+
+/* Compresses the plain message bytes [0, meta->size) of in into out. */
+static enum status pack_zstd(int in, const struct blob_meta *meta, int out, int level, uint64_t *stored_r,
+			     char **error_r)
+{
+	ZSTD_CCtx *c = ZSTD_createCCtx();
+	if (c == NULL)
+		panic("ZSTD_createCCtx: out of memory");
+	ZSTD_CCtx_setParameter(c, ZSTD_c_compressionLevel, level);
+	ZSTD_CCtx_setParameter(c, ZSTD_c_checksumFlag, 1);
+	ZSTD_CCtx_setPledgedSrcSize(c, meta->size);
+	char *ibuf = xmalloc(PACK_CHUNK), *obuf = xmalloc(PACK_CHUNK);
+	enum status s = ST_OK;
+	uint64_t off = 0;
+	*stored_r = 0;
+	bool done = false;
+	/* Bounded: each round consumes input, and the final flush ends when
+	 * zstd reports nothing left (it emits output on every call until then). */
+	while (s == ST_OK && !done) {
+		size_t got = 0;
+		uint64_t left = meta->size - off;
+		if (left > 0) {
+			s = pread_some(in, ibuf, left < PACK_CHUNK ? (size_t)left : PACK_CHUNK, (off_t)off, &got, error_r);
+			if (s == ST_OK && got == 0)
+				s = pack_fail(ST_INVALID, error_r, "blob shorter than its trailer says");
+		}
+		off += got;
+		ZSTD_EndDirective mode = off == meta->size ? ZSTD_e_end : ZSTD_e_continue;
+		ZSTD_inBuffer ib = { ibuf, got, 0 };
+		for (size_t rem = 1; s == ST_OK && (ib.pos < ib.size || (mode == ZSTD_e_end && rem != 0));) {
+			ZSTD_outBuffer ob = { obuf, PACK_CHUNK, 0 };
+			size_t before = ib.pos;
+			rem = ZSTD_compressStream2(c, &ob, &ib, mode);
+			if (ZSTD_isError(rem))
+				s = pack_fail(ST_TEMPFAIL, error_r, "zstd: %s", ZSTD_getErrorName(rem));
+			else if (ob.pos == 0 && ib.pos == before && rem != 0)
+				s = pack_fail(ST_TEMPFAIL, error_r, "zstd made no progress"); /* never: a guard */
+			else
+				s = write_out(out, obuf, ob.pos, error_r);
+			*stored_r += ob.pos;
+		}
+		done = mode == ZSTD_e_end;
+	}
+	ZSTD_freeCCtx(c);
+	free(ibuf);
+	free(obuf);
+	return s;
+}
+
+enum status store_blob_repack(int in, const struct blob_meta *meta, int out, unsigned compress, int level,
+			      uint64_t *written_r, char **error_r)
+{
+	if (compress != BLOB_COMPRESS_NONE && compress != BLOB_COMPRESS_ZSTD)
+		panic("store_blob_repack: compression %u", compress);
+	struct blob_meta m = *meta;
+	enum status s;
+	if (compress == meta->compress) {
+		char *buf = xmalloc(PACK_CHUNK);
+		s = copy_stored(in, meta->stored_size, out, buf, error_r);
+		free(buf);
+	} else if (compress == BLOB_COMPRESS_NONE) {
+		s = store_blob_unpack(in, meta, out, error_r);
+		m.stored_size = meta->size;
+	} else {
+		s = pack_zstd(in, meta, out, level, &m.stored_size, error_r);
+	}
+	if (s != ST_OK)
+		return s;
+	m.compress = compress;
+	struct buf t = BUF_INIT;
+	store_blob_trailer(&m, &t);
+	s = write_out(out, t.data, t.len, error_r);
+	*written_r = m.stored_size + t.len;
+	buf_free(&t);
+	return s;
+}
+
+static int fd_plain(int fd, bool unpack);
+
+int store_blob_fd_plain(int fd)
+{
+	return fd_plain(fd, true);
+}
+
+int store_blob_fd_plain_nowait(int fd)
+{
+	return fd_plain(fd, false);
+}
+
+static int fd_plain(int fd, bool unpack)
+{
+	unsigned char head[sizeof(zstd_magic)];
+	size_t got = 0;
+	if (pread_some(fd, head, sizeof(head), 0, &got, NULL) != ST_OK) {
+		close(fd);
+		errno = EIO;
+		return -1;
+	}
+	/* A compressed blob starts with the magic; most plain ones do not. */
+	if (got < sizeof(head) || memcmp(head, zstd_magic, sizeof(head)) != 0)
+		return fd;
+	struct blob_meta meta;
+	enum status s = store_blob_read_meta_fd(fd, &meta);
+	if (s == ST_OK && meta.compress == BLOB_COMPRESS_NONE) {
+		store_blob_meta_free(&meta);
+		return fd;
+	}
+	if (s == ST_INVALID) {
+		/* The magic and no valid trailer: plain or compressed cannot be
+		 * told, and serving a frame as mail is worse than failing. */
+		close(fd);
+		log_error("store: blob starting with a zstd frame has no valid trailer");
+		errno = EIO;
+		return -1;
+	}
+	if (s == ST_OK && !unpack) {
+		store_blob_meta_free(&meta);
+		close(fd);
+		errno = EWOULDBLOCK;
+		return -1;
+	}
+	int mfd = s == ST_OK ? memfd_create("strata-blob", MFD_CLOEXEC | MFD_ALLOW_SEALING) : -1;
+	char *err = NULL;
+	if (mfd >= 0)
+		s = store_blob_unpack(fd, &meta, mfd, &err);
+	int e = s == ST_OK ? errno : (s == ST_INVALID ? EIO : errno);
+	if (s == ST_OK && mfd >= 0) {
+		/* Read-only from now on, whoever holds it. */
+		fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
+		lseek(mfd, 0, SEEK_SET);
+	} else {
+		char id[MSGID_TEXT_LEN + 1];
+		msgid_format(&meta.id, id);
+		log_error("store: compressed blob %s: %s", id, err ? err : strerror(e));
+		if (mfd >= 0)
+			close(mfd);
+		mfd = -1;
+	}
+	free(err);
+	store_blob_meta_free(&meta);
+	close(fd);
+	if (mfd < 0)
+		errno = e ? e : EIO;
+	return mfd;
 }
 
 /* ---- references ----------------------------------------------------------- */

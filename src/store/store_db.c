@@ -32,6 +32,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,6 +116,14 @@ static const char *const migrations[] = {
 	"CREATE TABLE vanished_floor("
 	"  mailbox_id INTEGER PRIMARY KEY REFERENCES mailboxes(id) ON DELETE CASCADE,"
 	"  modseq INTEGER NOT NULL);",
+	/* v4: IMAP \Recent (RFC 3501 2.3.2): per mailbox the first UID no IMAP
+	 * session has claimed as recent yet (store_imap_recent_*).  A mailbox
+	 * without a row has every message recent; existing mailboxes start
+	 * with none. */
+	"CREATE TABLE IF NOT EXISTS mailbox_recent("
+	"  mailbox_id INTEGER PRIMARY KEY REFERENCES mailboxes(id) ON DELETE CASCADE,"
+	"  uid INTEGER NOT NULL);"
+	"INSERT OR IGNORE INTO mailbox_recent(mailbox_id, uid) SELECT id, uidnext FROM mailboxes;",
 };
 
 _Static_assert(ARRAY_LEN(migrations) == STORE_SCHEMA_VERSION,
@@ -283,8 +292,54 @@ uint64_t store_db_column_u64(sqlite3_stmt *q, int col)
 	return v < 0 ? 0 : (uint64_t)v;
 }
 
+/* ---- change notification --------------------------------------------------- */
+
+/* Atomic: set by the main thread while the committer may already run. */
+static _Atomic(store_change_fn *) g_change_fn;
+static void *_Atomic g_change_ctx;
+
+void store_set_change_listener(store_change_fn *fn, void *ctx)
+{
+	atomic_store(&g_change_ctx, ctx);
+	atomic_store(&g_change_fn, fn);
+}
+
+/* SQLite's update hook, on the handle's thread inside the statement: every
+ * change to a mailbox's counters is an UPDATE of its mailboxes row. */
+static void note_update(void *arg, int op, const char *db_name, const char *table, sqlite3_int64 rowid)
+{
+	(void)db_name;
+	struct store *st = arg;
+	if (op != SQLITE_UPDATE || strcmp(table, "mailboxes") != 0 || st->changed_all)
+		return;
+	for (size_t i = 0; i < st->n_changed; i++) {
+		if (st->changed[i] == rowid)
+			return;
+	}
+	if (st->n_changed == STORE_CHANGED_MAX)
+		st->changed_all = true;
+	else
+		st->changed[st->n_changed++] = rowid;
+}
+
+static void changes_forget(struct store *st)
+{
+	st->n_changed = 0;
+	st->changed_all = false;
+}
+
+/* After COMMIT returned: the change is visible to every reader now. */
+static void changes_publish(struct store *st)
+{
+	store_change_fn *fn = atomic_load(&g_change_fn);
+	if ((st->n_changed > 0 || st->changed_all) && fn != NULL)
+		fn(atomic_load(&g_change_ctx), st->changed, st->changed_all ? 0 : st->n_changed, st->changed_all);
+	changes_forget(st);
+}
+
 enum status store_db_begin(struct store *st, char **error_r)
 {
+	changes_forget(st);
 	int rc = sqlite3_step(st->q[Q_BEGIN]);
 	if (rc != SQLITE_DONE) {
 		enum status s = store_db_fail(st->db, rc, "begin transaction", error_r);
@@ -305,11 +360,13 @@ enum status store_db_commit(struct store *st, char **error_r)
 		return s;
 	}
 	store_db_reset(st->q[Q_COMMIT]);
+	changes_publish(st);
 	return ST_OK;
 }
 
 void store_db_rollback(struct store *st)
 {
+	changes_forget(st);
 	if (sqlite3_get_autocommit(st->db))
 		return; /* SQLite already rolled back (e.g. after SQLITE_FULL) */
 	int rc = sqlite3_step(st->q[Q_ROLLBACK]);
@@ -522,6 +579,7 @@ struct store *store_open(const struct settings *s, bool create, char **error_r)
 		store_close(&st);
 		return NULL;
 	}
+	sqlite3_update_hook(db, note_update, st);
 	return st;
 }
 

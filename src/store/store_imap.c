@@ -258,6 +258,43 @@ enum status store_imap_mailbox_list(struct store *st, int64_t account_id, store_
 	return s;
 }
 
+enum status store_imap_recent_get(struct store *st, int64_t mailbox_id, uint32_t *uid_r)
+{
+	sqlite3_stmt *q = NULL;
+	enum status s = store_db_prepare(st, "SELECT uid FROM mailbox_recent WHERE mailbox_id = ?1", &q, NULL);
+	if (s != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, mailbox_id);
+	int rc = sqlite3_step(q);
+	if (rc == SQLITE_ROW) {
+		int64_t v = sqlite3_column_int64(q, 0);
+		*uid_r = v < 1 ? 1 : v > (int64_t)UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+	} else if (rc == SQLITE_DONE) {
+		*uid_r = 1;
+	} else {
+		log_error("store: recent uid lookup: %s", sqlite3_errmsg(st->db));
+		s = store_db_status(rc);
+	}
+	sqlite3_finalize(q);
+	return s;
+}
+
+enum status store_imap_recent_advance(struct store *st, int64_t mailbox_id, uint32_t uid, char **error_r)
+{
+	sqlite3_stmt *q = NULL;
+	enum status s = store_db_prepare(st, "INSERT INTO mailbox_recent(mailbox_id, uid)"
+					 " SELECT id, ?2 FROM mailboxes WHERE id = ?1"
+					 " ON CONFLICT(mailbox_id) DO UPDATE SET uid = max(uid, excluded.uid)",
+					 &q, error_r);
+	if (s != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, mailbox_id);
+	sqlite3_bind_int64(q, 2, uid);
+	s = store_db_step_done(st, q, "recent uid", error_r);
+	sqlite3_finalize(q);
+	return s;
+}
+
 enum status store_imap_mailbox_poll(struct store *st, int64_t mailbox_id, uint32_t *uidnext_r,
 				    uint64_t *highestmodseq_r)
 {
@@ -1216,19 +1253,74 @@ enum status store_imap_copy(struct store *st, int64_t account_id, int64_t src_ma
 	return finish(st, s, error_r);
 }
 
-enum status store_imap_append(struct store *st, int64_t account_id, int64_t mailbox_id,
-			      const struct msgid *id, uint64_t size, int64_t received, uint32_t flags,
-			      const char *keywords, const struct store_mime *mime, uint32_t *uid_r,
-			      uint32_t *uidvalidity_r, char **error_r)
+/* One message of an APPEND inside the caller's transaction: blob row,
+ * MIME row, message row with a new UID and mod-sequence, flags. */
+static enum status append_one(struct store *st, int64_t mailbox_id, const struct store_imap_new *m,
+			      uint32_t *uid_r, char **error_r)
 {
-	if (size > (uint64_t)INT64_MAX)
+	sqlite3_stmt *q = st->q[Q_DELIVER_BLOB];
+	sqlite3_bind_blob(q, 1, m->id->b, MSGID_BYTES, SQLITE_STATIC);
+	store_db_bind_u64(q, 2, m->size);
+	sqlite3_bind_int64(q, 3, m->received);
+	sqlite3_bind_int64(q, 4, 1);
+	int rc = store_db_run(q);
+	if (rc != SQLITE_DONE)
+		return store_db_fail(st->db, rc, "blob row", error_r);
+	int64_t blob_id = sqlite3_last_insert_rowid(st->db);
+	if (m->mime != NULL && (rc = store_mime_insert(st, blob_id, m->mime)) != SQLITE_DONE)
+		return store_db_fail(st->db, rc, "MIME row", error_r);
+	uint32_t uid = 0;
+	uint64_t modseq = 0;
+	enum status s = mailbox_bump(st, mailbox_id, 1, &uid, &modseq, error_r);
+	if (s != ST_OK)
+		return s;
+	q = st->q[Q_DELIVER_MESSAGE];
+	sqlite3_bind_int64(q, 1, mailbox_id);
+	sqlite3_bind_int64(q, 2, uid);
+	sqlite3_bind_int64(q, 3, blob_id);
+	store_db_bind_u64(q, 4, modseq);
+	rc = store_db_run(q);
+	if (rc != SQLITE_DONE)
+		return store_db_fail(st->db, rc, "message row", error_r);
+	struct kwset kws = { NULL, 0, 0 };
+	s = keywords_admit(st, mailbox_id, m->keywords, &kws, error_r);
+	char *kw = kwset_join(&kws);
+	kwset_free(&kws);
+	if (s == ST_OK && ((m->flags & MSG_FLAGS_ALL) != 0 || kw != NULL) && (s = store_db_prepare(st,
+		"UPDATE messages SET flags = ?3, keywords = ?4 WHERE mailbox_id = ?1 AND uid = ?2", &q,
+		error_r)) == ST_OK) {
+		sqlite3_bind_int64(q, 1, mailbox_id);
+		sqlite3_bind_int64(q, 2, uid);
+		sqlite3_bind_int64(q, 3, m->flags & MSG_FLAGS_ALL);
+		if (kw != NULL)
+			sqlite3_bind_text(q, 4, kw, -1, SQLITE_TRANSIENT);
+		s = store_db_step_done(st, q, "message flags", error_r);
+		sqlite3_finalize(q);
+	}
+	free(kw);
+	if (s == ST_OK)
+		*uid_r = uid;
+	return s;
+}
+
+enum status store_imap_append_many(struct store *st, int64_t account_id, int64_t mailbox_id,
+				   const struct store_imap_new *msgs, size_t n, uint32_t *uids_r,
+				   uint32_t *uidvalidity_r, char **error_r)
+{
+	uint64_t total = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (msgs[i].size > (uint64_t)INT64_MAX || total + msgs[i].size > (uint64_t)INT64_MAX)
+			return ST_INVALID;
+		total += msgs[i].size;
+	}
+	if (n == 0)
 		return ST_INVALID;
 	enum status s = store_db_begin(st, error_r);
 	if (s != ST_OK)
 		return s;
 	struct quota qt;
 	if ((s = quota_get(st, account_id, &qt, error_r)) == ST_OK)
-		s = quota_check(st, &qt, 1, size, error_r);
+		s = quota_check(st, &qt, n, total, error_r);
 	sqlite3_stmt *q = NULL;
 	if (s == ST_OK && (s = store_db_prepare(st, "SELECT uidvalidity FROM mailboxes WHERE id = ?1 AND account_id = ?2",
 				    &q, error_r)) == ST_OK) {
@@ -1243,58 +1335,18 @@ enum status store_imap_append(struct store *st, int64_t account_id, int64_t mail
 		}
 		sqlite3_finalize(q);
 	}
-	int64_t blob_id = 0;
-	if (s == ST_OK) {
-		q = st->q[Q_DELIVER_BLOB];
-		sqlite3_bind_blob(q, 1, id->b, MSGID_BYTES, SQLITE_STATIC);
-		store_db_bind_u64(q, 2, size);
-		sqlite3_bind_int64(q, 3, received);
-		sqlite3_bind_int64(q, 4, 1);
-		int rc = store_db_run(q);
-		if (rc != SQLITE_DONE)
-			s = store_db_fail(st->db, rc, "blob row", error_r);
-		blob_id = sqlite3_last_insert_rowid(st->db);
-	}
-	if (s == ST_OK && mime != NULL) {
-		int rc = store_mime_insert(st, blob_id, mime);
-		if (rc != SQLITE_DONE)
-			s = store_db_fail(st->db, rc, "MIME row", error_r);
-	}
-	uint32_t uid = 0;
-	uint64_t modseq = 0;
+	for (size_t i = 0; s == ST_OK && i < n; i++)
+		s = append_one(st, mailbox_id, &msgs[i], &uids_r[i], error_r);
 	if (s == ST_OK)
-		s = mailbox_bump(st, mailbox_id, 1, &uid, &modseq, error_r);
-	if (s == ST_OK) {
-		q = st->q[Q_DELIVER_MESSAGE];
-		sqlite3_bind_int64(q, 1, mailbox_id);
-		sqlite3_bind_int64(q, 2, uid);
-		sqlite3_bind_int64(q, 3, blob_id);
-		store_db_bind_u64(q, 4, modseq);
-		int rc = store_db_run(q);
-		if (rc != SQLITE_DONE)
-			s = store_db_fail(st->db, rc, "message row", error_r);
-	}
-	struct kwset kws = { NULL, 0, 0 };
-	if (s == ST_OK)
-		s = keywords_admit(st, mailbox_id, keywords, &kws, error_r);
-	char *kw = kwset_join(&kws);
-	kwset_free(&kws);
-	if (s == ST_OK && ((flags & MSG_FLAGS_ALL) != 0 || kw != NULL) && (s = store_db_prepare(st,
-		"UPDATE messages SET flags = ?3, keywords = ?4 WHERE mailbox_id = ?1 AND uid = ?2", &q,
-		error_r)) == ST_OK) {
-		sqlite3_bind_int64(q, 1, mailbox_id);
-		sqlite3_bind_int64(q, 2, uid);
-		sqlite3_bind_int64(q, 3, flags & MSG_FLAGS_ALL);
-		if (kw != NULL)
-			sqlite3_bind_text(q, 4, kw, -1, SQLITE_TRANSIENT);
-		s = store_db_step_done(st, q, "message flags", error_r);
-		sqlite3_finalize(q);
-	}
-	free(kw);
-	if (s == ST_OK)
-		s = usage_add(st, account_id, 1, 1, size, error_r);
-	s = finish(st, s, error_r);
-	if (s == ST_OK)
-		*uid_r = uid;
-	return s;
+		s = usage_add(st, account_id, 1, n, total, error_r);
+	return finish(st, s, error_r);
+}
+
+enum status store_imap_append(struct store *st, int64_t account_id, int64_t mailbox_id,
+			      const struct msgid *id, uint64_t size, int64_t received, uint32_t flags,
+			      const char *keywords, const struct store_mime *mime, uint32_t *uid_r,
+			      uint32_t *uidvalidity_r, char **error_r)
+{
+	struct store_imap_new m = { id, size, received, flags, keywords, mime };
+	return store_imap_append_many(st, account_id, mailbox_id, &m, 1, uid_r, uidvalidity_r, error_r);
 }

@@ -25,7 +25,7 @@
 #define STORE_ADDRESS_MAX (STORE_LOCAL_MAX + 1 + STORE_DOMAIN_MAX) /* 318 < 320 */
 #define STORE_ALIAS_MAX_DEPTH 8
 #define STORE_PWHASH_MAX 255
-#define STORE_SCHEMA_VERSION 3
+#define STORE_SCHEMA_VERSION 4
 
 /* Writer statements (struct store).  SQL text is in store_db.c. */
 enum store_q {
@@ -54,10 +54,16 @@ enum store_q {
 /* Reader statements (struct store_reader). */
 enum store_rq { RQ_BEGIN, RQ_END, RQ_DOMAIN, RQ_ACCOUNT, RQ_ALIAS, RQ__COUNT };
 
+#define STORE_CHANGED_MAX 32           /* mailbox ids one commit reports */
+
 struct store {
 	sqlite3 *db;
 	const struct settings *s;     /* kept until exit by config (see config.h) */
 	sqlite3_stmt *q[Q__COUNT];
+	/* Mailboxes updated by the open transaction (store_set_change_listener). */
+	int64_t changed[STORE_CHANGED_MAX];
+	size_t n_changed;
+	bool changed_all;
 };
 
 struct store_reader {

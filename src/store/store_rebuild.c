@@ -12,6 +12,10 @@
  * (rb_pending) and places the messages from it in (received, id) order in
  * batches of REBUILD_BATCH per transaction.
  *
+ * Compressed blobs (a tier with compress = zstd) need nothing special:
+ * their trailer is plain text found the same way, and its size is the
+ * message's, so verify and rebuild never decompress (store_blob.c).
+ *
  * Durability of a rebuild: the new index is written under <index>.rebuild
  * with synchronous=FULL, checkpointed, switched to rollback-journal mode,
  * integrity_check'ed and fsynced; the old index and its -wal/-shm are

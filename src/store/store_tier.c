@@ -2,7 +2,8 @@
  * store_tier.c - the index side of storage tiering.
  *
  * Owns: blob paths per tier and the open helper with its fall-back (the
- * one place readers should open a blob), the access-event hook, and the
+ * one place readers should open a blob; it hides compression, see
+ * store_blob.c), the access-event hook, and the
  * SQL of the heat and tier_moves tables and of the placement queries.
  * Placement policy, heat arithmetic and the file moves are src/tier's.
  *
@@ -44,17 +45,40 @@ void store_blob_path_for(const struct settings *s, unsigned tier, const struct m
 	store_blob_path(s->tiers[tier].path, id, out, outlen);
 }
 
-static int open_on(const struct settings *s, unsigned tier, const struct msgid *id)
+static _Atomic(store_latency_hook *) latency_hook;
+
+void store_latency_set_hook(store_latency_hook *fn)
+{
+	atomic_store_explicit(&latency_hook, fn, memory_order_release);
+}
+
+/* Opens the copy on `tier`; a compressed copy comes back as the memfd of
+ * its message bytes (store_blob_fd_plain), so every reader sees the same
+ * [0, size) whatever the tier stores.  With a latency hook installed, the
+ * open and a first one-byte read are timed (what a reader waits for the
+ * disk now; decompression is CPU and not counted). */
+static int open_on(const struct settings *s, unsigned tier, const struct msgid *id, bool unpack)
 {
 	char path[PATH_MAX];
 	store_blob_path_for(s, tier, id, path, sizeof(path));
-	return open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+	store_latency_hook *lh = atomic_load_explicit(&latency_hook, memory_order_acquire);
+	uint64_t t0 = lh ? time_mono_us() : 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+	if (fd < 0)
+		return fd;
+	if (lh) {
+		char probe;
+		if (pread(fd, &probe, 1, 0) >= 0)
+			lh(time_mono_us() - t0);
+	}
+	return unpack ? store_blob_fd_plain(fd) : store_blob_fd_plain_nowait(fd);
 }
 
-int store_blob_open(const struct settings *s, unsigned tier, const struct msgid *id, unsigned *found_r)
+static int blob_open(const struct settings *s, unsigned tier, const struct msgid *id, unsigned *found_r,
+		     bool unpack)
 {
 	unsigned first = tier < s->n_tiers ? tier : 0;
-	int fd = open_on(s, first, id);
+	int fd = open_on(s, first, id, unpack);
 	if (fd >= 0 || errno != ENOENT) {
 		if (fd >= 0 && found_r)
 			*found_r = first;
@@ -63,7 +87,7 @@ int store_blob_open(const struct settings *s, unsigned tier, const struct msgid 
 	for (unsigned t = 0; t < s->n_tiers; t++) {
 		if (t == first)
 			continue;
-		fd = open_on(s, t, id);
+		fd = open_on(s, t, id, unpack);
 		if (fd >= 0) {
 			if (found_r)
 				*found_r = t;
@@ -74,6 +98,16 @@ int store_blob_open(const struct settings *s, unsigned tier, const struct msgid 
 	}
 	errno = ENOENT;
 	return -1;
+}
+
+int store_blob_open(const struct settings *s, unsigned tier, const struct msgid *id, unsigned *found_r)
+{
+	return blob_open(s, tier, id, found_r, true);
+}
+
+int store_blob_open_nowait(const struct settings *s, unsigned tier, const struct msgid *id, unsigned *found_r)
+{
+	return blob_open(s, tier, id, found_r, false);
 }
 
 bool store_blob_find(const struct settings *s, unsigned tier, const struct msgid *id, char *out,
@@ -270,12 +304,13 @@ enum status store_tier_blobs(struct store *st, store_tier_blob_cb *cb, void *ctx
 
 /* ---- heat ---------------------------------------------------------------- */
 
-enum status store_tier_heat_get(struct store *st, const struct msgid *id, struct store_heat *out)
+enum status store_tier_heat_get(struct store *st, const struct msgid *id, struct store_heat *out,
+				unsigned *tier_r)
 {
 	sqlite3_stmt *q;
 	enum status s = store_db_prepare(st,
-			     "SELECT b.id, coalesce(h.score, 0), coalesce(h.updated, 0), coalesce(h.reads_days, 0)"
-			     " FROM blobs b LEFT JOIN heat h ON h.blob_id = b.id WHERE b.msgid = ?1",
+			     "SELECT b.id, coalesce(h.score, 0), coalesce(h.updated, 0), coalesce(h.reads_days, 0),"
+			     " b.tier FROM blobs b LEFT JOIN heat h ON h.blob_id = b.id WHERE b.msgid = ?1",
 			     &q, NULL);
 	if (s != ST_OK)
 		return s;
@@ -286,6 +321,8 @@ enum status store_tier_heat_get(struct store *st, const struct msgid *id, struct
 		out->score = sqlite3_column_double(q, 1);
 		out->updated = sqlite3_column_int64(q, 2);
 		out->reads_days = (uint32_t)sqlite3_column_int64(q, 3);
+		if (tier_r)
+			*tier_r = column_tier(q, 4);
 		s = ST_OK;
 	} else {
 		s = rc == SQLITE_DONE ? ST_NOT_FOUND : store_db_status(rc);
@@ -317,6 +354,145 @@ enum status store_tier_heat_put(struct store *st, const struct store_heat *rows,
 	if (s == ST_OK)
 		return store_db_commit(st, error_r);
 	store_db_rollback(st);
+	return s;
+}
+
+/* ---- state check, reset, heat export and import (tier rebuild) ------------------ */
+
+static const char *const tier_tables[] = { "heat", "tier_moves" };
+
+/* 1 when the table exists, 0 when not, -1 (with *reason_r) on an error. */
+static int table_exists(struct store *st, const char *name, char **reason_r)
+{
+	sqlite3_stmt *q;
+	if (store_db_prepare(st, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1", &q,
+			     reason_r) != ST_OK)
+		return -1;
+	sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
+	int rc = sqlite3_step(q);
+	int found = rc == SQLITE_ROW ? sqlite3_column_int(q, 0) > 0 : -1;
+	if (found < 0 && reason_r)
+		*reason_r = xasprintf("schema of table %s: %s", name, sqlite3_errmsg(st->db));
+	sqlite3_finalize(q);
+	return found;
+}
+
+/* quick_check of one table: true when it says "ok". */
+static bool table_ok(struct store *st, const char *name, char **reason_r)
+{
+	char sql[64];
+	snprintf(sql, sizeof(sql), "PRAGMA quick_check(%s)", name);
+	sqlite3_stmt *q;
+	if (store_db_prepare(st, sql, &q, reason_r) != ST_OK)
+		return false;
+	int rc = sqlite3_step(q);
+	const char *t = rc == SQLITE_ROW ? (const char *)sqlite3_column_text(q, 0) : NULL;
+	bool ok = t != NULL && strcmp(t, "ok") == 0;
+	if (!ok && reason_r)
+		*reason_r = xasprintf("table %s is damaged: %s", name, t ? t : sqlite3_errmsg(st->db));
+	sqlite3_finalize(q);
+	return ok;
+}
+
+enum status store_tier_check(struct store *st, char **reason_r)
+{
+	for (size_t i = 0; i < ARRAY_LEN(tier_tables); i++) {
+		int e = table_exists(st, tier_tables[i], reason_r);
+		if (e < 0)
+			return ST_INVALID;
+		if (e == 0) {
+			if (reason_r)
+				*reason_r = xasprintf("table %s is missing", tier_tables[i]);
+			return ST_NOT_FOUND;
+		}
+		if (!table_ok(st, tier_tables[i], reason_r))
+			return ST_INVALID;
+	}
+	return ST_OK;
+}
+
+enum status store_tier_reset(struct store *st, bool journal, char **error_r)
+{
+	const char *sql = journal ? "DROP TABLE IF EXISTS heat; DROP TABLE IF EXISTS tier_moves;"
+				  : "DROP TABLE IF EXISTS heat;";
+	char *msg = NULL;
+	int rc = sqlite3_exec(st->db, sql, NULL, NULL, &msg);
+	if (rc != SQLITE_OK) {
+		if (error_r)
+			*error_r = xasprintf("drop tier tables: %s", msg ? msg : sqlite3_errstr(rc));
+		sqlite3_free(msg);
+		return store_db_status(rc);
+	}
+	return store_tier_init(st, error_r);
+}
+
+enum status store_tier_heat_each(struct store *st, store_tier_heat_cb *cb, void *ctx, char **error_r)
+{
+	sqlite3_stmt *q;
+	enum status s = store_db_prepare(st,
+			     "SELECT b.msgid, h.blob_id, h.score, h.updated, h.reads_days FROM heat h"
+			     " JOIN blobs b ON b.id = h.blob_id ORDER BY h.blob_id",
+			     &q, error_r);
+	if (s != ST_OK)
+		return s;
+	int rc;
+	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+		struct msgid id;
+		column_msgid(q, 0, &id);
+		struct store_heat h = { sqlite3_column_int64(q, 1), sqlite3_column_double(q, 2),
+					sqlite3_column_int64(q, 3), (uint32_t)sqlite3_column_int64(q, 4) };
+		if (!cb(ctx, &id, &h)) {
+			rc = SQLITE_DONE;
+			break;
+		}
+	}
+	s = rc == SQLITE_DONE ? ST_OK : store_db_fail(st->db, rc, "read heat", error_r);
+	sqlite3_finalize(q);
+	return s;
+}
+
+enum status store_tier_heat_replace(struct store *st, store_tier_heat_next *next, void *ctx, size_t *applied_r,
+				    char **error_r)
+{
+	sqlite3_stmt *q;
+	enum status s = store_db_prepare(st,
+			     "INSERT OR REPLACE INTO heat(blob_id, score, updated, reads_days)"
+			     " SELECT id, ?2, ?3, ?4 FROM blobs WHERE msgid = ?1",
+			     &q, error_r);
+	if (s != ST_OK)
+		return s;
+	*applied_r = 0;
+	s = store_db_begin(st, error_r);
+	if (s == ST_OK) {
+		char *msg = NULL;
+		int rc = sqlite3_exec(st->db, "DELETE FROM heat", NULL, NULL, &msg);
+		if (rc != SQLITE_OK) {
+			s = store_db_fail(st->db, rc, "clear heat", error_r);
+			sqlite3_free(msg);
+		}
+	}
+	struct msgid id;
+	struct store_heat h;
+	int more = 1;
+	while (s == ST_OK && (more = next(ctx, &id, &h)) > 0) {
+		sqlite3_bind_blob(q, 1, id.b, MSGID_BYTES, SQLITE_STATIC);
+		sqlite3_bind_double(q, 2, h.score);
+		sqlite3_bind_int64(q, 3, h.updated);
+		sqlite3_bind_int64(q, 4, h.reads_days);
+		s = exec_one(st, q, "write heat", error_r);
+		*applied_r += (size_t)sqlite3_changes(st->db);
+		sqlite3_reset(q);
+	}
+	sqlite3_finalize(q);
+	if (s == ST_OK && more < 0) {
+		s = ST_IO_ERROR;
+		if (error_r)
+			*error_r = xstrdup("heat rows could not be read");
+	}
+	if (s == ST_OK)
+		return store_db_commit(st, error_r);
+	store_db_rollback(st);
+	*applied_r = 0;
 	return s;
 }
 

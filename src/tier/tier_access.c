@@ -10,6 +10,14 @@
  *
  * Durability: none until drained; a crash loses at most the events since
  * the last drain (2 seconds in the daemon), never placement.
+ *
+ * Read shares: the drain also counts each read against the tier its blob
+ * is on (blobs.tier when drained, so a move within the 2 seconds may
+ * attribute one read to the new tier) in per-minute buckets, one slot per
+ * minute of the last day (TIER_READ_SLOTS), plus a running total per
+ * tier.  Memory is fixed; a mutex guards it (the drain writes every 2
+ * seconds, the admin endpoint reads).  Minutes are monotonic, so a clock
+ * step neither loses nor invents reads.
  */
 #include "tier.h"
 
@@ -88,11 +96,13 @@ void tier_access_install(void)
 {
 	ring_init();
 	store_access_set_hook(hook);
+	store_latency_set_hook(tier_latency_note);
 }
 
 void tier_access_uninstall(void)
 {
 	store_access_set_hook(NULL);
+	store_latency_set_hook(NULL);
 }
 
 /* Pops one event; false when the ring is empty. */
@@ -109,13 +119,68 @@ static bool pop(struct msgid *id, enum tier_event *ev)
 	return true;
 }
 
+/* ---- read shares ------------------------------------------------------------------ */
+
+static pthread_mutex_t reads_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t slot_minute[TIER_READ_SLOTS];          /* minute + 1 held by the slot; 0 = never */
+static uint32_t slot_reads[TIER_READ_SLOTS][CONFIG_TIER_MAX];
+static uint64_t reads_total[CONFIG_TIER_MAX];
+
+void tier_reads_note(unsigned tier, uint64_t now_ms)
+{
+	if (tier >= CONFIG_TIER_MAX)
+		return;
+	uint64_t minute = now_ms / 60000 + 1;
+	size_t slot = (size_t)(minute % TIER_READ_SLOTS);
+	pthread_mutex_lock(&reads_mu);
+	if (slot_minute[slot] != minute) {
+		memset(slot_reads[slot], 0, sizeof(slot_reads[slot]));
+		slot_minute[slot] = minute;
+	}
+	if (slot_reads[slot][tier] < UINT32_MAX)
+		slot_reads[slot][tier]++;
+	reads_total[tier]++;
+	pthread_mutex_unlock(&reads_mu);
+}
+
+void tier_reads_get(struct tier_reads *out, uint64_t now_ms)
+{
+	uint64_t minute = now_ms / 60000 + 1;
+	memset(out, 0, sizeof(*out));
+	pthread_mutex_lock(&reads_mu);
+	for (size_t i = 0; i < TIER_READ_SLOTS; i++) {
+		uint64_t m = slot_minute[i];
+		if (m == 0 || m > minute || minute - m >= TIER_READ_SLOTS)
+			continue;
+		for (size_t t = 0; t < CONFIG_TIER_MAX; t++) {
+			out->day[t] += slot_reads[i][t];
+			if (minute - m < 60)
+				out->hour[t] += slot_reads[i][t];
+		}
+	}
+	memcpy(out->total, reads_total, sizeof(out->total));
+	pthread_mutex_unlock(&reads_mu);
+}
+
+void tier_reads_reset(void)
+{
+	pthread_mutex_lock(&reads_mu);
+	memset(slot_minute, 0, sizeof(slot_minute));
+	memset(slot_reads, 0, sizeof(slot_reads));
+	memset(reads_total, 0, sizeof(reads_total));
+	pthread_mutex_unlock(&reads_mu);
+}
+
 /* Folds an event into rows (one row per blob). */
 static void fold(struct store *st, struct store_heat **rows, size_t *n, size_t *cap, const struct msgid *id,
 		 enum tier_event ev, int64_t now, uint64_t half_life_s)
 {
 	struct store_heat h;
-	if (store_tier_heat_get(st, id, &h) != ST_OK)
+	unsigned tier = UINT32_MAX;
+	if (store_tier_heat_get(st, id, &h, &tier) != ST_OK)
 		return; /* blob gone (or unreadable): the event is moot */
+	if (ev == TIER_EVENT_READ)
+		tier_reads_note(tier, time_mono_ms());
 	for (size_t i = 0; i < *n; i++) {
 		if ((*rows)[i].blob_id == h.blob_id) {
 			tier_heat_event(&(*rows)[i], now, ev, half_life_s);

@@ -14,8 +14,14 @@
  * The rule is always "the index's tier wins; the other copy is removed",
  * with one exception for a damaged tree: when the index's copy is missing
  * and the other is present with a valid trailer, the index is corrected to
- * the other tier instead.  The copy is verified (size, trailer) before the
+ * the other tier instead.  The copy is verified (size, trailer, and for a
+ * compressed copy a full decompression with its checksum) before the
  * rename, so a torn copy never becomes a blob.
+ *
+ * Compression: the copy is written as the target tier stores blobs
+ * (tier.<name>.compress): compressed into a zstd tier, decompressed into a
+ * plain one, copied as is between tiers of the same kind (a level change
+ * applies to blobs moved in later).  See store_blob_repack.
  *
  * Budget: a token bucket over bytes and files; the caller sleeps.
  * Concurrency: under the mover lock (one mover per installation); readers
@@ -37,8 +43,6 @@
 
 #include "metrics.h"
 
-#define COPY_CHUNK (256 * 1024)
-
 /* ---- budget ---------------------------------------------------------------- */
 
 void tier_budget_init(struct tier_budget *b, const struct settings *s)
@@ -48,6 +52,8 @@ void tier_budget_init(struct tier_budget *b, const struct settings *s)
 	b->bytes = b->bytes_rate;   /* one second of burst */
 	b->files = b->files_rate;
 	b->last_us = time_mono_us();
+	b->bytes_max = b->bytes_rate;
+	b->files_max = b->files_rate;
 }
 
 uint64_t tier_budget_take(struct tier_budget *b, uint64_t bytes, uint64_t now_us)
@@ -108,49 +114,6 @@ static void tmp_dir_of(const struct settings *s, unsigned tier, char *out, size_
 	snprintf(out, len, "%s/tier-tmp", s->tiers[tier].path);
 }
 
-/* Copies src (already open) into a new temp file in dir; fsyncs and closes
- * it.  Returns true with the temp path in tmp. */
-static bool copy_to_temp(int in, const char *dir, char *tmp, size_t tmplen, uint64_t *bytes_r)
-{
-	int out = fs_open_temp(dir, tmp, tmplen);
-	if (out < 0)
-		return false;
-	char *buf = xmalloc(COPY_CHUNK);
-	uint64_t total = 0;
-	bool ok = true;
-	for (;;) {
-		ssize_t n = read(in, buf, COPY_CHUNK);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			ok = false;
-			break;
-		}
-		if (n == 0)
-			break;
-		if (!fs_write_all(out, buf, (size_t)n)) {
-			ok = false;
-			break;
-		}
-		total += (uint64_t)n;
-	}
-	free(buf);
-	int e = errno;
-	if (ok && fs_fsync(out)) {
-		if (fs_close(out)) {
-			*bytes_r = total;
-			return true;
-		}
-		e = errno;
-	} else {
-		e = errno ? errno : e;
-		close(out);
-	}
-	unlink(tmp);
-	errno = e;
-	return false;
-}
-
 static enum status fail_errno(const char *what, const char *path, char **error_r)
 {
 	int e = errno;
@@ -159,14 +122,48 @@ static enum status fail_errno(const char *what, const char *path, char **error_r
 	return status_from_errno(e);
 }
 
-/* The copy at `path` is a whole blob for id: a valid trailer naming id. */
-static bool copy_valid(const char *path, const struct msgid *id)
+/* Writes the blob open as `in` (trailer in *meta) into a new temp file in
+ * dir, stored as the target tier says (compressed, decompressed or copied),
+ * then fsyncs and closes it.  ST_OK with the temp path in tmp. */
+static enum status copy_to_temp(int in, const struct blob_meta *meta, const struct tier_setting *to,
+				const char *dir, char *tmp, size_t tmplen, uint64_t *bytes_r, char **error_r)
 {
-	struct blob_meta meta;
-	if (store_blob_read_meta(path, &meta) != ST_OK)
+	int out = fs_open_temp(dir, tmp, tmplen);
+	if (out < 0)
+		return fail_errno("create temp file in", dir, error_r);
+	enum status r = store_blob_repack(in, meta, out, to->compress, to->compress_level, bytes_r, error_r);
+	if (r == ST_OK && !fs_fsync(out))
+		r = fail_errno("fsync", tmp, error_r);
+	if (r == ST_OK) {
+		int fd = out;
+		out = -1;
+		if (!fs_close(fd))
+			r = fail_errno("close", tmp, error_r);
+	}
+	if (out >= 0)
+		close(out);
+	if (r != ST_OK)
+		unlink(tmp);
+	return r;
+}
+
+/* The copy at `path` is a whole blob for id: a valid trailer naming id and
+ * `size`, and (compressed) a frame that decompresses to exactly that size
+ * with a good checksum, so a torn or corrupt copy never becomes the blob. */
+static bool copy_valid(const char *path, const struct msgid *id, uint64_t size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
 		return false;
-	bool ok = memcmp(meta.id.b, id->b, MSGID_BYTES) == 0;
-	store_blob_meta_free(&meta);
+	struct blob_meta meta;
+	bool ok = store_blob_read_meta_fd(fd, &meta) == ST_OK;
+	if (ok) {
+		ok = memcmp(meta.id.b, id->b, MSGID_BYTES) == 0 && (size == UINT64_MAX || meta.size == size);
+		if (ok && meta.compress != BLOB_COMPRESS_NONE)
+			ok = store_blob_unpack(fd, &meta, -1, NULL) == ST_OK;
+		store_blob_meta_free(&meta);
+	}
+	close(fd);
 	return ok;
 }
 
@@ -186,11 +183,23 @@ static enum status place_copy(const struct settings *s, const struct msgid *id, 
 	int in = open(src, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (in < 0)
 		return errno == ENOENT ? ST_NOT_FOUND : fail_errno("open", src, error_r);
-	bool ok = copy_to_temp(in, tmpdir, tmp, sizeof(tmp), bytes_r);
+	struct blob_meta meta;
+	enum status r = store_blob_read_meta_fd(in, &meta);
+	if (r != ST_OK || memcmp(meta.id.b, id->b, MSGID_BYTES) != 0) {
+		close(in);
+		if (r == ST_OK)
+			store_blob_meta_free(&meta);
+		if (error_r)
+			*error_r = xasprintf("source %s has no valid trailer for this blob", src);
+		return r == ST_OK || r == ST_INVALID ? ST_IO_ERROR : r;
+	}
+	r = copy_to_temp(in, &meta, &s->tiers[to], tmpdir, tmp, sizeof(tmp), bytes_r, error_r);
+	uint64_t size = meta.size;
+	store_blob_meta_free(&meta);
 	close(in);
-	if (!ok)
-		return fail_errno("copy to", tmpdir, error_r);
-	if (!copy_valid(tmp, id)) {
+	if (r != ST_OK)
+		return r;
+	if (!copy_valid(tmp, id, size)) {
 		unlink(tmp);
 		if (error_r)
 			*error_r = xasprintf("copy of %s has no valid trailer", src);
@@ -286,7 +295,7 @@ static enum status recover_one(struct store *st, const struct settings *s, const
 	char kp[PATH_MAX], op[PATH_MAX];
 	bool have_keep = keep < s->n_tiers && copy_exists(s, keep, &m->id, kp, sizeof(kp));
 	bool have_other = copy_exists(s, other, &m->id, op, sizeof(op));
-	if (!have_keep && have_other && copy_valid(op, &m->id)) {
+	if (!have_keep && have_other && copy_valid(op, &m->id, UINT64_MAX)) {
 		enum status r = store_tier_set(st, m->blob_id, other, error_r);
 		if (r != ST_OK)
 			return r;

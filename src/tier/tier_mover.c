@@ -11,7 +11,15 @@
  * The thread: drains access events into the heat table every 2 seconds,
  * and every tier.interval takes the mover lock without waiting (a running
  * `strata tier move` makes it skip the pass), runs recovery and a pass,
- * and refreshes the per-tier gauges.  It owns its own store handle.
+ * and refreshes the per-tier gauges; with every flush, and while a pass
+ * waits for its budget, the back-off (tier_backoff.c) rescales the budget
+ * from the foreground latency; every tier.checkpoint_interval (and
+ * once more at stop) it writes a heat checkpoint (tier_checkpoint.c).  It
+ * owns its own store handle.
+ *
+ * Start: when the tier tables are damaged or lost (tier_state_needs_rebuild),
+ * tier_rebuild runs under the mover lock before the thread starts, so the
+ * first pass already sees the placement from the files and the restored heat.
  */
 #include "tier.h"
 
@@ -81,6 +89,8 @@ static bool wait_budget(struct tier_budget *b, uint64_t bytes, const volatile bo
 	for (int i = 0; i < 100000; i++) {
 		if (stop && *stop)
 			return false;
+		if (stop) /* only the daemon's mover passes `stop`: the back-off applies to it */
+			tier_backoff_tick(b, time_mono_ms());
 		uint64_t w = tier_budget_take(b, bytes, time_mono_us());
 		if (w == 0)
 			return true;
@@ -173,6 +183,19 @@ static void flush_heat(struct tier_mover *m)
 	}
 }
 
+static void checkpoint(struct tier_mover *m)
+{
+	char *err = NULL;
+	struct tier_ckpt_info ci;
+	if (tier_checkpoint_write(m->st, m->s, &ci, &err) != ST_OK) {
+		log_warn("tier: heat checkpoint failed: %s", err ? err : "?");
+		free(err);
+		return;
+	}
+	if (ci.path[0] != '\0')
+		log_debug("tier: heat checkpoint %s: %zu row(s)", ci.path, ci.rows);
+}
+
 static void run_pass(struct tier_mover *m)
 {
 	int lock = tier_lock(m->s, false);
@@ -211,25 +234,56 @@ static void *mover_main(void *arg)
 	struct tier_mover *m = arg;
 	uint64_t now = time_mono_ms();
 	uint64_t next_flush = now + FLUSH_MS, next_pass = now; /* first pass at once */
+	uint64_t next_ckpt = now + m->s->tier_checkpoint_interval_ms;
 	pthread_mutex_lock(&m->mu);
 	while (!m->stop) {
-		wait_until_ms(m, next_flush < next_pass ? next_flush : next_pass);
+		uint64_t until = next_flush < next_pass ? next_flush : next_pass;
+		wait_until_ms(m, until < next_ckpt ? until : next_ckpt);
 		if (m->stop)
 			break;
 		pthread_mutex_unlock(&m->mu);
 		now = time_mono_ms();
 		if (now >= next_flush) {
 			flush_heat(m);
+			tier_backoff_tick(&m->budget, time_mono_ms());
 			next_flush = time_mono_ms() + FLUSH_MS;
 		}
 		if (now >= next_pass) {
 			run_pass(m);
 			next_pass = time_mono_ms() + m->s->tier_interval_ms;
 		}
+		if (now >= next_ckpt) {
+			flush_heat(m);
+			checkpoint(m);
+			next_ckpt = time_mono_ms() + m->s->tier_checkpoint_interval_ms;
+		}
 		pthread_mutex_lock(&m->mu);
 	}
 	pthread_mutex_unlock(&m->mu);
 	return NULL;
+}
+
+/* Under the mover lock: a rebuild when the tier state was lost, else the
+ * tables (created if missing) and recovery of interrupted moves. */
+static enum status start_state(struct store *st, const struct settings *s, char **error_r)
+{
+	char *reason = NULL;
+	if (!tier_state_needs_rebuild(st, s, &reason)) {
+		enum status r = store_tier_init(st, error_r);
+		return r == ST_OK ? tier_recover(st, s, NULL, error_r) : r;
+	}
+	log_warn("tier: %s: rebuilding the tier state (placement from the files, heat from the newest checkpoint)",
+		 reason);
+	free(reason);
+	struct tier_rebuild_result rr;
+	char *err = NULL;
+	if (tier_rebuild(st, s, &rr, &err) == ST_OK)
+		return ST_OK;
+	/* Heat is advisory: start with what there is rather than not at all. */
+	log_error("tier: rebuild of the tier state failed: %s; starting without it", err ? err : "?");
+	free(err);
+	enum status r = store_tier_init(st, error_r);
+	return r == ST_OK ? tier_recover(st, s, NULL, error_r) : r;
 }
 
 struct tier_mover *tier_mover_start(const struct settings *s, char **error_r)
@@ -244,17 +298,13 @@ struct tier_mover *tier_mover_start(const struct settings *s, char **error_r)
 	struct store *st = store_open(s, false, error_r);
 	if (st == NULL)
 		return NULL;
-	if (store_tier_init(st, error_r) != ST_OK) {
-		store_close(&st);
-		return NULL;
-	}
 	int lock = tier_lock(s, true);
 	if (lock < 0) {
 		*error_r = xasprintf("tier lock in %s: %s", s->tiers[0].path, strerror(errno));
 		store_close(&st);
 		return NULL;
 	}
-	enum status r = tier_recover(st, s, NULL, error_r);
+	enum status r = start_state(st, s, error_r);
 	tier_unlock(&lock);
 	if (r != ST_OK) {
 		store_close(&st);
@@ -264,13 +314,16 @@ struct tier_mover *tier_mover_start(const struct settings *s, char **error_r)
 	m->s = s;
 	m->st = st;
 	tier_budget_init(&m->budget, s);
+	tier_backoff_reset();
 	pthread_mutex_init(&m->mu, NULL);
 	pthread_cond_init(&m->cv, NULL);
 	tier_metrics_update(st, s);
+	tier_admin_settings(s);
 	tier_access_install();
 	int e = pthread_create(&m->thread, NULL, mover_main, m);
 	if (e != 0) {
 		tier_access_uninstall();
+		tier_admin_settings(NULL);
 		*error_r = xasprintf("tier mover thread: %s", strerror(e));
 		pthread_cond_destroy(&m->cv);
 		pthread_mutex_destroy(&m->mu);
@@ -292,7 +345,9 @@ void tier_mover_stop(struct tier_mover **mp)
 	pthread_mutex_unlock(&m->mu);
 	pthread_join(m->thread, NULL);
 	tier_access_uninstall();
+	tier_admin_settings(NULL);
 	flush_heat(m);
+	checkpoint(m);
 	pthread_cond_destroy(&m->cv);
 	pthread_mutex_destroy(&m->mu);
 	store_close(&m->st);

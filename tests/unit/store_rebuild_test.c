@@ -16,6 +16,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
 #include <sqlite3.h>
@@ -400,6 +401,99 @@ static void test_rebuild_without_backup(void **state)
 	assert_int_equal(verify_problems(f), 0); /* younger than the grace period */
 }
 
+/* ---- compressed blobs -------------------------------------------------------------- */
+
+/* Rewrites blob id from tier `from` as a zstd blob on tier `to` (what the
+ * mover does), without touching the index. */
+static void compress_onto(struct fixture *f, const struct msgid *id, unsigned from, unsigned to)
+{
+	char src[PATH_MAX], dst[PATH_MAX], dir[PATH_MAX];
+	store_blob_path_for(f->s, from, id, src, sizeof(src));
+	store_blob_path_for(f->s, to, id, dst, sizeof(dst));
+	store_blob_dir_of(f->s->tiers[to].path, id, dir, sizeof(dir));
+	assert_true(fs_mkdir_p(dir, 0750));
+	int in = open(src, O_RDONLY);
+	assert_true(in >= 0);
+	int out = open(dst, O_WRONLY | O_CREAT | O_EXCL, 0640);
+	assert_true(out >= 0);
+	struct blob_meta m;
+	assert_int_equal(store_blob_read_meta_fd(in, &m), ST_OK);
+	uint64_t written = 0;
+	assert_int_equal(store_blob_repack(in, &m, out, BLOB_COMPRESS_ZSTD, 3, &written, NULL), ST_OK);
+	store_blob_meta_free(&m);
+	close(in);
+	assert_true(fs_fsync(out) && fs_close(out));
+	assert_int_equal(unlink(src), 0);
+}
+
+/* The message bytes readers get for id equal body. */
+static void check_body(struct fixture *f, const struct msgid *id, const char *body, const char *label)
+{
+	int fd = store_blob_open(f->s, 0, id, NULL);
+	if (fd < 0)
+		fail_msg("%s: open: %s", label, strerror(errno));
+	char got[256];
+	ssize_t n = pread(fd, got, sizeof(got), 0);
+	close(fd);
+	if (n != (ssize_t)strlen(body) || memcmp(got, body, strlen(body)) != 0)
+		fail_msg("%s: read %zd bytes, want \"%s\"", label, n, body);
+}
+
+static void test_rebuild_compressed_blobs(void **state)
+{
+	struct fixture *f = *state;
+	config_free(&f->s);
+	char conf[PATH_MAX], sd[PATH_MAX], ap[PATH_MAX];
+	snprintf(conf, sizeof(conf), "%s/empty.conf", f->dir);
+	FILE *cf = fopen(conf, "w");
+	assert_non_null(cf);
+	fclose(cf);
+	snprintf(sd, sizeof(sd), "state_dir=%s/state", f->dir);
+	snprintf(ap, sizeof(ap), "tier.archive.path=%s/arc", f->dir);
+	char *over[] = { sd, "tier.names=fast,archive", ap, "tier.archive.compress=zstd" };
+	char *err = NULL;
+	f->s = config_load(conf, over, ARRAY_LEN(over), &err);
+	if (f->s == NULL)
+		fail_msg("config: %s", err);
+	open_store(f);
+	assert_int_equal(store_domain_add(f->st, "b.example", &err), ST_OK);
+	add_user(f, "a@b.example");
+	const char *known = "Subject: known\r\n\r\nkept kept kept kept kept kept kept kept\r\n";
+	const char *unknown = "Subject: new\r\n\r\nfound only on the archive, compressed\r\n";
+	struct msgid k = deliver(f, "a@b.example", known, 100);
+	struct msgid u = write_blob(f, unknown, "a@b.example", NULL, 101);
+	store_close(&f->st);
+	/* the index's row says tier 0, the file is compressed on tier 1; the
+	 * other file is known to no index at all */
+	compress_onto(f, &k, 0, 1);
+	compress_onto(f, &u, 0, 1);
+	check_body(f, &k, known, "before rebuild");
+	struct store_rebuild_result r;
+	if (store_rebuild(f->s, &r, &err) != ST_OK)
+		fail_msg("rebuild: %s", err);
+	assert_int_equal(r.added_messages, 1);
+	assert_int_equal(r.bad_files, 0);
+	open_store(f);
+	struct listed l = list(f, "a@b.example", "INBOX");
+	assert_int_equal(l.n, 2);
+	/* sizes are the message sizes, not the compressed ones */
+	assert_int_equal(l.rows[0].size, strlen(known));
+	assert_int_equal(l.rows[1].size, strlen(unknown));
+	check_body(f, &k, known, "known, after rebuild");
+	check_body(f, &u, unknown, "found, after rebuild");
+	store_close(&f->st);
+	sqlite3 *db;
+	assert_int_equal(sqlite3_open_v2(f->s->store_index_path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+	sqlite3_stmt *q;
+	assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM blobs WHERE tier = 1", -1, &q, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+	assert_int_equal(sqlite3_column_int(q, 0), 2);
+	sqlite3_finalize(q);
+	sqlite3_close(db);
+	open_store(f);
+	assert_int_equal(verify_problems(f), 0);
+}
+
 static void test_verify_finds_damage(void **state)
 {
 	struct fixture *f = *state;
@@ -431,6 +525,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_backup_and_rebuild, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_rebuild_without_backup, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_verify_finds_damage, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_rebuild_compressed_blobs, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -17,7 +17,9 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
 #include <math.h>
@@ -150,6 +152,8 @@ static void test_config_and_pins(void **state)
 
 	char *over[] = { "tier.names = fast, standard ,archive", "tier.standard.path=/srv/std",
 			 "tier.archive.path=/srv/arc", "tier.fast.capacity=80%", "tier.standard.capacity=2G",
+			 "tier.archive.compress=zstd", "tier.standard.compress=zstd", "tier.standard.compress_level=19",
+			 "tier.standard.compress=none", "tier.standard.compress_level=7", "tier.standard.compress=zstd",
 			 "tier.pin=folder:Archive=archive,account:CEO@x.example=fast,folder:Trash=standard,"
 			 "folder:Trash=archive" };
 	s = load("/tmp/x", over, ARRAY_LEN(over), &err);
@@ -160,6 +164,12 @@ static void test_config_and_pins(void **state)
 	assert_int_equal(s->tiers[0].capacity_percent, 80);
 	assert_int_equal(s->tiers[1].capacity_bytes, 2ull << 30);
 	assert_int_equal(s->tiers[2].capacity_bytes, 0);
+	/* compression: none by default; the last assignment of a key wins; level 3 by default */
+	assert_int_equal(s->tiers[0].compress, TIER_COMPRESS_NONE);
+	assert_int_equal(s->tiers[1].compress, TIER_COMPRESS_ZSTD);
+	assert_int_equal(s->tiers[1].compress_level, 7);
+	assert_int_equal(s->tiers[2].compress, TIER_COMPRESS_ZSTD);
+	assert_int_equal(s->tiers[2].compress_level, TIER_COMPRESS_LEVEL_DEFAULT);
 	static const struct { const char *label, *mailbox, *special, *account; int want; } cases[] = {
 		{ "no rule", "INBOX", "", "a@x.example", -1 },
 		{ "folder by name", "Archive", "", "a@x.example", 2 },
@@ -174,9 +184,9 @@ static void test_config_and_pins(void **state)
 			fail_msg("%s: got %d want %d", cases[i].label, got, cases[i].want);
 	}
 	/* a percentage target is a share of the real filesystem */
-	uint64_t cap = tier_capacity(&(struct tier_setting){ "t", "/tmp", 0, 50 });
+	uint64_t cap = tier_capacity(&(struct tier_setting){ "t", "/tmp", 0, 50, 0, 0 });
 	assert_true(cap > 0);
-	assert_int_equal(tier_capacity(&(struct tier_setting){ "t", "/tmp", 12345, 0 }), 12345);
+	assert_int_equal(tier_capacity(&(struct tier_setting){ "t", "/tmp", 12345, 0, 0, 0 }), 12345);
 	config_free(&s);
 
 	static const struct { const char *label; char *over[3]; const char *err; } bad[] = {
@@ -187,6 +197,10 @@ static void test_config_and_pins(void **state)
 		{ "same dir", { "tier.names=a,b", "tier.b.path=/tmp/x/blobs", NULL }, "same directory" },
 		{ "pin syntax", { "tier.pin=mailbox:x=fast", NULL, NULL }, "folder: or account:" },
 		{ "too many", { "tier.names=a,b,c,d,e,f,g,h,i", NULL, NULL }, "more than 8 tiers" },
+		{ "bad compression", { "tier.fast.compress=gzip", NULL, NULL }, "is not none or zstd" },
+		{ "level out of range", { "tier.fast.compress=zstd", "tier.fast.compress_level=20", NULL }, "is not 1 to 19" },
+		{ "level zero", { "tier.fast.compress=zstd", "tier.fast.compress_level=0", NULL }, "is not 1 to 19" },
+		{ "level without zstd", { "tier.fast.compress_level=5", NULL, NULL }, "needs tier.fast.compress = zstd" },
 	};
 	for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
 		size_t n = bad[i].over[1] ? 2 : 1;
@@ -592,15 +606,21 @@ static void test_access_ring_and_heat(void **state)
 	assert_true(tier_access_push(&unknown, TIER_EVENT_READ));
 	assert_true(tier_access_push(&f->id[1], TIER_EVENT_DELIVERY));
 	char *err = NULL;
+	tier_reads_reset();
 	assert_int_equal(tier_access_drain(f->st, 7 * DAY, 1000, &err), 5);
+	/* the reads count against the blob's tier; a delivery and an unknown id do not */
+	struct tier_reads rs;
+	tier_reads_get(&rs, time_mono_ms());
+	assert_int_equal(rs.hour[0], 3);
+	assert_int_equal(rs.total[0] + rs.total[1] + rs.total[2], 3);
 	struct store_heat h;
-	assert_int_equal(store_tier_heat_get(f->st, &f->id[0], &h), ST_OK);
+	assert_int_equal(store_tier_heat_get(f->st, &f->id[0], &h, NULL), ST_OK);
 	if (fabs(h.score - 3.0) > 0.01)
 		fail_msg("heat after 3 reads: %f", h.score);
 	assert_int_equal(h.reads_days & 1, 1);
-	assert_int_equal(store_tier_heat_get(f->st, &f->id[1], &h), ST_OK);
+	assert_int_equal(store_tier_heat_get(f->st, &f->id[1], &h, NULL), ST_OK);
 	assert_int_equal(h.reads_days, 0);
-	assert_int_equal(store_tier_heat_get(f->st, &unknown, &h), ST_NOT_FOUND);
+	assert_int_equal(store_tier_heat_get(f->st, &unknown, &h, NULL), ST_NOT_FOUND);
 	/* the hook path: store_access_note feeds the ring once installed */
 	tier_access_install();
 	store_access_note(&f->id[2]);
@@ -613,7 +633,7 @@ static void test_access_ring_and_heat(void **state)
 		tier_access_push(&f->id[3], TIER_EVENT_READ);
 	assert_int_equal(tier_access_dropped() - dropped, 10);
 	assert_int_equal(tier_access_drain(f->st, 7 * DAY, TIER_ACCESS_RING * 2, &err), TIER_ACCESS_RING);
-	assert_int_equal(store_tier_heat_get(f->st, &f->id[3], &h), ST_OK);
+	assert_int_equal(store_tier_heat_get(f->st, &f->id[3], &h, NULL), ST_OK);
 	assert_true(h.score > 1000);
 }
 
@@ -650,6 +670,569 @@ static void test_pass(void **state)
 	f->s->tiers[0].capacity_bytes = 0;
 }
 
+/* ---- compressed tiers -------------------------------------------------------------------- */
+
+static void read_file_or_fail(const char *path, struct buf *out)
+{
+	char *d = NULL;
+	size_t len = 0;
+	if (!fs_read_file(path, &d, &len))
+		fail_msg("read %s: %s", path, strerror(errno));
+	buf_reset(out);
+	buf_append(out, d, len);
+	free(d);
+}
+
+/* Reads every byte of fd from offset 0 with pread, as IMAP FETCH does. */
+static void pread_all_fd(int fd, struct buf *out)
+{
+	char chunk[4096];
+	buf_reset(out);
+	for (off_t off = 0;; ) {
+		ssize_t n = pread(fd, chunk, sizeof(chunk), off);
+		assert_true(n >= 0);
+		if (n == 0)
+			break;
+		buf_append(out, chunk, (size_t)n);
+		off += n;
+	}
+}
+
+/* The message bytes a reader gets through store_blob_open equal the
+ * original's [0, size), whatever tier it guesses. */
+static void check_open_bytes(struct fix *f, size_t i, uint64_t size, const char *label)
+{
+	struct buf got = BUF_INIT;
+	for (unsigned guess = 0; guess < f->s->n_tiers; guess++) {
+		int fd = store_blob_open(f->s, guess, &f->id[i], NULL);
+		if (fd < 0)
+			fail_msg("%s: open (guess %u): %s", label, guess, strerror(errno));
+		pread_all_fd(fd, &got);
+		close(fd);
+		/* a plain copy is the file itself (the trailer follows [0, size)),
+		 * a compressed one exactly the message */
+		bool exact = exists_on(f, i, 2) && f->s->tiers[2].compress == TIER_COMPRESS_ZSTD;
+		if (got.len < size || (exact && got.len != size) || memcmp(got.data, f->data[i].data, size) != 0)
+			fail_msg("%s: reader got %zu bytes, want the %llu message bytes", label, got.len,
+				 (unsigned long long)size);
+	}
+	buf_free(&got);
+}
+
+static void test_compressed_tier_moves(void **state)
+{
+	struct fix *f = *state;
+	f->s->tiers[2].compress = TIER_COMPRESS_ZSTD;
+	f->s->tiers[2].compress_level = 3;
+	uint64_t bytes = 0;
+	char *err = NULL;
+	char path[PATH_MAX];
+	struct blob_meta m;
+	assert_int_equal(tier_move_blob(f->st, f->s, f->blob_id[0], &f->id[0], 0, 2, &bytes, &err), ST_OK);
+	store_blob_path_for(f->s, 2, &f->id[0], path, sizeof(path));
+	assert_int_equal(store_blob_read_meta(path, &m), ST_OK);
+	uint64_t size = m.size;
+	assert_int_equal(m.compress, BLOB_COMPRESS_ZSTD);
+	if (!(m.stored_size < size / 2))
+		fail_msg("compressed %llu message bytes to %llu", (unsigned long long)size,
+			 (unsigned long long)m.stored_size);
+	struct buf file = BUF_INIT;
+	read_file_or_fail(path, &file);
+	assert_int_equal(bytes, file.len);
+	assert_memory_equal(file.data, "\x28\xb5\x2f\xfd", 4);
+	store_blob_meta_free(&m);
+	check_open_bytes(f, 0, size, "on the zstd tier");
+	/* out to a plain tier: the file is the original, byte for byte */
+	assert_int_equal(tier_move_blob(f->st, f->s, f->blob_id[0], &f->id[0], 2, 1, &bytes, &err), ST_OK);
+	assert_int_equal(check_blob(f, 0, false, "zstd -> plain"), 1);
+	assert_int_equal(bytes, f->data[0].len);
+	check_open_bytes(f, 0, size, "back on a plain tier");
+	/* and round again, to the first tier */
+	assert_int_equal(tier_move_blob(f->st, f->s, f->blob_id[0], &f->id[0], 1, 2, &bytes, &err), ST_OK);
+	assert_int_equal(tier_move_blob(f->st, f->s, f->blob_id[0], &f->id[0], 2, 0, &bytes, &err), ST_OK);
+	assert_int_equal(check_blob(f, 0, false, "zstd -> first tier"), 0);
+	/* a zstd tier to a zstd tier copies the frame as it is */
+	f->s->tiers[1].compress = TIER_COMPRESS_ZSTD;
+	f->s->tiers[1].compress_level = 19;
+	assert_int_equal(tier_move_blob(f->st, f->s, f->blob_id[0], &f->id[0], 0, 1, &bytes, &err), ST_OK);
+	assert_int_equal(tier_move_blob(f->st, f->s, f->blob_id[0], &f->id[0], 1, 2, &bytes, &err), ST_OK);
+	check_open_bytes(f, 0, size, "zstd -> zstd");
+	assert_int_equal(journal_rows(f), 0);
+	f->s->tiers[1].compress = TIER_COMPRESS_NONE;
+	buf_free(&file);
+}
+
+/* Damaged compressed blobs: readers get EIO (never compressed bytes as
+ * mail), and a move out fails and leaves the blob where the index says. */
+static void test_compressed_damage(void **state)
+{
+	struct fix *f = *state;
+	f->s->tiers[2].compress = TIER_COMPRESS_ZSTD;
+	f->s->tiers[2].compress_level = 3;
+	uint64_t bytes = 0;
+	char *err = NULL;
+	char path[PATH_MAX];
+	assert_int_equal(tier_move_blob(f->st, f->s, f->blob_id[1], &f->id[1], 0, 2, &bytes, &err), ST_OK);
+	store_blob_path_for(f->s, 2, &f->id[1], path, sizeof(path));
+	struct buf good = BUF_INIT;
+	read_file_or_fail(path, &good);
+	struct blob_meta m;
+	assert_int_equal(store_blob_read_meta(path, &m), ST_OK);
+	const uint64_t stored = m.stored_size, size = m.size;
+	static const struct { const char *label; int kind; } cases[] = {
+		{ "a payload byte flipped", 0 },
+		{ "frame truncated (trailer agrees)", 1 },
+		{ "trailer size one more than the frame holds", 2 },
+		{ "trailer size one less than the frame holds", 3 },
+		{ "unknown compression in the trailer", 4 },
+		{ "stored key without compress key", 5 },
+	};
+	for (size_t k = 0; k < ARRAY_LEN(cases); k++) {
+		struct buf bad = BUF_INIT;
+		struct blob_meta mm = m;
+		size_t keep = (size_t)stored;
+		switch (cases[k].kind) {
+		case 0: keep = (size_t)stored; break;
+		case 1: keep = (size_t)stored - 7; mm.stored_size = keep; break;
+		case 2: mm.size = size + 1; break;
+		case 3: mm.size = size - 1; break;
+		default: break;
+		}
+		buf_append(&bad, good.data, keep);
+		if (cases[k].kind == 0)
+			bad.data[keep / 2] ^= 0x55;
+		size_t tstart = bad.len;
+		store_blob_trailer(&mm, &bad);
+		char *hit = NULL;
+		if (cases[k].kind == 4 && (hit = memmem(bad.data + tstart, bad.len - tstart, "compress: zstd", 14)))
+			memcpy(hit, "compress: lz4x", 14);
+		if (cases[k].kind == 5 && (hit = memmem(bad.data + tstart, bad.len - tstart, "compress: zstd", 14)))
+			memcpy(hit, "comment: zstdx", 14);
+		assert_true(fs_write_file_durable(path, bad.data, bad.len, 0640));
+		errno = 0;
+		int fd = store_blob_open(f->s, 2, &f->id[1], NULL);
+		if (fd >= 0 || errno != EIO)
+			fail_msg("%s: open gave fd %d errno %d, want -1 EIO", cases[k].label, fd, errno);
+		enum status r = tier_move_blob(f->st, f->s, f->blob_id[1], &f->id[1], 2, 1, &bytes, &err);
+		free(err);
+		err = NULL;
+		unsigned tier = 99;
+		blob_row(f, 1, &tier);
+		if (r == ST_OK || tier != 2 || exists_on(f, 1, 1))
+			fail_msg("%s: move out gave %s, index tier %u", cases[k].label, status_info(r)->name, tier);
+		assert_int_equal(journal_rows(f), 0);
+		buf_free(&bad);
+	}
+	/* restored, it reads again */
+	assert_true(fs_write_file_durable(path, good.data, good.len, 0640));
+	check_open_bytes(f, 1, size, "restored");
+	store_blob_meta_free(&m);
+	buf_free(&good);
+}
+
+/* store_blob_unpack and store_blob_repack on their own: bounded output,
+ * exact bytes, a plain message that starts with zstd's magic stays plain. */
+static void test_pack_formats(void **state)
+{
+	struct fix *f = *state;
+	char path[PATH_MAX], tmp[PATH_MAX];
+	struct buf msg = BUF_INIT, file = BUF_INIT, back = BUF_INIT;
+	/* a plain blob whose message begins with the zstd magic */
+	static const char magic_msg[] = "\x28\xb5\x2f\xfd not a frame\r\n\r\nbody\r\n";
+	buf_append(&msg, magic_msg, sizeof(magic_msg) - 1);
+	struct blob_meta m = { 0 };
+	msgid_new(&m.id);
+	m.received = 1;
+	m.size = msg.len;
+	memset(m.hash_hex, 'b', 64);
+	char rcpt[1][320] = { "u@t.example" };
+	m.rcpt_addresses = rcpt;
+	m.n_rcpts = 1;
+	buf_append(&file, msg.data, msg.len);
+	store_blob_trailer(&m, &file);
+	snprintf(path, sizeof(path), "%s/magic", f->dir);
+	assert_true(fs_write_file_durable(path, file.data, file.len, 0640));
+	int fd = open(path, O_RDONLY);
+	assert_true(fd >= 0);
+	fd = store_blob_fd_plain(fd);
+	assert_true(fd >= 0);
+	pread_all_fd(fd, &back);
+	assert_int_equal(back.len, file.len); /* the file itself: plain */
+	/* repack to zstd and back through unpack into a file */
+	snprintf(tmp, sizeof(tmp), "%s/packed", f->dir);
+	int out = open(tmp, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	uint64_t written = 0;
+	struct blob_meta pm;
+	assert_int_equal(store_blob_read_meta_fd(fd, &pm), ST_OK);
+	assert_int_equal(store_blob_repack(fd, &pm, out, BLOB_COMPRESS_ZSTD, 1, &written, NULL), ST_OK);
+	close(fd);
+	store_blob_meta_free(&pm);
+	struct stat sb;
+	assert_int_equal(fstat(out, &sb), 0);
+	assert_int_equal((uint64_t)sb.st_size, written);
+	assert_int_equal(store_blob_read_meta_fd(out, &pm), ST_OK);
+	assert_int_equal(pm.compress, BLOB_COMPRESS_ZSTD);
+	assert_int_equal(pm.size, msg.len);
+	char upath[PATH_MAX];
+	snprintf(upath, sizeof(upath), "%s/unpacked", f->dir);
+	int u = open(upath, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	assert_int_equal(store_blob_unpack(out, &pm, u, NULL), ST_OK);
+	pread_all_fd(u, &back);
+	assert_int_equal(back.len, msg.len);
+	assert_memory_equal(back.data, msg.data, msg.len);
+	/* a check-only pass (out = -1) and a too-small size bound */
+	assert_int_equal(store_blob_unpack(out, &pm, -1, NULL), ST_OK);
+	pm.size = msg.len - 1;
+	char *err = NULL;
+	assert_int_equal(store_blob_unpack(out, &pm, -1, &err), ST_INVALID);
+	assert_non_null(strstr(err, "longer than its size"));
+	free(err);
+	store_blob_meta_free(&pm);
+	close(u);
+	close(out);
+	buf_free(&msg);
+	buf_free(&file);
+	buf_free(&back);
+}
+
+/* ---- heat checkpoints and tier rebuild -------------------------------------------------- */
+
+static void heat_of(struct fix *f, size_t i, struct store_heat *h)
+{
+	memset(h, 0, sizeof(*h));
+	assert_int_equal(store_tier_heat_get(f->st, &f->id[i], h, NULL), ST_OK);
+}
+
+static void reads(struct fix *f, size_t i, int n)
+{
+	for (int k = 0; k < n; k++)
+		assert_true(tier_access_push(&f->id[i], TIER_EVENT_READ));
+	assert_int_equal(tier_access_drain(f->st, 7 * DAY, 100000, NULL), (size_t)n);
+}
+
+static void write_ckpt(struct fix *f, struct tier_ckpt_info *ci)
+{
+	char *err = NULL;
+	usleep(3000); /* names are by millisecond */
+	if (tier_checkpoint_write(f->st, f->s, ci, &err) != ST_OK)
+		fail_msg("checkpoint: %s", err);
+}
+
+static void test_checkpoint_roundtrip_and_damage(void **state)
+{
+	struct fix *f = *state;
+	reads(f, 0, 3);
+	reads(f, 1, 1);
+	struct tier_ckpt_info a, b, got;
+	write_ckpt(f, &a);
+	assert_int_equal(a.rows, 2);
+	char dir[PATH_MAX];
+	tier_checkpoint_dir(f->s, dir, sizeof(dir));
+	assert_non_null(strstr(dir, "/arc/tier-heat")); /* on the last tier, away from the index */
+	assert_true(strncmp(a.path, dir, strlen(dir)) == 0);
+	struct store_heat h0a, h1a;
+	heat_of(f, 0, &h0a);
+	heat_of(f, 1, &h1a);
+	reads(f, 2, 5);
+	write_ckpt(f, &b);
+	assert_int_equal(b.rows, 3);
+	/* the newest, intact: three rows back with the same values */
+	char *err = NULL;
+	assert_int_equal(store_tier_reset(f->st, false, NULL), ST_OK);
+	assert_int_equal(tier_checkpoint_load(f->st, f->s, &got, &err), ST_OK);
+	assert_string_equal(got.path, b.path);
+	assert_int_equal(got.rows, 3);
+	struct store_heat h;
+	heat_of(f, 0, &h);
+	if (h.score != h0a.score || h.updated != h0a.updated || h.reads_days != h0a.reads_days)
+		fail_msg("restored heat %f/%lld/%u, want %f/%lld/%u", h.score, (long long)h.updated, h.reads_days,
+			 h0a.score, (long long)h0a.updated, h0a.reads_days);
+	struct buf good = BUF_INIT;
+	read_file_or_fail(b.path, &good);
+	static const struct { const char *label; int kind; } cases[] = {
+		{ "a row byte flipped", 0 }, { "truncated by one byte", 1 }, { "bad magic", 2 },
+		{ "count larger than the rows", 3 }, { "NaN score with a correct CRC", 4 }, { "empty file", 5 },
+	};
+	for (size_t k = 0; k < ARRAY_LEN(cases); k++) {
+		struct buf bad = BUF_INIT;
+		buf_append(&bad, good.data, good.len);
+		uint8_t *p = (uint8_t *)bad.data;
+		size_t n = bad.len;
+		switch (cases[k].kind) {
+		case 0: p[14 + 8 + 20] ^= 1; break;
+		case 1: bad.len--; break;
+		case 2: p[0] = 'X'; break;
+		case 3: p[n - 12] += 1; break;
+		case 4: {
+			uint64_t nan_bits = 0x7ff8000000000000ull;
+			for (int i = 0; i < 8; i++)
+				p[14 + 8 + 16 + i] = (uint8_t)(nan_bits >> (8 * i));
+			uint32_t crc = tier_crc32(0, p, n - 4);
+			for (int i = 0; i < 4; i++)
+				p[n - 4 + i] = (uint8_t)(crc >> (8 * i));
+			break;
+		}
+		default: bad.len = 0; break;
+		}
+		assert_true(fs_write_file_durable(b.path, bad.data, bad.len, 0640));
+		reads(f, 3, 1); /* the table changes: a load must replace it */
+		memset(&got, 0, sizeof(got));
+		if (tier_checkpoint_load(f->st, f->s, &got, &err) != ST_OK)
+			fail_msg("%s: load failed: %s", cases[k].label, err);
+		if (strcmp(got.path, a.path) != 0 || got.rows != 2)
+			fail_msg("%s: loaded %s (%zu rows), want the older %s", cases[k].label, got.path, got.rows, a.path);
+		assert_int_equal(store_tier_heat_get(f->st, &f->id[2], &h, NULL), ST_OK);
+		if (h.updated != 0)
+			fail_msg("%s: blob 2 has heat the older checkpoint does not have", cases[k].label);
+		buf_free(&bad);
+	}
+	/* none valid: ST_NOT_FOUND and the table untouched */
+	assert_true(fs_write_file_durable(a.path, "junk", 4, 0640));
+	reads(f, 3, 1);
+	assert_int_equal(tier_checkpoint_load(f->st, f->s, &got, &err), ST_NOT_FOUND);
+	assert_non_null(strstr(err, "no valid heat checkpoint"));
+	free(err);
+	err = NULL;
+	heat_of(f, 3, &h);
+	assert_true(h.score > 0.5);
+	/* only the newest TIER_CKPT_KEEP stay */
+	for (int i = 0; i < TIER_CKPT_KEEP + 2; i++)
+		write_ckpt(f, &got);
+	size_t files = 0;
+	DIR *d = opendir(dir);
+	assert_non_null(d);
+	for (struct dirent *e; (e = readdir(d)) != NULL;)
+		files += strncmp(e->d_name, "heat-", 5) == 0;
+	closedir(d);
+	assert_int_equal(files, TIER_CKPT_KEEP);
+	/* an empty table (lost) never replaces a checkpoint with rows */
+	assert_int_equal(store_tier_reset(f->st, false, NULL), ST_OK);
+	usleep(3000);
+	assert_int_equal(tier_checkpoint_write(f->st, f->s, &got, NULL), ST_OK);
+	assert_string_equal(got.path, "");
+	assert_true(tier_checkpoint_has_rows(f->s));
+	assert_int_equal(tier_checkpoint_load(f->st, f->s, &got, NULL), ST_OK);
+	assert_true(got.rows > 0);
+	buf_free(&good);
+}
+
+static void test_tier_rebuild(void **state)
+{
+	struct fix *f = *state;
+	char *err = NULL;
+	reads(f, 0, 4);
+	struct store_heat before;
+	heat_of(f, 0, &before);
+	struct tier_ckpt_info ci;
+	write_ckpt(f, &ci);
+	/* damage: blob 1's file on tier 2 but the index says 0; blob 2 with an
+	 * extra copy on tier 1; blob 3 gone; the heat table dropped */
+	char p0[PATH_MAX], p2[PATH_MAX];
+	copy_to(f, 1, 2);
+	unlink_on(f, 1, 0);
+	copy_to(f, 2, 1);
+	store_blob_path_for(f->s, 0, &f->id[3], p0, sizeof(p0));
+	store_blob_path_for(f->s, 2, &f->id[3], p2, sizeof(p2));
+	assert_int_equal(rename(p0, p2), 0);
+	char dmg[PATH_MAX];
+	snprintf(dmg, sizeof(dmg), "%.4000s.bak", p2);
+	assert_int_equal(rename(p2, dmg), 0);
+	assert_int_equal(store_tier_reset(f->st, false, NULL), ST_OK);
+	char *reason = NULL;
+	/* an empty heat table beside a checkpoint with rows is a lost table */
+	assert_true(tier_state_needs_rebuild(f->st, f->s, &reason));
+	assert_non_null(strstr(reason, "empty"));
+	free(reason);
+	struct tier_rebuild_result rr;
+	if (tier_rebuild(f->st, f->s, &rr, &err) != ST_OK)
+		fail_msg("rebuild: %s", err);
+	assert_int_equal(rr.blobs, 4);
+	assert_int_equal(rr.corrected, 1);
+	assert_int_equal(rr.removed, 1);
+	assert_int_equal(rr.missing, 1);
+	assert_true(rr.from_checkpoint);
+	assert_int_equal(check_blob(f, 1, false, "found on tier 2"), 2);
+	assert_int_equal(check_blob(f, 2, false, "extra copy removed"), 0);
+	struct store_heat h;
+	heat_of(f, 0, &h);
+	if (h.score != before.score || h.reads_days != before.reads_days)
+		fail_msg("heat after rebuild %f, want %f", h.score, before.score);
+	assert_false(tier_state_needs_rebuild(f->st, f->s, &reason));
+	assert_null(reason);
+	/* blob 3 comes back: a second rebuild finds it (and checkpoints the
+	 * healthy heat table first, so the newest checkpoint keeps the heat) */
+	assert_int_equal(rename(dmg, p2), 0);
+	reads(f, 1, 2);
+	if (tier_rebuild(f->st, f->s, &rr, &err) != ST_OK)
+		fail_msg("second rebuild: %s", err);
+	assert_int_equal(rr.corrected, 1);
+	assert_int_equal(rr.missing, 0);
+	assert_int_equal(check_blob(f, 3, false, "found again"), 2);
+	heat_of(f, 1, &h);
+	assert_true(h.score > 1.5);
+	/* a dropped table is a missing table */
+	sqlite3 *db;
+	assert_int_equal(sqlite3_open(f->s->store_index_path, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(db, "DROP TABLE heat", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+	assert_true(tier_state_needs_rebuild(f->st, f->s, &reason));
+	assert_non_null(strstr(reason, "heat is missing"));
+	free(reason);
+}
+
+/* ---- back-off ------------------------------------------------------------------------- */
+
+static void test_backoff_rule(void **state)
+{
+	(void)state;
+	/* intervals of (mean latency us, samples) and the factor after each */
+	static const struct { const char *label; size_t n; struct { uint64_t mean, n; } iv[24]; double want; } cases[] = {
+		{ "warm-up never backs off", 5, { { 300, 10 }, { 9000, 10 }, { 300, 10 }, { 9000, 10 }, { 300, 10 } }, 1.0 },
+		{ "a spike halves", 6, { { 300, 10 }, { 300, 10 }, { 300, 10 }, { 300, 10 }, { 300, 10 }, { 20000, 10 } }, 0.5 },
+		{ "a sustained rise halves each interval down to the floor", 13,
+		  { { 300, 10 }, { 300, 10 }, { 300, 10 }, { 300, 10 }, { 300, 10 }, { 30000, 10 }, { 30000, 10 },
+		    { 30000, 10 }, { 30000, 10 }, { 30000, 10 }, { 30000, 10 }, { 30000, 10 }, { 30000, 10 } },
+		  TIER_BACKOFF_FLOOR },
+		{ "small jitter on a fast disk is not congestion", 8,
+		  { { 20, 10 }, { 20, 10 }, { 20, 10 }, { 20, 10 }, { 20, 10 }, { 900, 10 }, { 1500, 10 }, { 900, 10 } }, 1.0 },
+		{ "too few samples: nobody waits, so it recovers", 8,
+		  { { 300, 10 }, { 300, 10 }, { 300, 10 }, { 300, 10 }, { 300, 10 }, { 20000, 10 }, { 0, 0 }, { 50000, 2 } },
+		  0.625 },
+		{ "one spike halves once; the quiet intervals after it do not", 8,
+		  { { 300, 10 }, { 300, 10 }, { 300, 10 }, { 300, 10 }, { 300, 10 }, { 20000, 10 }, { 300, 10 },
+		    { 300, 10 } }, 0.5 },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		struct tier_backoff b;
+		tier_backoff_init(&b);
+		for (size_t k = 0; k < cases[i].n; k++)
+			tier_backoff_update(&b, cases[i].iv[k].mean * cases[i].iv[k].n, cases[i].iv[k].n);
+		if (fabs(b.factor - cases[i].want) > 1e-9)
+			fail_msg("%s: factor %f want %f (lat %.0f us, base %.0f us)", cases[i].label, b.factor,
+				 cases[i].want, b.lat_us, b.base_us);
+	}
+	/* recovery is gradual: never more than +1/16 per interval, back to 1 in the end */
+	struct tier_backoff r;
+	tier_backoff_init(&r);
+	for (int k = 0; k < 5; k++)
+		tier_backoff_update(&r, 3000, 10);
+	for (int k = 0; k < 4; k++)
+		tier_backoff_update(&r, 300000, 10);
+	assert_true(fabs(r.factor - 1.0 / 16) < 1e-9);
+	double last = r.factor;
+	int steps = 0;
+	for (int k = 0; k < 200 && r.factor < 1.0; k++, steps++) {
+		tier_backoff_update(&r, 3000, 10);
+		if (r.factor < last || r.factor - last > 1.0 / 16 + 1e-9)
+			fail_msg("recovery step %d: %f -> %f", k, last, r.factor);
+		last = r.factor;
+	}
+	assert_true(r.factor == 1.0);
+	assert_true(steps >= 15);
+	/* the budget follows the factor, and comes back to its full rates */
+	struct tier_budget bg = { 1000, 10, 1000, 10, 0, 1000, 10 };
+	tier_budget_scale(&bg, 0.25);
+	assert_true(fabs(bg.bytes_rate - 250) < 1e-9 && fabs(bg.files_rate - 2.5) < 1e-9);
+	assert_true(bg.bytes <= 250 && bg.files <= 2.5);
+	tier_budget_scale(&bg, 1.0);
+	assert_true(fabs(bg.bytes_rate - 1000) < 1e-9);
+	/* the process's state: fed by the hook, ticked at most once per interval */
+	tier_backoff_reset();
+	struct tier_budget b2 = { 100, 10, 100, 10, 0, 100, 10 };
+	uint64_t t = 1000000;
+	for (int k = 0; k < 5; k++, t += TIER_BACKOFF_INTERVAL_MS) {
+		for (int j = 0; j < 4; j++)
+			tier_latency_note(200);
+		tier_backoff_tick(&b2, t);
+	}
+	for (int j = 0; j < 4; j++)
+		tier_latency_note(50000);
+	tier_backoff_tick(&b2, t - 1);                        /* not due yet: nothing */
+	struct tier_backoff now;
+	tier_backoff_get(&now);
+	assert_true(now.factor == 1.0);
+	tier_backoff_tick(&b2, t);
+	tier_backoff_get(&now);
+	assert_true(now.factor == 0.5);
+	assert_int_equal(now.halvings, 1);
+	assert_int_equal(now.samples, 24);
+	assert_true(fabs(b2.bytes_rate - 50) < 1e-9);
+	struct buf body = BUF_INIT;
+	tier_admin_status(&body, t);
+	struct tier_admin_view v;
+	assert_true(tier_admin_parse(body.data, body.len, &v));
+	assert_true(v.have_mover);
+	assert_true(fabs(v.mover.factor - 0.5) < 1e-6);
+	assert_int_equal(v.mover.halvings, 1);
+	buf_free(&body);
+	tier_backoff_reset();
+}
+
+/* ---- read shares ---------------------------------------------------------------------- */
+
+static void test_read_shares(void **state)
+{
+	(void)state;
+	tier_reads_reset();
+	const uint64_t t0 = 1000ull * 60000; /* minute 1000 */
+	static const struct { const char *label; unsigned tier; uint64_t at_min; } notes[] = {
+		{ "fast now", 0, 0 }, { "fast now again", 0, 0 }, { "archive now", 2, 0 },
+		{ "fast 59 min ago", 0, 59 }, { "standard 61 min ago", 1, 61 },
+		{ "archive 23 h ago", 2, 23 * 60 }, { "archive 25 h ago: outside the day", 2, 25 * 60 },
+		{ "tier out of range: ignored", CONFIG_TIER_MAX, 0 },
+	};
+	/* written in time order, as the drain does */
+	for (size_t i = ARRAY_LEN(notes); i-- > 0;)
+		tier_reads_note(notes[i].tier, t0 + (40 * 60 - notes[i].at_min) * 60000ull);
+	struct tier_reads r;
+	const uint64_t now = t0 + 40 * 60 * 60000ull + 30000;
+	tier_reads_get(&r, now);
+	static const struct { const char *label; uint64_t got, want; } cases[] = {
+		{ "fast, last hour", 0, 3 }, { "standard, last hour", 0, 0 }, { "archive, last hour", 0, 1 },
+		{ "fast, last day", 0, 3 }, { "standard, last day", 0, 1 }, { "archive, last day", 0, 2 },
+		{ "archive, since start", 0, 3 },
+	};
+	uint64_t got[] = { r.hour[0], r.hour[1], r.hour[2], r.day[0], r.day[1], r.day[2], r.total[2] };
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		if (got[i] != cases[i].want)
+			fail_msg("%s: got %llu want %llu", cases[i].label, (unsigned long long)got[i],
+				 (unsigned long long)cases[i].want);
+	}
+	/* a day later everything has aged out of the buckets, not of the totals */
+	tier_reads_get(&r, now + 24 * 3600000ull);
+	assert_int_equal(r.day[0] + r.day[1] + r.day[2], 0);
+	assert_int_equal(r.total[0], 3);
+	/* a reused slot starts from zero */
+	tier_reads_note(1, now + 24 * 3600000ull);
+	tier_reads_get(&r, now + 24 * 3600000ull);
+	assert_int_equal(r.hour[1], 1);
+	assert_int_equal(r.day[0], 0);
+
+	/* the admin body and its parser agree; names come from the settings */
+	char *err = NULL;
+	char *over[] = { "tier.names=fast,cold", "tier.cold.path=/tmp/x/cold" };
+	struct settings *st = load("/tmp/x", over, 2, &err);
+	assert_non_null(st);
+	tier_admin_settings(st);
+	struct buf b = BUF_INIT;
+	tier_admin_status(&b, now + 24 * 3600000ull);
+	assert_non_null(strstr(b.data, "reads 1 cold 1 1 2\n"));
+	struct tier_admin_view v;
+	assert_true(tier_admin_parse(b.data, b.len, &v));
+	assert_true(v.have_reads);
+	assert_int_equal(v.reads.hour[1], 1);
+	assert_int_equal(v.reads.total[0], 3);
+	assert_false(tier_admin_parse("not a status\nreads 0 x 1 1 1\n", 30, &v));
+	buf_reset(&b);
+	tier_admin_metrics(&b);
+	assert_non_null(strstr(b.data, "strata_tier_reads_total{tier=\"fast\"} 3\n"));
+	assert_non_null(strstr(b.data, "# TYPE strata_tier_reads_total counter\n"));
+	tier_admin_settings(NULL);
+	buf_free(&b);
+	config_free(&st);
+	tier_reads_reset();
+}
+
 int main(void)
 {
 	log_init("tier_test", false, LOG_LVL_ERROR);
@@ -660,11 +1243,18 @@ int main(void)
 		cmocka_unit_test(test_config_and_pins),
 		cmocka_unit_test(test_placement),
 		cmocka_unit_test(test_budget),
+		cmocka_unit_test(test_read_shares),
+		cmocka_unit_test(test_backoff_rule),
 		cmocka_unit_test_setup_teardown(test_move_and_back, fix_setup, fix_teardown),
 		cmocka_unit_test_setup_teardown(test_move_fault_injection, fix_setup, fix_teardown),
 		cmocka_unit_test_setup_teardown(test_crash_states_recover, fix_setup, fix_teardown),
 		cmocka_unit_test_setup_teardown(test_access_ring_and_heat, fix_setup, fix_teardown),
 		cmocka_unit_test_setup_teardown(test_pass, fix_setup, fix_teardown),
+		cmocka_unit_test_setup_teardown(test_compressed_tier_moves, fix_setup, fix_teardown),
+		cmocka_unit_test_setup_teardown(test_compressed_damage, fix_setup, fix_teardown),
+		cmocka_unit_test_setup_teardown(test_pack_formats, fix_setup, fix_teardown),
+		cmocka_unit_test_setup_teardown(test_checkpoint_roundtrip_and_damage, fix_setup, fix_teardown),
+		cmocka_unit_test_setup_teardown(test_tier_rebuild, fix_setup, fix_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
