@@ -1,7 +1,9 @@
 /*
- * imap.h - the IMAP4rev1 server (RFC 3501) on Strata's store, with
- * LITERAL+, SASL-IR, AUTH=PLAIN, STARTTLS, IDLE, UIDPLUS, MOVE, UNSELECT,
- * NAMESPACE, SPECIAL-USE, ENABLE and ID.
+ * imap.h - the IMAP4rev1 (RFC 3501) and IMAP4rev2 (RFC 9051, after ENABLE
+ * IMAP4rev2) server on Strata's store, with LITERAL+, SASL-IR, AUTH=PLAIN,
+ * AUTH=LOGIN, STARTTLS, IDLE, UIDPLUS, MOVE, UNSELECT, NAMESPACE,
+ * SPECIAL-USE, ENABLE, ID, BINARY, MULTIAPPEND, STATUS=SIZE and the others
+ * docs/IMAP.md lists.
  *
  * Owns: one struct imap_worker per network thread and the sessions on it,
  * plus the worker's small pool of store threads.  A session parses commands
@@ -12,14 +14,13 @@
  * the pool, replying from the job's completion, which runs on the worker's
  * loop.  No fsync ever runs on the loop thread.
  *
- * Change notification: a selected session polls its mailbox's (uidnext,
- * highestmodseq) before each tagged reply and every IMAP_IDLE_POLL_MS while
- * in IDLE, and reports other sessions' and deliveries' changes as
- * EXISTS / EXPUNGE / FETCH (FLAGS) untagged responses.
- *
- * Not in this phase: ENVELOPE, BODYSTRUCTURE and BODY (without a section)
- * need a MIME parser; FETCH of them (and of the ALL/FULL macros) is
- * answered BAD.  No keywords (PERMANENTFLAGS lists system flags only).
+ * Change notification: a selected session checks its mailbox's (uidnext,
+ * highestmodseq) before each tagged reply, and reports other sessions' and
+ * deliveries' changes as EXISTS / EXPUNGE / FETCH (FLAGS) untagged
+ * responses.  A session in IDLE is woken at once by any commit of this
+ * process that changed its mailbox (imap_notify_changes, installed as the
+ * store's change listener), and polls every IMAP_IDLE_POLL_MS for changes
+ * made by other processes (the strata CLI).
  *
  * Threads: every function here runs on the worker's event loop thread,
  * except imap_worker_new/free (owner thread, before/after the loop runs).
@@ -47,6 +48,10 @@ struct imap_worker;
  * store threads.  tls NULL: no STARTTLS.  NULL with *error_r on failure. */
 struct imap_worker *imap_worker_new(struct event_base *base, const struct settings *s, SSL_CTX *tls,
 				    char **error_r);
+/* A store_change_fn (store.h): wakes, on every worker's loop, the sessions
+ * in IDLE whose selected mailbox is among `mailbox_ids` (all: every one).
+ * Any thread; never blocks beyond a short mutex. */
+void imap_notify_changes(void *ctx, const int64_t *mailbox_ids, size_t n, bool all);
 /* Takes ownership of fd (non-blocking, accepted) and starts a session.
  * Also takes over *ticket (the guard's; NULL or empty: none) and clears it:
  * it is released exactly once, when the connection closes or at once when

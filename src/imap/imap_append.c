@@ -1,21 +1,26 @@
 /*
- * imap_append.c - APPEND (RFC 3501 6.3.11) with UIDPLUS's APPENDUID.
+ * imap_append.c - APPEND (RFC 3501 6.3.11) with UIDPLUS's APPENDUID,
+ * MULTIAPPEND (RFC 3502) and BINARY's literal8 "~{n}" (RFC 3516).
  *
- * The message literal is streamed, never held in memory: the session's
- * reader hands its bytes out (IMAP_RD_STREAM) and they are written to a
- * temp file under <blob_dir>/tmp as they arrive, with the BLAKE2b-256 hash
- * computed on the way.  Reading pauses at the input watermark, so a 20 MB
- * APPEND costs the server a few hundred KiB.  Plain write()s to the page
- * cache happen on the loop thread; nothing there waits for the disk.
+ * Message literals are streamed, never held in memory: the session's
+ * reader hands their bytes out (IMAP_RD_STREAM) and they are written to a
+ * temp file under <blob_dir>/tmp as they arrive, one file per message,
+ * with the BLAKE2b-256 hash computed on the way.  Reading pauses at the
+ * input watermark, so a 20 MB APPEND costs the server a few hundred KiB.
+ * Plain write()s to the page cache happen on the loop thread; nothing
+ * there waits for the disk.  A literal8 carries the message as it is
+ * (binary, NUL bytes included): it is stored unchanged.
  *
- * When the command line is complete a store job (pool thread) finishes the
- * blob exactly like the queue does - trailer (store_blob_trailer), fsync,
- * checked close, mkdir -p of its directory, rename, directory fsync (with
- * store.fsync=yes) - computes the blob's MIME structure (src/mime, for
- * FETCH's cache), and only then inserts the index rows with it
- * (store_imap_append).  OK is sent from the job's completion, so an OK
- * APPEND is durable.  Any failure removes the file: no orphan, no partial
- * message ever visible.
+ * When the command line is complete a store job (pool thread) finishes
+ * each blob exactly like the queue does - trailer (store_blob_trailer),
+ * fsync, checked close, mkdir -p of its directory, rename, directory fsync
+ * (with store.fsync=yes) - computes its MIME structure (src/mime, for
+ * FETCH's cache), and only then inserts the index rows of ALL the messages
+ * in one transaction (store_imap_append_many): MULTIAPPEND is all or
+ * nothing (RFC 3502 6.3.11).  OK is sent from the job's completion, so an
+ * OK APPEND is durable.  Any failure removes the files: no orphan, no
+ * partial message ever visible.  A literal refused on the way (too large,
+ * empty) ends the command at once and drops the messages already received.
  *
  * Threads: literal handling on the loop; append_run on a pool thread.
  */
@@ -35,135 +40,232 @@
 
 #define APPEND_HASH_BYTES 32
 
-struct imap_append {
+/* One message file being received or finished. */
+struct append_msg {
 	int fd;
 	char tmp_path[PATH_MAX];
+	char final[PATH_MAX];          /* after the rename; "" before */
 	struct msgid id;
 	uint64_t size;
 	uint64_t written;
 	int err;                       /* first write error */
 	crypto_generichash_state hash;
+	/* set by the command, used by the job: */
+	uint32_t flags;
+	char *keywords;                /* space-separated, NULL = none */
+	int64_t received;
+	char hash_hex[65];
+	struct mime_summary sum;
+	bool have_mime;
 };
+
+/* The messages of the APPEND command being received, in literal order. */
+struct imap_append {
+	struct append_msg **m;
+	size_t n, cap;
+};
+
+/* Closes and removes what is left of a message (temp file, or the final
+ * file when `final_too`), and frees it. */
+static void msg_free(struct append_msg *m, bool final_too)
+{
+	if (m == NULL)
+		return;
+	if (m->fd >= 0)
+		close(m->fd);
+	if (m->tmp_path[0] != '\0' && unlink(m->tmp_path) != 0 && errno != ENOENT)
+		log_warn("imap: cannot remove %s: %s", m->tmp_path, strerror(errno));
+	if (final_too && m->final[0] != '\0') {
+		if (unlink(m->final) == 0) {
+			char dir[PATH_MAX];
+			fs_dirname(m->final, dir, sizeof(dir));
+			if (!fs_fsync_dir(dir))
+				log_warn("imap: fsync of %s after removal failed: %s", dir, strerror(errno));
+		} else if (errno != ENOENT) {
+			log_error("imap: cannot remove %s: %s", m->final, strerror(errno));
+		}
+	}
+	if (m->have_mime)
+		mime_summary_free(&m->sum);
+	sodium_memzero(&m->hash, sizeof(m->hash));
+	free(m->keywords);
+	free(m);
+}
 
 void imap_append_abort(struct imap_session *s)
 {
 	struct imap_append *a = s->append;
 	if (a == NULL)
 		return;
-	if (a->fd >= 0)
-		close(a->fd);
-	if (unlink(a->tmp_path) != 0 && errno != ENOENT)
-		log_warn("imap: cannot remove %s: %s", a->tmp_path, strerror(errno));
-	sodium_memzero(&a->hash, sizeof(a->hash));
+	for (size_t i = 0; i < a->n; i++)
+		msg_free(a->m[i], false);
+	free(a->m);
 	free(a);
 	s->append = NULL;
 }
 
-bool imap_append_literal(struct imap_session *s, uint64_t size, const char **refuse_r)
+/* A new temp file for a message of `size` bytes; NULL with *refuse_r. */
+static struct append_msg *msg_new(struct imap_session *s, uint64_t size, const char **refuse_r)
+{
+	if (size == 0) {
+		*refuse_r = "NO Empty message";
+		return NULL;
+	}
+	if (size > s->set->imap_max_message_size) {
+		*refuse_r = "NO [TOOBIG] Message too large";
+		return NULL;
+	}
+	struct append_msg *m = xcalloc(1, sizeof(*m));
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s/tmp", s->set->store_blob_dir);
+	m->fd = fs_open_temp(dir, m->tmp_path, sizeof(m->tmp_path));
+	if (m->fd < 0) {
+		log_error("imap: cannot create a temp file in %s: %s", dir, strerror(errno));
+		free(m);
+		*refuse_r = "NO [UNAVAILABLE] Cannot store the message now";
+		return NULL;
+	}
+	msgid_new(&m->id);
+	m->size = size;
+	if (crypto_generichash_init(&m->hash, NULL, 0, APPEND_HASH_BYTES) != 0)
+		panic("crypto_generichash_init failed");
+	return m;
+}
+
+static void msg_write(struct append_msg *m, const char *data, size_t len)
+{
+	if (len == 0)
+		return;
+	crypto_generichash_update(&m->hash, (const unsigned char *)data, len);
+	m->written += len;
+	if (m->err != 0)
+		return;
+	errno = 0;
+	if (!fs_write_all(m->fd, data, len))
+		m->err = errno ? errno : EIO;
+}
+
+bool imap_append_literal(struct imap_session *s, uint64_t size, bool first, const char **refuse_r)
 {
 	if (s->state != IS_AUTH && s->state != IS_SELECTED) {
 		*refuse_r = "BAD APPEND not allowed before login";
 		return false;
 	}
-	if (size == 0) {
-		*refuse_r = "NO Empty message";
+	if (first)
+		imap_append_abort(s);   /* nothing of an earlier command survives */
+	struct append_msg *m = msg_new(s, size, refuse_r);
+	if (m == NULL) {
+		imap_append_abort(s);   /* MULTIAPPEND: all or nothing */
 		return false;
 	}
-	if (size > s->set->imap_max_message_size) {
-		*refuse_r = "NO [TOOBIG] Message too large";
-		return false;
+	if (s->append == NULL)
+		s->append = xcalloc(1, sizeof(*s->append));
+	struct imap_append *a = s->append;
+	if (a->n == a->cap) {
+		a->cap = a->cap ? a->cap * 2 : 4;
+		a->m = xreallocarray(a->m, a->cap, sizeof(*a->m));
 	}
-	imap_append_abort(s);
-	struct imap_append *a = xcalloc(1, sizeof(*a));
-	char dir[PATH_MAX];
-	snprintf(dir, sizeof(dir), "%s/tmp", s->set->store_blob_dir);
-	a->fd = fs_open_temp(dir, a->tmp_path, sizeof(a->tmp_path));
-	if (a->fd < 0) {
-		log_error("imap: cannot create a temp file in %s: %s", dir, strerror(errno));
-		free(a);
-		*refuse_r = "NO [UNAVAILABLE] Cannot store the message now";
-		return false;
-	}
-	msgid_new(&a->id);
-	a->size = size;
-	if (crypto_generichash_init(&a->hash, NULL, 0, APPEND_HASH_BYTES) != 0)
-		panic("crypto_generichash_init failed");
-	s->append = a;
+	a->m[a->n++] = m;
 	return true;
 }
 
 void imap_append_data(struct imap_session *s, const char *data, size_t len)
 {
 	struct imap_append *a = s->append;
-	if (a == NULL || len == 0)
+	if (a == NULL || a->n == 0)
 		return;
-	crypto_generichash_update(&a->hash, (const unsigned char *)data, len);
-	a->written += len;
-	if (a->err != 0)
-		return;
-	errno = 0;
-	if (!fs_write_all(a->fd, data, len))
-		a->err = errno ? errno : EIO;
+	msg_write(a->m[a->n - 1], data, len);
 }
 
 /* ---- the job ----------------------------------------------------------------------- */
 
 struct append_job {
 	struct imap_job j;
-	struct imap_append *a;          /* owned by the job now */
+	struct append_msg **m;          /* owned by the job now, in command order */
+	size_t n;
 	const struct settings *set;
 	int64_t account_id;
 	char address[320];
 	char mailbox[STORE_MAILBOX_NAME_MAX + 1];
-	uint32_t flags;
-	char *keywords;                 /* space-separated, NULL = none */
-	int64_t received;
-	char hash_hex[65];
 	bool trycreate;
-	uint32_t uid, uidvalidity;
+	uint32_t *uids, uidvalidity;
 };
 
 /* Trailer, fsync, close, rename into place.  Returns false with errno. */
-static bool finish_blob(struct append_job *aj, char *final, size_t final_len)
+static bool finish_blob(struct append_job *aj, struct append_msg *m)
 {
-	struct imap_append *a = aj->a;
 	char addrs[1][320];
 	snprintf(addrs[0], sizeof(addrs[0]), "%s", aj->address);
-	struct blob_meta meta = { .id = a->id, .received = aj->received, .size = a->size,
+	struct blob_meta meta = { .id = m->id, .received = m->received, .size = m->size,
 				  .n_rcpts = 1, .rcpt_addresses = addrs };
-	memcpy(meta.hash_hex, aj->hash_hex, sizeof(meta.hash_hex));
+	memcpy(meta.hash_hex, m->hash_hex, sizeof(meta.hash_hex));
 	/* The target mailbox (normalised by store_imap_mailbox_name at parse
 	 * time), so an index rebuild files the message where it was appended. */
 	snprintf(meta.mailbox, sizeof(meta.mailbox), "%s", aj->mailbox);
 	struct buf t = BUF_INIT;
 	store_blob_trailer(&meta, &t);
-	bool ok = fs_write_all(a->fd, t.data, t.len);
+	bool ok = fs_write_all(m->fd, t.data, t.len);
 	buf_free(&t);
-	if (!ok || (aj->set->store_fsync && !fs_fsync(a->fd)))
+	if (!ok || (aj->set->store_fsync && !fs_fsync(m->fd)))
 		return false;
-	int fd = a->fd;
-	a->fd = -1;
+	int fd = m->fd;
+	m->fd = -1;
 	if (!fs_close(fd))
 		return false;
-	char dir[PATH_MAX];
-	store_blob_dir_of(aj->set->store_blob_dir, &a->id, dir, sizeof(dir));
-	store_blob_path(aj->set->store_blob_dir, &a->id, final, final_len);
+	char dir[PATH_MAX], final[PATH_MAX];
+	store_blob_dir_of(aj->set->store_blob_dir, &m->id, dir, sizeof(dir));
+	store_blob_path(aj->set->store_blob_dir, &m->id, final, sizeof(final));
 	if (!fs_mkdir_p(dir, 0750))
 		return false;
-	if (aj->set->store_fsync)
-		return fs_rename_durable(a->tmp_path, final);
-	int err = fs_fault_check(FS_OP_RENAME);
-	if (err != 0) {
-		errno = err;
-		return false;
+	if (aj->set->store_fsync) {
+		if (!fs_rename_durable(m->tmp_path, final))
+			return false;
+	} else {
+		int err = fs_fault_check(FS_OP_RENAME);
+		if (err != 0) {
+			errno = err;
+			return false;
+		}
+		if (rename(m->tmp_path, final) != 0)
+			return false;
 	}
-	return rename(a->tmp_path, final) == 0;
+	m->tmp_path[0] = '\0';     /* renamed: nothing left to remove there */
+	memcpy(m->final, final, sizeof(final));
+	return true;
+}
+
+/* Makes every blob durable and computes its MIME row; false with the
+ * job's status and error set. */
+static bool finish_blobs(struct append_job *aj)
+{
+	struct imap_job *j = &aj->j;
+	for (size_t i = 0; i < aj->n; i++) {
+		struct append_msg *m = aj->m[i];
+		errno = 0;
+		if (!finish_blob(aj, m)) {
+			int err = errno ? errno : EIO;
+			j->status = status_from_errno(err);
+			if (j->status == ST_OK)
+				j->status = ST_IO_ERROR;
+			j->error = xasprintf("writing the message: %s", strerror(err));
+			return false;
+		}
+		/* MIME hook: the FETCH cache row is computed here, on the pool
+		 * thread, and committed with the message; without it FETCH
+		 * computes it later. */
+		char *merr = NULL;
+		m->have_mime = mime_parse_file(m->final, m->size, &m->sum, &merr) == ST_OK;
+		if (!m->have_mime) {
+			log_warn("imap: MIME structure not cached: %s", merr);
+			free(merr);
+		}
+	}
+	return true;
 }
 
 static void append_run(struct imap_job *j, struct store *st)
 {
 	struct append_job *aj = (struct append_job *)j;
-	struct imap_append *a = aj->a;
 	struct store_mailbox_info mb;
 	j->status = store_imap_mailbox_get(st, aj->account_id, aj->mailbox, false, &mb);
 	if (j->status == ST_NOT_FOUND || j->status == ST_INVALID) {
@@ -171,45 +273,43 @@ static void append_run(struct imap_job *j, struct store *st)
 		j->status = ST_NOT_FOUND;
 		return;
 	}
-	if (j->status != ST_OK)
+	if (j->status != ST_OK || !finish_blobs(aj))
 		return;
-	char final[PATH_MAX];
-	errno = 0;
-	if (!finish_blob(aj, final, sizeof(final))) {
-		int err = errno ? errno : EIO;
-		j->status = status_from_errno(err);
-		if (j->status == ST_OK)
-			j->status = ST_IO_ERROR;
-		j->error = xasprintf("writing the message: %s", strerror(err));
-		return;
+	struct store_imap_new *rows = xcalloc(aj->n, sizeof(*rows));
+	struct store_mime *mime = xcalloc(aj->n, sizeof(*mime));
+	for (size_t i = 0; i < aj->n; i++) {
+		struct append_msg *m = aj->m[i];
+		mime[i] = (struct store_mime){ m->sum.envelope, m->sum.bodystructure, m->sum.body, m->sum.parts,
+					       m->sum.parts_len };
+		rows[i] = (struct store_imap_new){ &m->id, m->size, m->received, m->flags, m->keywords,
+						   m->have_mime ? &mime[i] : NULL };
 	}
-	a->tmp_path[0] = '\0'; /* renamed: nothing left to remove there */
-	/* MIME hook: the FETCH cache row is computed here, on the pool thread,
-	 * and committed with the message; without it FETCH computes it later. */
-	struct mime_summary sum;
-	char *merr = NULL;
-	bool have_mime = mime_parse_file(final, a->size, &sum, &merr) == ST_OK;
-	if (!have_mime) {
-		log_warn("imap: MIME structure not cached: %s", merr);
-		free(merr);
-	}
-	struct store_mime row = { sum.envelope, sum.bodystructure, sum.body, sum.parts, sum.parts_len };
-	j->status = store_imap_append(st, aj->account_id, mb.id, &a->id, a->size, aj->received, aj->flags,
-				      aj->keywords, have_mime ? &row : NULL, &aj->uid, &aj->uidvalidity, &j->error);
-	mime_summary_free(&sum);
+	aj->uids = xcalloc(aj->n, sizeof(*aj->uids));
+	j->status = store_imap_append_many(st, aj->account_id, mb.id, rows, aj->n, aj->uids, &aj->uidvalidity,
+					   &j->error);
+	free(rows);
+	free(mime);
 	/* An I/O error from the index may have come from the WAL fsync at
-	 * COMMIT, in which case SQLite can still replay the row at the next
-	 * open: keep the blob then (at worst an orphan, never a row without its
-	 * file).  Any other failure wrote nothing: remove it, durably. */
-	if (j->status == ST_OK || j->status == ST_IO_ERROR)
-		return;
-	if (unlink(final) == 0) {
-		char dir[PATH_MAX];
-		fs_dirname(final, dir, sizeof(dir));
-		if (!fs_fsync_dir(dir))
-			log_warn("imap: fsync of %s after removal failed: %s", dir, strerror(errno));
-	} else if (errno != ENOENT) {
-		log_error("imap: cannot remove %s: %s", final, strerror(errno));
+	 * COMMIT, in which case SQLite can still replay the rows at the next
+	 * open: keep the blobs then (at worst orphans, never a row without its
+	 * file).  Any other failure wrote nothing: msg_free removes them. */
+	if (j->status == ST_OK || j->status == ST_IO_ERROR) {
+		for (size_t i = 0; i < aj->n; i++)
+			aj->m[i]->final[0] = '\0';
+	}
+}
+
+/* "4:7" or "4,9" for APPENDUID: the UIDs are ascending. */
+static void uid_set_format(const uint32_t *uids, size_t n, struct buf *out)
+{
+	for (size_t i = 0; i < n;) {
+		size_t k = i;
+		while (k + 1 < n && uids[k + 1] == uids[k] + 1)
+			k++;
+		buf_printf(out, "%s%u", i > 0 ? "," : "", uids[i]);
+		if (k > i)
+			buf_printf(out, ":%u", uids[k]);
+		i = k + 1;
 	}
 }
 
@@ -221,7 +321,10 @@ static void append_done(struct imap_job *j)
 		if (s->state == IS_SELECTED)
 			imap_mailbox_sync(s, true);
 		if (j->status == ST_OK) {
-			imap_session_tagged(s, "OK", "[APPENDUID %u %u] APPEND completed", aj->uidvalidity, aj->uid);
+			struct buf set = BUF_INIT;
+			uid_set_format(aj->uids, aj->n, &set);
+			imap_session_tagged(s, "OK", "[APPENDUID %u %s] APPEND completed", aj->uidvalidity, set.data);
+			buf_free(&set);
 		} else if (aj->trycreate) {
 			imap_session_tagged(s, "NO", "[TRYCREATE] Mailbox does not exist");
 		} else if (j->status == ST_INVALID) {
@@ -234,96 +337,160 @@ static void append_done(struct imap_job *j)
 		}
 		imap_session_job_end(s);
 	}
-	struct imap_append *a = aj->a;
-	if (a->fd >= 0)
-		close(a->fd);
-	if (a->tmp_path[0] != '\0' && unlink(a->tmp_path) != 0 && errno != ENOENT)
-		log_warn("imap: cannot remove %s: %s", a->tmp_path, strerror(errno));
-	free(a);
+	for (size_t i = 0; i < aj->n; i++)
+		msg_free(aj->m[i], true);
+	free(aj->m);
+	free(aj->uids);
 	free(j->error);
-	free(aj->keywords);
 	free(aj);
+}
+
+/* A failed command: the messages received are dropped, BAD or NO sent. */
+static void append_fail(struct imap_session *s, const struct imap_cmd *cmd, bool bad, const char *text)
+{
+	imap_append_abort(s);
+	if (bad)
+		imap_session_bad(s, cmd->tag, "%s", text);
+	else
+		imap_session_tagged(s, "NO", "%s", text);
+}
+
+/* One message's "[(flags)] [date-time] literal" starting at args[*i];
+ * fills m's flags, keywords and date, and advances *i past the literal.
+ * False (BAD) when malformed. */
+static bool append_message_args(const struct imap_cmd *cmd, size_t *i, struct append_msg *m)
+{
+	size_t k = *i;
+	m->received = (int64_t)time(NULL);
+	if (k < cmd->n_args && cmd->args[k].type == IMAP_ARG_LIST) {
+		struct buf kw = BUF_INIT;
+		if (!imap_flags_parse(&cmd->args[k], &m->flags, &kw)) {
+			buf_free(&kw);
+			return false;
+		}
+		m->keywords = kw.len > 0 ? buf_steal(&kw) : NULL;
+		buf_free(&kw);
+		k++;
+	}
+	if (k < cmd->n_args && cmd->args[k].type == IMAP_ARG_QUOTED) {
+		if (!imap_date_parse(cmd->args[k].str, true, &m->received))
+			return false;
+		k++;
+	}
+	if (k >= cmd->n_args || cmd->args[k].type != IMAP_ARG_LITERAL)
+		return false;
+	*i = k + 1;
+	return true;
+}
+
+/* The messages of the command, in order: streamed ones from s->append,
+ * small ones that arrived in memory written to files now.  NULL after a
+ * reply when something is wrong. */
+static struct append_msg **append_collect(struct imap_session *s, const struct imap_cmd *cmd, size_t *n_r)
+{
+	struct imap_append *a = s->append;
+	size_t n_lit = 0;
+	for (size_t i = 1; i < cmd->n_args; i++)
+		n_lit += cmd->args[i].type == IMAP_ARG_LITERAL;
+	struct append_msg **out = xcalloc(n_lit ? n_lit : 1, sizeof(*out));
+	size_t n = 0, streamed = 0;
+	const char *why = NULL;
+	bool bad = true;
+	enum status werr = ST_OK;       /* a write error on one of the files */
+	for (size_t i = 1; i < cmd->n_args && why == NULL;) {
+		struct append_msg tmp = { 0 };
+		if (!append_message_args(cmd, &i, &tmp)) {
+			free(tmp.keywords);
+			why = "APPEND takes a mailbox, then per message optional flags and date, and a literal";
+			break;
+		}
+		const struct imap_arg *lit = &cmd->args[i - 1];
+		struct append_msg *m;
+		if (lit->str == NULL) {
+			/* Streamed: the next file received for this command. */
+			m = a != NULL && streamed < a->n ? a->m[streamed] : NULL;
+			if (m == NULL || m->written != m->size) {
+				free(tmp.keywords);
+				why = "[UNAVAILABLE] Message data incomplete";
+				bad = false;
+				break;
+			}
+			a->m[streamed++] = NULL;
+		} else {
+			/* Not streamed (the literal came before we knew it was
+			 * APPEND's message): it is small, write it now. */
+			const char *refuse = NULL;
+			m = msg_new(s, lit->len, &refuse);
+			if (m == NULL) {
+				free(tmp.keywords);
+				why = refuse + 3;   /* "NO ..." */
+				bad = false;
+				break;
+			}
+			msg_write(m, lit->str, lit->len);
+		}
+		m->flags = tmp.flags;
+		m->keywords = tmp.keywords;
+		m->received = tmp.received;
+		out[n++] = m;
+		if (m->err != 0 && werr == ST_OK) {
+			log_error("imap: writing an APPEND for %s: %s", s->user, strerror(m->err));
+			werr = status_from_errno(m->err);
+			if (werr == ST_OK)
+				werr = ST_IO_ERROR;
+		}
+	}
+	if (why == NULL && werr != ST_OK) {
+		for (size_t i = 0; i < n; i++)
+			msg_free(out[i], false);
+		free(out);
+		imap_append_abort(s);
+		imap_command_reply_status(s, werr, "Cannot store the message");
+		return NULL;
+	}
+	if (why == NULL && (n == 0 || (a != NULL && streamed != a->n))) {
+		why = "APPEND takes a mailbox, then per message optional flags and date, and a literal";
+		bad = true;
+	}
+	if (why != NULL) {
+		for (size_t i = 0; i < n; i++)
+			msg_free(out[i], false);
+		free(out);
+		append_fail(s, cmd, bad, why);
+		return NULL;
+	}
+	imap_append_abort(s);   /* the list: its messages were all taken */
+	*n_r = n;
+	return out;
 }
 
 void imap_append_command(struct imap_session *s, struct imap_cmd *cmd)
 {
-	size_t n = cmd->n_args;
-	const struct imap_arg *msg = n > 0 ? &cmd->args[n - 1] : NULL;
-	if (n < 2 || n > 4 || !imap_arg_is_string(&cmd->args[0]) || msg->type != IMAP_ARG_LITERAL) {
-		imap_append_abort(s);
-		imap_session_bad(s, cmd->tag, "APPEND takes a mailbox, optional flags and date, and a literal");
+	if (cmd->n_args < 2 || !imap_arg_is_string(&cmd->args[0]) || cmd->args[0].type == IMAP_ARG_LIST) {
+		append_fail(s, cmd, true, "APPEND takes a mailbox, optional flags and date, and a literal");
 		return;
 	}
 	char mailbox[STORE_MAILBOX_NAME_MAX + 1];
 	if (strlen(cmd->args[0].str) != cmd->args[0].len || !store_imap_mailbox_name(cmd->args[0].str, mailbox)) {
-		imap_append_abort(s);
-		imap_session_tagged(s, "NO", "[TRYCREATE] Mailbox does not exist");
+		append_fail(s, cmd, false, "[TRYCREATE] Mailbox does not exist");
 		return;
 	}
-	uint32_t flags = 0;
-	struct buf kw = BUF_INIT;
-	int64_t received = (int64_t)time(NULL);
-	for (size_t i = 1; i + 1 < n; i++) {
-		const struct imap_arg *a = &cmd->args[i];
-		if (a->type == IMAP_ARG_LIST && i == 1) {
-			if (!imap_flags_parse(a, &flags, &kw)) {
-				imap_append_abort(s);
-				imap_session_bad(s, cmd->tag, "Invalid flags");
-				buf_free(&kw);
-				return;
-			}
-		} else if (a->type == IMAP_ARG_QUOTED && imap_date_parse(a->str, true, &received)) {
-			continue;
-		} else {
-			imap_append_abort(s);
-			imap_session_bad(s, cmd->tag, "Invalid APPEND argument");
-			buf_free(&kw);
-			return;
-		}
-	}
-	if (msg->str != NULL) {
-		/* Not streamed (the literal came before we knew it was APPEND's
-		 * message): it is small, write it now. */
-		const char *refuse = NULL;
-		if (!imap_append_literal(s, msg->len, &refuse)) {
-			struct buf t = BUF_INIT;
-			buf_printf(&t, "%s %s\r\n", cmd->tag, refuse);
-			imap_session_write(s, t.data, t.len);
-			buf_free(&t);
-			buf_free(&kw);
-			return;
-		}
-		imap_append_data(s, msg->str, msg->len);
-	}
-	struct imap_append *a = s->append;
-	if (a == NULL || a->written != a->size) {
-		imap_append_abort(s);
-		imap_session_tagged(s, "NO", "[UNAVAILABLE] Message data incomplete");
-		buf_free(&kw);
+	size_t n = 0;
+	struct append_msg **m = append_collect(s, cmd, &n);
+	if (m == NULL)
 		return;
-	}
-	if (a->err != 0) {
-		enum status st = status_from_errno(a->err);
-		log_error("imap: writing an APPEND for %s: %s", s->user, strerror(a->err));
-		imap_append_abort(s);
-		imap_command_reply_status(s, st == ST_OK ? ST_IO_ERROR : st, "Cannot store the message");
-		buf_free(&kw);
-		return;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char digest[APPEND_HASH_BYTES];
+		crypto_generichash_final(&m[i]->hash, digest, sizeof(digest));
+		sodium_bin2hex(m[i]->hash_hex, sizeof(m[i]->hash_hex), digest, sizeof(digest));
 	}
 	struct append_job *aj = xcalloc(1, sizeof(*aj));
-	unsigned char digest[APPEND_HASH_BYTES];
-	crypto_generichash_final(&a->hash, digest, sizeof(digest));
-	sodium_bin2hex(aj->hash_hex, sizeof(aj->hash_hex), digest, sizeof(digest));
-	aj->a = a;
-	s->append = NULL;
+	aj->m = m;
+	aj->n = n;
 	aj->set = s->set;
 	aj->account_id = s->account_id;
 	snprintf(aj->address, sizeof(aj->address), "%s", s->user);
 	memcpy(aj->mailbox, mailbox, sizeof(mailbox));
-	aj->flags = flags;
-	aj->keywords = kw.len > 0 ? buf_steal(&kw) : NULL;
-	buf_free(&kw);
-	aj->received = received;
 	aj->j.run = append_run;
 	aj->j.done = append_done;
 	imap_session_submit(s, &aj->j);

@@ -1,11 +1,13 @@
 /*
  * imap_command.c - command dispatch with state checks, the any-state and
  * not-authenticated commands (CAPABILITY, NOOP, LOGOUT, STARTTLS, LOGIN,
- * AUTHENTICATE PLAIN, ID, ENABLE of CONDSTORE and QRESYNC) and the
- * mailbox-level commands of the authenticated state (LIST with
- * LIST-EXTENDED and LIST-STATUS, LSUB, NAMESPACE, STATUS, CREATE, DELETE,
- * RENAME, SUBSCRIBE, UNSUBSCRIBE) and QUOTA (GETQUOTA, GETQUOTAROOT; SETQUOTA
- * is refused: limits are the administrator's).
+ * AUTHENTICATE PLAIN and LOGIN, ID, ENABLE of CONDSTORE, QRESYNC and
+ * IMAP4rev2) and the mailbox-level commands of the authenticated state (LIST
+ * with LIST-EXTENDED and LIST-STATUS, LSUB, NAMESPACE, STATUS with SIZE and
+ * DELETED, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE) and QUOTA
+ * (GETQUOTA, GETQUOTAROOT; SETQUOTA is refused: limits are the
+ * administrator's).  For an IMAP4rev2 session a SEARCH without RETURN gets
+ * "RETURN ()" put in front, so imap_search.c answers it with ESEARCH.
  *
  * Plaintext authentication (LOGIN, AUTHENTICATE PLAIN) is refused without
  * TLS unless the peer is a loopback address; LOGINDISABLED is advertised
@@ -125,15 +127,20 @@ static void cmd_enable(struct imap_session *s, struct imap_cmd *cmd)
 		return;
 	/* RFC 5161: unknown extensions are ignored; ENABLED names only those
 	 * this command turned on. */
-	bool cs_on = false, qr_on = false;
+	bool cs_on = false, qr_on = false, rev2_on = false;
 	for (size_t i = 0; i < cmd->n_args; i++) {
 		bool qr = imap_arg_is_atom(&cmd->args[i], "QRESYNC");
 		if ((qr || imap_arg_is_atom(&cmd->args[i], "CONDSTORE")) && !s->condstore)
 			cs_on = s->condstore = true;   /* QRESYNC implies CONDSTORE (RFC 7162 3.2.3) */
 		if (qr && !s->qresync)
 			qr_on = s->qresync = true;
+		if (imap_arg_is_atom(&cmd->args[i], "IMAP4rev2") && !s->rev2)
+			rev2_on = s->rev2 = true;      /* RFC 9051 7.2.1: for the rest of the session */
 	}
-	imap_session_untagged(s, "ENABLED%s%s", cs_on ? " CONDSTORE" : "", qr_on ? " QRESYNC" : "");
+	for (size_t i = 0; rev2_on && s->view != NULL && i < s->view->n; i++)
+		s->view->m[i].flags &= ~VIEW_RECENT;   /* IMAP4rev2 has no \Recent */
+	imap_session_untagged(s, "ENABLED%s%s%s", cs_on ? " CONDSTORE" : "", qr_on ? " QRESYNC" : "",
+			      rev2_on ? " IMAP4rev2" : "");
 	imap_session_tagged(s, "OK", "ENABLE completed");
 }
 
@@ -219,6 +226,7 @@ static void login_done(struct imap_job *j)
 			s->account_id = lj->account_id;
 			s->user = xstrdup(lj->address);
 			log_info("imap: login %s from %s", s->user, s->client);
+			guard_good_mark_ip(s->ip);   /* a known-good client (docs/GUARD.md) */
 			imap_session_tagged(s, "OK", "[CAPABILITY %s] Logged in", imap_session_capabilities(s));
 		} else {
 			char esc[128];
@@ -301,6 +309,68 @@ static void sasl_plain(struct imap_session *s, const char *b64, size_t len)
 	sodium_memzero(raw, sizeof(raw));
 }
 
+/* SASL LOGIN (draft-murchison-sasl-login): the user name, then the
+ * password, each answering a base64 challenge ("Username:", "Password:").
+ * Outlook uses it.  With SASL-IR the initial response is the user name. */
+#define SASL_LOGIN_MAX 1024             /* decoded user name or password */
+
+static void sasl_challenge(struct imap_session *s, enum imap_sasl step)
+{
+	s->sasl = step;
+	s->mode = IM_SASL;
+	if (step == SASL_LOGIN_USER)
+		imap_session_write(s, "+ VXNlcm5hbWU6\r\n", 16);   /* "Username:" */
+	else if (step == SASL_LOGIN_PASS)
+		imap_session_write(s, "+ UGFzc3dvcmQ6\r\n", 16);   /* "Password:" */
+	else
+		imap_session_write(s, "+ \r\n", 4);
+}
+
+/* Decodes one LOGIN response into out (NUL-terminated); false after a BAD. */
+static bool sasl_login_decode(struct imap_session *s, const char *b64, size_t len, unsigned char *out,
+			      size_t cap, size_t *n_r)
+{
+	if (len > 4 * (cap / 3) || sodium_base642bin(out, cap - 1, b64, len, NULL, n_r, NULL,
+						    sodium_base64_VARIANT_ORIGINAL) != 0) {
+		imap_session_bad(s, s->tag, "Invalid base64 in SASL response");
+		return false;
+	}
+	out[*n_r] = '\0';
+	return true;
+}
+
+static void sasl_login_step(struct imap_session *s, const char *b64, size_t len)
+{
+	unsigned char raw[SASL_LOGIN_MAX + 1];
+	size_t n = 0;
+	if (!sasl_login_decode(s, b64, len, raw, sizeof(raw), &n)) {
+		free(s->sasl_user);
+		s->sasl_user = NULL;
+		return;
+	}
+	if (s->sasl == SASL_LOGIN_USER) {
+		if (n == 0 || memchr(raw, '\0', n) != NULL) {
+			s->errors++;
+			imap_session_tagged(s, "NO", "[AUTHENTICATIONFAILED] Authentication failed");
+			return;
+		}
+		free(s->sasl_user);
+		s->sasl_user = xstrndup((const char *)raw, n);
+		sasl_challenge(s, SASL_LOGIN_PASS);
+		return;
+	}
+	char *user = s->sasl_user;
+	s->sasl_user = NULL;
+	if (user == NULL) {
+		imap_session_bad(s, s->tag, "SASL exchange out of order");
+		sodium_memzero(raw, sizeof(raw));
+		return;
+	}
+	start_login(s, user, strlen(user), (const char *)raw, n);
+	sodium_memzero(raw, sizeof(raw));
+	free(user);
+}
+
 static void cmd_authenticate(struct imap_session *s, struct imap_cmd *cmd)
 {
 	if (!want_args(s, cmd, 1, 2))
@@ -309,35 +379,43 @@ static void cmd_authenticate(struct imap_session *s, struct imap_cmd *cmd)
 		imap_session_bad(s, cmd->tag, "Invalid mechanism name");
 		return;
 	}
-	if (!str_ieq(cmd->args[0].str, "PLAIN")) {
+	bool login = str_ieq(cmd->args[0].str, "LOGIN");
+	if (!login && !str_ieq(cmd->args[0].str, "PLAIN")) {
 		imap_session_tagged(s, "NO", "[CANNOT] Unsupported authentication mechanism");
 		return;
 	}
 	if (!plaintext_allowed(s))
 		return;
+	s->sasl = login ? SASL_LOGIN_USER : SASL_PLAIN;
 	if (cmd->n_args == 2) {
 		const struct imap_arg *ir = &cmd->args[1];
 		if (!imap_arg_is_string(ir)) {
 			imap_session_bad(s, cmd->tag, "Invalid initial response");
 			return;
 		}
-		if (ir->len == 1 && ir->str[0] == '=')
-			sasl_plain(s, "", 0);
+		/* "=" is an empty initial response (RFC 4959). */
+		bool empty = ir->len == 1 && ir->str[0] == '=';
+		if (login)
+			sasl_login_step(s, empty ? "" : ir->str, empty ? 0 : ir->len);
 		else
-			sasl_plain(s, ir->str, ir->len);
+			sasl_plain(s, empty ? "" : ir->str, empty ? 0 : ir->len);
 		return;
 	}
-	s->mode = IM_SASL;
-	imap_session_write(s, "+ \r\n", 4);
+	sasl_challenge(s, s->sasl);
 }
 
 void imap_command_sasl_response(struct imap_session *s, const char *line, size_t len)
 {
 	if (len == 1 && line[0] == '*') {
+		free(s->sasl_user);
+		s->sasl_user = NULL;
 		imap_session_bad(s, s->tag, "Authentication cancelled");
 		return;
 	}
-	sasl_plain(s, line, len);
+	if (s->sasl == SASL_PLAIN)
+		sasl_plain(s, line, len);
+	else
+		sasl_login_step(s, line, len);
 }
 
 /* ---- LIST / LSUB ----------------------------------------------------------------------- */
@@ -398,7 +476,7 @@ static bool has_children(const struct list_ctx *c, const char *name)
 }
 
 static bool status_items_valid(const struct imap_arg *items);
-static void status_reply(struct imap_session *s, const struct store_mailbox_info *mb,
+static bool status_reply(struct imap_session *s, const struct store_mailbox_info *mb,
 			 const struct imap_arg *items);
 
 /* LIST-EXTENDED (RFC 5258) options, LIST-STATUS (RFC 5819), SPECIAL-USE
@@ -569,7 +647,7 @@ static void cmd_list(struct imap_session *s, struct imap_cmd *cmd, bool lsub)
 		struct store_mailbox_info full;
 		if (o.status != NULL &&
 		    store_imap_mailbox_get(s->w->reader, s->account_id, mb->name, true, &full) == ST_OK)
-			status_reply(s, &full, o.status);
+			(void)status_reply(s, &full, o.status);
 	}
 	buf_free(&line);
 	free(c.mb);
@@ -585,9 +663,34 @@ static void cmd_namespace(struct imap_session *s, struct imap_cmd *cmd)
 	imap_session_tagged(s, "OK", "NAMESPACE completed");
 }
 
-/* STATUS items (RFC 3501 6.3.10, RFC 7162 HIGHESTMODSEQ). */
+/* STATUS items (RFC 3501 6.3.10, RFC 7162 HIGHESTMODSEQ, RFC 9051 6.3.11
+ * DELETED and SIZE, the latter also for IMAP4rev1 clients: STATUS=SIZE,
+ * RFC 8438). */
 static const char *const status_items[] = { "MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN",
-					    "HIGHESTMODSEQ" };
+					    "HIGHESTMODSEQ", "SIZE", "DELETED" };
+
+/* SIZE, DELETED and RECENT: one pass over the mailbox's index rows. */
+struct status_sums {
+	uint64_t size, deleted, recent;
+	uint32_t recent_from;           /* first UID nobody claimed as recent */
+};
+
+static void status_sum_cb(void *arg, const struct store_imap_msg *m)
+{
+	struct status_sums *t = arg;
+	t->size += m->size;
+	t->deleted += (m->flags & MSG_FLAG_DELETED) != 0;
+	t->recent += m->uid >= t->recent_from;
+}
+
+static bool status_wants(const struct imap_arg *items, const char *a, const char *b)
+{
+	for (size_t i = 0; i < items->n; i++) {
+		if (imap_arg_is_atom(&items->list[i], a) || imap_arg_is_atom(&items->list[i], b))
+			return true;
+	}
+	return false;
+}
 
 static bool status_items_valid(const struct imap_arg *items)
 {
@@ -603,9 +706,22 @@ static bool status_items_valid(const struct imap_arg *items)
 	return true;
 }
 
-/* "* STATUS name (items)" for a mailbox read with counts; items valid. */
-static void status_reply(struct imap_session *s, const struct store_mailbox_info *mb, const struct imap_arg *items)
+/* "* STATUS name (items)" for a mailbox read with counts; items valid.
+ * False (nothing sent) when the index could not be read. */
+static bool status_reply(struct imap_session *s, const struct store_mailbox_info *mb, const struct imap_arg *items)
 {
+	struct status_sums sums = { 0, 0, 0, UINT32_MAX };
+	bool recent = !s->rev2 && status_wants(items, "RECENT", "RECENT");
+	if (recent && !imap_mailbox_recent_count(s, mb->id, &sums.recent_from)) {
+		log_warn("imap: cannot read the recent messages of mailbox %lld", (long long)mb->id);
+		return false;
+	}
+	if ((recent || status_wants(items, "SIZE", "DELETED")) &&
+	    store_imap_messages(s->w->reader, mb->id, 1, status_sum_cb, &sums) != ST_OK) {
+		/* The items would be wrong: leave this mailbox's response out. */
+		log_warn("imap: cannot read the messages of mailbox %lld for STATUS", (long long)mb->id);
+		return false;
+	}
 	struct buf line = BUF_INIT;
 	buf_append_str(&line, "STATUS ");
 	imap_quote(&line, mb->name);
@@ -617,13 +733,17 @@ static void status_reply(struct imap_session *s, const struct store_mailbox_info
 		if (imap_arg_is_atom(a, "MESSAGES"))
 			buf_printf(&line, "MESSAGES %llu", (unsigned long long)mb->messages);
 		else if (imap_arg_is_atom(a, "RECENT"))
-			buf_append_str(&line, "RECENT 0");
+			buf_printf(&line, "RECENT %llu", (unsigned long long)sums.recent);
 		else if (imap_arg_is_atom(a, "UIDNEXT"))
 			buf_printf(&line, "UIDNEXT %u", mb->uidnext);
 		else if (imap_arg_is_atom(a, "UIDVALIDITY"))
 			buf_printf(&line, "UIDVALIDITY %u", mb->uidvalidity);
 		else if (imap_arg_is_atom(a, "UNSEEN"))
 			buf_printf(&line, "UNSEEN %llu", (unsigned long long)mb->unseen);
+		else if (imap_arg_is_atom(a, "SIZE"))
+			buf_printf(&line, "SIZE %llu", (unsigned long long)sums.size);
+		else if (imap_arg_is_atom(a, "DELETED"))
+			buf_printf(&line, "DELETED %llu", (unsigned long long)sums.deleted);
 		else {   /* HIGHESTMODSEQ: a CONDSTORE enabling item (RFC 7162 3.1) */
 			buf_printf(&line, "HIGHESTMODSEQ %llu", (unsigned long long)mb->highestmodseq);
 			s->condstore = true;
@@ -632,6 +752,7 @@ static void status_reply(struct imap_session *s, const struct store_mailbox_info
 	buf_append_char(&line, ')');
 	imap_session_untagged(s, "%s", line.data);
 	buf_free(&line);
+	return true;
 }
 
 static void cmd_status(struct imap_session *s, struct imap_cmd *cmd)
@@ -653,7 +774,10 @@ static void cmd_status(struct imap_session *s, struct imap_cmd *cmd)
 		imap_command_reply_status(s, st == ST_INVALID ? ST_NOT_FOUND : st, "Mailbox does not exist");
 		return;
 	}
-	status_reply(s, &mb, items);
+	if (!status_reply(s, &mb, items)) {
+		imap_command_reply_status(s, ST_TEMPFAIL, "Cannot read the mailbox");
+		return;
+	}
 	sync_if_selected(s, true);
 	imap_session_tagged(s, "OK", "STATUS completed");
 }
@@ -853,6 +977,7 @@ void imap_command_execute(struct imap_session *s, struct imap_cmd *cmd)
 		{ "CHECK", SELECTED, false }, { "CLOSE", SELECTED, false }, { "UNSELECT", SELECTED, false },
 		{ "EXPUNGE", SELECTED, true }, { "SEARCH", SELECTED, true }, { "FETCH", SELECTED, true },
 		{ "STORE", SELECTED, true }, { "COPY", SELECTED, true }, { "MOVE", SELECTED, true },
+		{ "SORT", SELECTED, true }, { "THREAD", SELECTED, true },
 	};
 	size_t i;
 	for (i = 0; i < ARRAY_LEN(table); i++) {
@@ -908,6 +1033,25 @@ void imap_command_execute(struct imap_session *s, struct imap_cmd *cmd)
 	} else dispatch_selected(s, cmd);
 }
 
+/* IMAP4rev2 (RFC 9051 6.4.4): SEARCH without RETURN is answered with
+ * ESEARCH as if it said "RETURN (ALL)": the options are put in front. */
+static void search_rev2_args(struct imap_cmd *cmd)
+{
+	if (cmd->n_args > 0 && imap_arg_is_atom(&cmd->args[0], "RETURN"))
+		return;
+	struct imap_arg *args = xcalloc(cmd->n_args + 2, sizeof(*args));
+	args[0].type = IMAP_ARG_ATOM;
+	args[0].str = xstrdup("RETURN");
+	args[0].len = 6;
+	args[1].type = IMAP_ARG_LIST;   /* "()" means ALL */
+	if (cmd->n_args > 0)
+		memcpy(args + 2, cmd->args, cmd->n_args * sizeof(*args));
+	free(cmd->args);
+	cmd->args = args;
+	cmd->n_args += 2;
+	cmd->total_args += 2;
+}
+
 static void dispatch_selected(struct imap_session *s, struct imap_cmd *cmd)
 {
 	const char *n = cmd->name;
@@ -922,7 +1066,13 @@ static void dispatch_selected(struct imap_session *s, struct imap_cmd *cmd)
 	} else if (strcmp(n, "EXPUNGE") == 0) {
 		imap_mailbox_expunge(s, cmd);
 	} else if (strcmp(n, "SEARCH") == 0) {
+		if (s->rev2)
+			search_rev2_args(cmd);
 		imap_search_run(s, cmd);
+	} else if (strcmp(n, "SORT") == 0) {
+		imap_sort_run(s, cmd);
+	} else if (strcmp(n, "THREAD") == 0) {
+		imap_thread_run(s, cmd);
 	} else if (strcmp(n, "FETCH") == 0) {
 		imap_fetch_start(s, cmd);
 	} else if (strcmp(n, "STORE") == 0) {

@@ -4,7 +4,18 @@
  * BODY[section]<partial> and BODY.PEEK[...] for every RFC 3501 section:
  * "", HEADER, TEXT, HEADER.FIELDS, HEADER.FIELDS.NOT, each optionally
  * after a part number ("1.2.HEADER"), and <part>.MIME; the FAST, ALL and
- * FULL macros.
+ * FULL macros; BINARY[part]<partial>, BINARY.PEEK and BINARY.SIZE (RFC
+ * 3516).
+ *
+ * BINARY: before a message's response starts, a store job (pool thread)
+ * locates each BINARY item's part (part map), reads its
+ * Content-Transfer-Encoding from its MIME header and makes one streaming
+ * decoding pass (imap_binary.c) for the decoded size and whether a
+ * literal8 is needed; items naming the same part share it.  An unknown
+ * encoding ends the command with NO [UNKNOWN-CTE] before any of that
+ * message is sent.  The data is then decoded again on the loop while it is
+ * sent, FETCH_CHUNK at a time and only as fast as the client reads, so
+ * memory stays bounded whatever the part's size.
  *
  * MIME data: ENVELOPE, BODYSTRUCTURE, BODY and part sections are served
  * from the blob's cached MIME row (store_mime_get on the loop thread's
@@ -58,9 +69,10 @@
 #define FETCH_MAX_FIELDS 64
 #define FETCH_HEADER_MAX (1u << 20)   /* header bytes kept in memory for HEADER.FIELDS */
 #define FETCH_MIME_BATCH 16           /* messages per MIME computing job */
+#define FETCH_PART_HEADER_MAX (64u * 1024u) /* a part's MIME header read for its CTE */
 
 enum fitem_kind { FI_FLAGS, FI_INTERNALDATE, FI_SIZE, FI_UID, FI_BODY, FI_ENVELOPE, FI_BODYSTRUCTURE,
-		  FI_BODY_STRUCT, FI_MODSEQ };
+		  FI_BODY_STRUCT, FI_MODSEQ, FI_BINARY, FI_BINARY_SIZE };
 enum fsection { SEC_ALL, SEC_HEADER, SEC_TEXT, SEC_FIELDS, SEC_FIELDS_NOT, SEC_MIME };
 
 struct fitem {
@@ -73,6 +85,17 @@ struct fitem {
 	uint64_t p_off, p_len;
 	char **fields;               /* HEADER.FIELDS names */
 	size_t n_fields;
+	size_t same;                 /* BINARY: first item naming the same part */
+};
+
+/* BINARY items of the current message, worked out before its response
+ * starts (an unknown encoding must fail the command before any of it). */
+struct bin_prep {
+	bool nil;                    /* no such part */
+	enum imap_cte cte;
+	uint64_t start, len;         /* the raw (encoded) bytes in the blob */
+	uint64_t dsize;              /* decoded size */
+	bool has_nul;                /* the decoded data needs literal8 */
 };
 
 struct fmsg {
@@ -109,6 +132,15 @@ struct imap_fetch {
 	bool expunge_issued;         /* messages skipped: expunged by another session */
 	bool need_mime;              /* some item needs the MIME row */
 	bool job_pending;            /* a MIME job runs: produce nothing */
+	bool need_binary;            /* some item is BINARY or BINARY.SIZE */
+	bool unknown_cte;            /* a part's encoding cannot be decoded */
+	bool bin_ready;              /* prep holds the current message's scans */
+	struct bin_prep *prep;       /* per item, for the current message */
+	bool decoding;               /* streaming f->fd through f->dec */
+	struct imap_decoder dec;
+	uint64_t d_skip, d_left;     /* decoded bytes to drop (partial), to send */
+	struct buf d_buf;            /* decoded bytes not yet sent */
+	size_t d_pos;
 };
 
 static void fitem_free(struct fitem *it)
@@ -135,6 +167,8 @@ void imap_fetch_free(struct imap_fetch **fp)
 		close(f->fd);
 	if (f->msg_fd >= 0)
 		close(f->msg_fd);
+	free(f->prep);
+	buf_free(&f->d_buf);
 	free(f);
 	*fp = NULL;
 }
@@ -217,6 +251,34 @@ static bool parse_section_part(const char *sec, const char *end, size_t *part_le
 	return *part_len <= MIME_SECTION_MAX;
 }
 
+/* "<offset.length>" after a section; *tail points past "]". */
+static bool parse_partial(const char *tail, struct fitem *it, const char **why_r)
+{
+	if (*tail == '\0')
+		return true;
+	if (*tail != '<') {
+		*why_r = "Invalid FETCH item";
+		return false;
+	}
+	char *e1, *e2;
+	errno = 0;
+	unsigned long long o = strtoull(tail + 1, &e1, 10);
+	if (e1 == tail + 1 || *e1 != '.' || errno != 0) {
+		*why_r = "Invalid partial";
+		return false;
+	}
+	unsigned long long n = strtoull(e1 + 1, &e2, 10);
+	if (e2 == e1 + 1 || *e2 != '>' || e2[1] != '\0' || errno != 0 || n == 0 || tail[1] == '-' ||
+	    e1[1] == '-') {
+		*why_r = "Invalid partial";
+		return false;
+	}
+	it->partial = true;
+	it->p_off = o;
+	it->p_len = n;
+	return true;
+}
+
 /* BODY[...]<o.n> / BODY.PEEK[...]<o.n>; *why_r set on failure. */
 static bool parse_body(struct imap_fetch *f, const char *atom, bool peek, const char **why_r)
 {
@@ -265,31 +327,41 @@ static bool parse_body(struct imap_fetch *f, const char *atom, bool peek, const 
 		*why_r = "Invalid section";
 		return false;
 	}
-	const char *tail = rb + 1;
-	if (*tail == '<') {
-		char *e1, *e2;
-		errno = 0;
-		unsigned long long o = strtoull(tail + 1, &e1, 10);
-		if (e1 == tail + 1 || *e1 != '.' || errno != 0) {
-			*why_r = "Invalid partial";
-			return false;
-		}
-		unsigned long long n = strtoull(e1 + 1, &e2, 10);
-		if (e2 == e1 + 1 || *e2 != '>' || e2[1] != '\0' || errno != 0 || n == 0 || tail[1] == '-' ||
-		    e1[1] == '-') {
-			*why_r = "Invalid partial";
-			return false;
-		}
-		it->partial = true;
-		it->p_off = o;
-		it->p_len = n;
-	} else if (*tail != '\0') {
-		*why_r = "Invalid BODY item";
+	if (!parse_partial(rb + 1, it, why_r))
 		return false;
-	}
 	/* The response names the section without PEEK and without the
 	 * partial's length: BODY[HEADER]<0>. */
 	it->name = xasprintf("BODY[%.*s]", (int)sec_len, sec);
+	return true;
+}
+
+/* BINARY[part]<o.n>, BINARY.PEEK[part]<o.n>, BINARY.SIZE[part] (RFC 3516):
+ * the section is a part number or empty, nothing else. */
+static bool parse_binary(struct imap_fetch *f, const char *atom, enum fitem_kind kind, bool peek,
+			 const char **why_r)
+{
+	const char *lb = strchr(atom, '[');
+	const char *rb = lb ? strchr(lb, ']') : NULL;
+	size_t part_len;
+	const char *rest;
+	if (lb == NULL || rb == NULL || !parse_section_part(lb + 1, rb, &part_len, &rest) || rest != rb) {
+		*why_r = "Invalid BINARY section";
+		return false;
+	}
+	struct fitem *it = add_item(f, kind);
+	it->peek = peek || kind == FI_BINARY_SIZE;
+	if (part_len > 0) {
+		it->part = xstrndup(lb + 1, part_len);
+		f->need_mime = true;
+	}
+	if (kind == FI_BINARY_SIZE && rb[1] != '\0') {
+		*why_r = "BINARY.SIZE takes no partial";
+		return false;
+	}
+	if (!parse_partial(rb + 1, it, why_r))
+		return false;
+	it->name = xasprintf("%s[%.*s]", kind == FI_BINARY ? "BINARY" : "BINARY.SIZE", (int)part_len, lb + 1);
+	f->need_binary = true;
 	return true;
 }
 
@@ -319,6 +391,12 @@ static bool parse_item(struct imap_fetch *f, const struct imap_arg *a, const cha
 		it->peek = it->section == SEC_HEADER;
 		it->name = xstrdup(it->section == SEC_ALL ? "RFC822" : it->section == SEC_HEADER ? "RFC822.HEADER"
 											 : "RFC822.TEXT");
+	} else if (str_istarts(s, "BINARY.PEEK[")) {
+		return parse_binary(f, s, FI_BINARY, true, why_r);
+	} else if (str_istarts(s, "BINARY.SIZE[")) {
+		return parse_binary(f, s, FI_BINARY_SIZE, true, why_r);
+	} else if (str_istarts(s, "BINARY[")) {
+		return parse_binary(f, s, FI_BINARY, false, why_r);
 	} else if (str_istarts(s, "BODY.PEEK[")) {
 		return parse_body(f, s, true, why_r);
 	} else if (str_istarts(s, "BODY[")) {
@@ -337,6 +415,27 @@ static bool parse_item(struct imap_fetch *f, const struct imap_arg *a, const cha
 		return false;
 	}
 	return true;
+}
+
+/* BINARY items naming the same part share one scan per message (a
+ * hostile list of thousands of BINARY.SIZE[1] costs one).  Once per
+ * command. */
+static void binary_link(struct imap_fetch *f)
+{
+	for (size_t i = 0; i < f->n_items; i++) {
+		struct fitem *it = &f->items[i];
+		it->same = i;
+		if (it->kind != FI_BINARY && it->kind != FI_BINARY_SIZE)
+			continue;
+		for (size_t k = 0; k < i; k++) {
+			const struct fitem *o = &f->items[k];
+			if ((o->kind == FI_BINARY || o->kind == FI_BINARY_SIZE) && o->same == k &&
+			    (it->part == NULL ? o->part == NULL : o->part != NULL && strcmp(it->part, o->part) == 0)) {
+				it->same = k;
+				break;
+			}
+		}
+	}
 }
 
 static bool parse_items(struct imap_fetch *f, const struct imap_arg *a, const char **why_r)
@@ -365,6 +464,8 @@ static bool parse_items(struct imap_fetch *f, const struct imap_arg *a, const ch
 		if (!parse_item(f, &a->list[i], why_r))
 			return false;
 	}
+	if (f->need_binary)
+		binary_link(f);
 	return true;
 }
 
@@ -595,9 +696,293 @@ static bool emit_body(struct imap_session *s, struct imap_fetch *f, const struct
 	return true;
 }
 
+/* ---- BINARY (RFC 3516) ------------------------------------------------------------- */
+
+/* One streaming pass over a part's encoded bytes: its decoded size and
+ * whether it holds NUL (literal8 then).  Bounded memory: one chunk. */
+static bool binary_scan(int fd, const char *path, struct bin_prep *p)
+{
+	char chunk[FETCH_CHUNK];
+	struct buf out = BUF_INIT;
+	struct imap_decoder d;
+	imap_decoder_init(&d, p->cte);
+	p->dsize = 0;
+	p->has_nul = false;
+	uint64_t off = p->start, left = p->len;
+	while (left > 0) {
+		size_t want = left < FETCH_CHUNK ? (size_t)left : FETCH_CHUNK;
+		ssize_t n = pread(fd, chunk, want, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			log_error("imap: cannot read %s: %s", path, n < 0 ? strerror(errno) : "short file");
+			buf_free(&out);
+			return false;
+		}
+		buf_reset(&out);
+		imap_decoder_feed(&d, chunk, (size_t)n, &out);
+		p->dsize += out.len;
+		p->has_nul = p->has_nul || (out.len > 0 && memchr(out.data, '\0', out.len) != NULL);
+		off += (uint64_t)n;
+		left -= (uint64_t)n;
+	}
+	buf_reset(&out);
+	imap_decoder_finish(&d, &out);
+	p->dsize += out.len;
+	p->has_nul = p->has_nul || (out.len > 0 && memchr(out.data, '\0', out.len) != NULL);
+	buf_free(&out);
+	return true;
+}
+
+/* The part's raw range and encoding; nil when it does not exist. */
+static bool binary_locate(int fd, const char *path, const struct fitem *it, const struct fmsg *m,
+			  struct bin_prep *p)
+{
+	memset(p, 0, sizeof(*p));
+	if (it->part == NULL) {
+		/* BINARY[]: the whole message as it is (no encoding applies). */
+		p->start = 0;
+		p->len = m->size;
+		return true;
+	}
+	struct mime_part mp;
+	if (!mime_part_find(m->mime.parts, m->mime.parts_len, it->part, &mp) || mp.body_end > m->size ||
+	    mp.header_start > mp.body_start || mp.body_start > mp.body_end) {
+		p->nil = true;
+		return true;
+	}
+	p->start = mp.body_start;
+	p->len = mp.body_end - mp.body_start;
+	struct buf h = BUF_INIT;
+	uint64_t hl = mp.body_start - mp.header_start;
+	if (!blob_pread(fd, path, mp.header_start, hl < FETCH_PART_HEADER_MAX ? hl : FETCH_PART_HEADER_MAX, &h)) {
+		buf_free(&h);
+		return false;
+	}
+	p->cte = imap_binary_cte(h.data ? h.data : "", h.len);
+	buf_free(&h);
+	return true;
+}
+
+/* Works out the BINARY items of message m into prep[] (n_items entries):
+ * on a pool thread, reading the blob through fd.  *unknown_r when a part's
+ * encoding cannot be decoded; false on a read error. */
+static bool binary_compute(const struct fitem *items, size_t n_items, const struct fmsg *m, int fd,
+			   const char *path, struct bin_prep *prep, bool *unknown_r)
+{
+	for (size_t i = 0; i < n_items; i++) {
+		const struct fitem *it = &items[i];
+		struct bin_prep *p = &prep[i];
+		if (it->kind != FI_BINARY && it->kind != FI_BINARY_SIZE)
+			continue;
+		if (it->same != i) {
+			*p = prep[it->same];   /* the part was worked out already */
+			continue;
+		}
+		if (!binary_locate(fd, path, it, m, p))
+			return false;
+		if (!p->nil && p->cte == IMAP_CTE_UNKNOWN) {
+			*unknown_r = true;
+			return true;
+		}
+		if (!p->nil && !binary_scan(fd, path, p))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * The scans run as a store job, one message at a time: decoding a 50 MB
+ * base64 part takes a while, and the loop thread serves other sessions
+ * meanwhile.  While the job runs the session waits (f->job_pending, input
+ * paused), so the FETCH state it reads - items, the message's part map -
+ * cannot change or be freed; it writes only its own prep array and fd.
+ */
+struct binary_job {
+	struct imap_job j;
+	const struct imap_fetch *f;     /* read-only while the job runs */
+	size_t pos;                     /* the message, in f->msgs */
+	int fd;                         /* a duplicate of its blob descriptor */
+	char path[PATH_MAX];            /* for logs */
+	struct bin_prep *prep;
+	bool ok, unknown;
+};
+
+static void binary_job_run(struct imap_job *j, struct store *st)
+{
+	(void)st;
+	struct binary_job *bj = (struct binary_job *)j;
+	bj->ok = binary_compute(bj->f->items, bj->f->n_items, &bj->f->msgs[bj->pos], bj->fd, bj->path, bj->prep,
+				&bj->unknown);
+	j->status = ST_OK;
+}
+
+static void binary_job_done(struct imap_job *j)
+{
+	struct binary_job *bj = (struct binary_job *)j;
+	struct imap_session *s = j->s;
+	if (imap_session_job_finished(s)) {
+		struct imap_fetch *f = s->fetch;
+		if (f != NULL) {
+			if (f != bj->f || f->pos != bj->pos)
+				panic("imap: FETCH changed under a BINARY job");
+			free(f->prep);
+			f->prep = bj->prep;
+			bj->prep = NULL;
+			f->bin_ready = true;
+			f->failed = f->failed || !bj->ok;
+			f->unknown_cte = bj->unknown;
+			f->job_pending = false;
+			imap_fetch_continue(s);
+		}
+		imap_session_job_end(s);
+	}
+	close(bj->fd);
+	free(bj->prep);
+	free(j->error);
+	free(bj);
+}
+
+/* Starts the BINARY scans of the current message (its blob is open). */
+static void binary_submit(struct imap_session *s, struct imap_fetch *f, const struct fmsg *m)
+{
+	int fd = fcntl(f->msg_fd, F_DUPFD_CLOEXEC, 0);
+	if (fd < 0) {
+		log_error("imap: cannot duplicate a blob descriptor: %s", strerror(errno));
+		f->failed = true;
+		return;
+	}
+	struct binary_job *bj = xcalloc(1, sizeof(*bj));
+	bj->f = f;
+	bj->pos = f->pos;
+	bj->fd = fd;
+	store_blob_path(s->set->store_blob_dir, &m->id, bj->path, sizeof(bj->path));
+	bj->prep = xcalloc(f->n_items, sizeof(*bj->prep));
+	bj->j.run = binary_job_run;
+	bj->j.done = binary_job_done;
+	f->job_pending = true;
+	imap_session_submit(s, &bj->j);
+}
+
+/* Writes one BINARY or BINARY.SIZE item; may leave f->fd set to stream. */
+static bool emit_binary(struct imap_fetch *f, const struct fitem *it, const struct fmsg *m, struct buf *b)
+{
+	const struct bin_prep *p = &f->prep[it - f->items];
+	if (it->kind == FI_BINARY_SIZE) {
+		buf_printf(b, "%s %llu", it->name, (unsigned long long)(p->nil ? 0 : p->dsize));
+		return true;
+	}
+	if (it->partial)
+		buf_printf(b, "%s<%llu> ", it->name, (unsigned long long)it->p_off);
+	else
+		buf_printf(b, "%s ", it->name);
+	if (p->nil) {
+		buf_append_str(b, "NIL");
+		return true;
+	}
+	uint64_t off = 0, len = p->dsize;
+	if (it->partial) {
+		off = it->p_off < len ? it->p_off : len;
+		len = it->p_len < len - off ? it->p_len : len - off;
+	}
+	/* literal8 only when needed: clients parse a plain literal more easily. */
+	buf_printf(b, "%s{%llu}\r\n", p->has_nul ? "~" : "", (unsigned long long)len);
+	if (len == 0)
+		return true;
+	int fd = fcntl(f->msg_fd, F_DUPFD_CLOEXEC, 0);
+	if (fd < 0) {
+		log_error("imap: cannot duplicate a blob descriptor: %s", strerror(errno));
+		return false;
+	}
+	if (it->part != NULL)
+		store_access_note(&m->id); /* a body read */
+	f->fd = fd;
+	if (p->cte == IMAP_CTE_IDENTITY) {
+		f->s_off = p->start + off;
+		f->s_left = len;
+		return true;
+	}
+	f->decoding = true;
+	imap_decoder_init(&f->dec, p->cte);
+	f->s_off = p->start;
+	f->s_left = p->len;
+	f->d_skip = off;
+	f->d_left = len;
+	buf_reset(&f->d_buf);
+	f->d_pos = 0;
+	return true;
+}
+
+/* Sends decoded bytes held in f->d_buf, dropping the partial's prefix. */
+static void decoded_send(struct imap_session *s, struct imap_fetch *f)
+{
+	size_t avail = f->d_buf.len - f->d_pos;
+	size_t skip = f->d_skip < avail ? (size_t)f->d_skip : avail;
+	f->d_pos += skip;
+	f->d_skip -= skip;
+	avail -= skip;
+	size_t n = f->d_left < avail ? (size_t)f->d_left : avail;
+	imap_session_write(s, f->d_buf.data + f->d_pos, n);
+	f->d_pos += n;
+	f->d_left -= n;
+	if (f->d_pos == f->d_buf.len) {
+		buf_reset(&f->d_buf);
+		f->d_pos = 0;
+	}
+}
+
+/* Streams a decoded BINARY item; true when it is complete. */
+static bool stream_decoded(struct imap_session *s, struct imap_fetch *f)
+{
+	char chunk[FETCH_CHUNK];
+	/* Bounded: each pass reads a chunk or ends the raw input. */
+	while (f->d_left > 0 && !imap_session_output_full(s)) {
+		if (f->d_pos < f->d_buf.len) {
+			decoded_send(s, f);
+			continue;
+		}
+		if (f->s_left == 0) {
+			imap_decoder_finish(&f->dec, &f->d_buf);
+			decoded_send(s, f);
+			if (f->d_left > 0) {
+				/* Fewer bytes than the literal promised: the blob
+				 * changed under us; the stream cannot be repaired. */
+				log_error("imap: BINARY decoding came out short for %s", s->client);
+				f->failed = true;
+				return true;
+			}
+			break;
+		}
+		size_t want = f->s_left < FETCH_CHUNK ? (size_t)f->s_left : FETCH_CHUNK;
+		ssize_t n = pread(f->fd, chunk, want, (off_t)f->s_off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			log_error("imap: blob read failed during FETCH for %s: %s", s->client,
+				  n < 0 ? strerror(errno) : "short file");
+			f->failed = true;
+			return true;
+		}
+		f->s_off += (uint64_t)n;
+		f->s_left -= (uint64_t)n;
+		imap_decoder_feed(&f->dec, chunk, (size_t)n, &f->d_buf);
+		decoded_send(s, f);
+	}
+	if (f->d_left > 0)
+		return false;
+	close(f->fd);
+	f->fd = -1;
+	f->decoding = false;
+	buf_reset(&f->d_buf);
+	f->d_pos = 0;
+	return true;
+}
+
 /* Streams the current body range; true when it is complete. */
 static bool stream_body(struct imap_session *s, struct imap_fetch *f)
 {
+	if (f->decoding)
+		return stream_decoded(s, f);
 	char chunk[FETCH_CHUNK];
 	while (f->s_left > 0 && !imap_session_output_full(s)) {
 		size_t want = f->s_left < FETCH_CHUNK ? (size_t)f->s_left : FETCH_CHUNK;
@@ -662,6 +1047,11 @@ static void emit_item(struct imap_session *s, struct imap_fetch *f, const struct
 		if (!emit_body(s, f, it, m, b))
 			f->failed = true;
 		break;
+	case FI_BINARY:
+	case FI_BINARY_SIZE:
+		if (!emit_binary(f, it, m, b))
+			f->failed = true;
+		break;
 	case FI_ENVELOPE:
 		buf_append_str(b, "ENVELOPE ");
 		buf_append_str(b, m->mime.envelope);
@@ -683,6 +1073,7 @@ static void fetch_finish(struct imap_session *s)
 	bool failed = f->failed;
 	bool uid_cmd = f->uid_cmd;
 	bool expunge_issued = f->expunge_issued;
+	bool unknown_cte = f->unknown_cte;
 	imap_fetch_free(&s->fetch);
 	imap_session_resume(s, IP_FETCH);
 	if (failed) {
@@ -692,7 +1083,9 @@ static void fetch_finish(struct imap_session *s)
 	imap_mailbox_sync(s, uid_cmd);
 	/* RFC 2180 4.1.2 and RFC 5530: what another session expunged is
 	 * left out, and the client is told why. */
-	if (expunge_issued)
+	if (unknown_cte)
+		imap_session_tagged(s, "NO", "[UNKNOWN-CTE] Cannot decode a part's content-transfer-encoding");
+	else if (expunge_issued)
 		imap_session_tagged(s, "NO", "[EXPUNGEISSUED] Some of the requested messages no longer exist");
 	else
 		imap_session_tagged(s, "OK", "FETCH completed");
@@ -724,18 +1117,20 @@ static void mime_job_run(struct imap_job *j, struct store *st)
 	for (size_t i = 0; i < mj->n; i++) {
 		struct mime_job_msg *x = &mj->m[i];
 		char path[PATH_MAX];
-		if (!store_blob_find(mj->set, 0, &x->id, path, sizeof(path))) { /* any tier */
-			x->gone = true;   /* expunged by another session */
+		store_blob_path(mj->set->store_blob_dir, &x->id, path, sizeof(path)); /* for the log */
+		int fd = store_blob_open(mj->set, 0, &x->id, NULL); /* any tier; decompressed */
+		if (fd < 0) {
+			if (errno == ENOENT)
+				x->gone = true;   /* expunged by another session */
+			else
+				log_error("imap: cannot open %s: %s", path, strerror(errno));
 			continue;
 		}
 		struct mime_summary sum;
 		char *err = NULL;
-		if (mime_parse_file(path, x->size, &sum, &err) != ST_OK) {
-			if (!store_blob_find(mj->set, 0, &x->id, path, sizeof(path))) {
-				x->gone = true;   /* expunged while it was read */
-				free(err);
-				continue;
-			}
+		enum status ps = mime_parse_fd(fd, x->size, &sum, &err);
+		close(fd);
+		if (ps != ST_OK) {
 			log_error("imap: MIME structure of %s: %s", path, err);
 			free(err);
 			continue;
@@ -821,32 +1216,108 @@ static bool mime_ready(struct imap_session *s, struct imap_fetch *f)
 	return false;
 }
 
+/* A blob on a compressed tier is opened (decompressed) on a store thread:
+ * that takes CPU time in proportion to the message, never the loop's. */
+struct open_job {
+	struct imap_job j;
+	const struct settings *set;  /* settings live until exit */
+	struct msgid id;
+	uint32_t uid;
+	int fd;
+	int err;
+};
+
+static void open_job_run(struct imap_job *j, struct store *st)
+{
+	(void)st;
+	struct open_job *oj = (struct open_job *)j;
+	/* Twice: the tier mover may unlink one copy between two lookups. */
+	for (int attempt = 0; attempt < 2; attempt++) {
+		oj->fd = store_blob_open(oj->set, 0, &oj->id, NULL);
+		oj->err = errno;
+		if (oj->fd >= 0 || oj->err != ENOENT)
+			break;
+	}
+	j->status = ST_OK;
+}
+
+static void open_failed(struct imap_fetch *f, struct fmsg *m, const struct settings *set, int err)
+{
+	if (err == ENOENT) {
+		m->gone = true;   /* expunged by another session meanwhile */
+		return;
+	}
+	char path[PATH_MAX];
+	store_blob_path(set->store_blob_dir, &m->id, path, sizeof(path));
+	log_error("imap: cannot open %s: %s", path, strerror(err));
+	f->failed = true;
+}
+
+static void open_job_done(struct imap_job *j)
+{
+	struct open_job *oj = (struct open_job *)j;
+	struct imap_session *s = j->s;
+	if (imap_session_job_finished(s)) {
+		struct imap_fetch *f = s->fetch;
+		if (f != NULL) {
+			struct fmsg *m = &f->msgs[f->pos];
+			if (m->uid != oj->uid)
+				panic("imap: FETCH messages changed under an open job");
+			if (oj->fd >= 0) {
+				f->msg_fd = oj->fd;
+				oj->fd = -1;
+			} else {
+				open_failed(f, m, s->set, oj->err);
+			}
+			f->job_pending = false;
+			imap_fetch_continue(s);
+		}
+		imap_session_job_end(s);
+	}
+	if (oj->fd >= 0)
+		close(oj->fd);
+	free(j->error);
+	free(oj);
+}
+
+enum msg_open { MO_OK, MO_SKIP, MO_WAIT };
+
 /* Opens the message's blob once for all its body items, before anything
  * of its response is written: an open descriptor keeps the bytes readable
  * whatever another session expunges or the tier mover moves meanwhile.
- * False when the message cannot be sent: f->failed is set on a real error,
- * not when the blob is gone because another session expunged it. */
-static bool message_open(struct imap_session *s, struct imap_fetch *f, struct fmsg *m)
+ * MO_SKIP when the message cannot be sent: f->failed is set on a real
+ * error, not when the blob is gone because another session expunged it.
+ * MO_WAIT when a store thread opens it: imap_fetch_continue runs again. */
+static enum msg_open message_open(struct imap_session *s, struct imap_fetch *f, struct fmsg *m)
 {
 	if (m->gone)
-		return false;
-	if (!f->need_body)
-		return true;
+		return MO_SKIP;
+	if (!f->need_body || f->msg_fd >= 0)
+		return MO_OK;   /* nothing to open, or opened by a job */
+	int err = 0;
 	/* Twice: the tier mover may unlink one copy between two lookups. */
 	for (int attempt = 0; attempt < 2; attempt++) {
-		f->msg_fd = store_blob_open(s->set, 0, &m->id, NULL); /* any tier (src/tier) */
+		f->msg_fd = store_blob_open_nowait(s->set, 0, &m->id, NULL); /* any tier (src/tier) */
 		if (f->msg_fd >= 0)
-			return true;
-		if (errno != ENOENT)
+			return MO_OK;
+		err = errno;
+		if (err != ENOENT)
 			break;
 	}
-	if (errno == ENOENT)
-		return false;
-	char path[PATH_MAX];
-	store_blob_path(s->set->store_blob_dir, &m->id, path, sizeof(path));
-	log_error("imap: cannot open %s: %s", path, strerror(errno));
-	f->failed = true;
-	return false;
+	if (err == EWOULDBLOCK) {
+		struct open_job *oj = xcalloc(1, sizeof(*oj));
+		oj->set = s->set;
+		oj->id = m->id;
+		oj->uid = m->uid;
+		oj->fd = -1;
+		oj->j.run = open_job_run;
+		oj->j.done = open_job_done;
+		f->job_pending = true;
+		imap_session_submit(s, &oj->j);
+		return MO_WAIT;
+	}
+	open_failed(f, m, s->set, err);
+	return MO_SKIP;
 }
 
 void imap_fetch_continue(struct imap_session *s)
@@ -870,7 +1341,10 @@ void imap_fetch_continue(struct imap_session *s)
 		struct fmsg *m = &f->msgs[f->pos];
 		if (!f->started && f->need_mime && !mime_ready(s, f))
 			break;
-		if (!f->started && !message_open(s, f, m)) {
+		enum msg_open mo = f->started ? MO_OK : message_open(s, f, m);
+		if (mo == MO_WAIT)
+			break;
+		if (mo == MO_SKIP) {
 			if (f->failed)
 				break;
 			f->expunge_issued = true;   /* nothing of it is sent */
@@ -879,6 +1353,12 @@ void imap_fetch_continue(struct imap_session *s)
 			f->pos++;
 			continue;
 		}
+		if (!f->started && f->need_binary && !f->bin_ready) {
+			binary_submit(s, f, m);   /* imap_fetch_continue runs again when it ends */
+			break;
+		}
+		if (!f->started && (f->failed || f->unknown_cte))
+			break;   /* the command ends: nothing of this message is sent */
 		buf_reset(&b);
 		if (!f->started) {
 			f->started = true;
@@ -917,6 +1397,7 @@ void imap_fetch_continue(struct imap_session *s)
 		buf_append_str(&b, ")\r\n");
 		imap_session_write(s, b.data, b.len);
 		f->started = false;
+		f->bin_ready = false;
 		if (f->msg_fd >= 0) {
 			close(f->msg_fd);
 			f->msg_fd = -1;
@@ -926,7 +1407,7 @@ void imap_fetch_continue(struct imap_session *s)
 		f->pos++;
 	}
 	buf_free(&b);
-	if (f != NULL && !f->job_pending && (f->failed || (f->pos == f->n_msgs && f->fd < 0)))
+	if (f != NULL && !f->job_pending && (f->failed || f->unknown_cte || (f->pos == f->n_msgs && f->fd < 0)))
 		fetch_finish(s);
 }
 
@@ -1004,7 +1485,7 @@ static void seen_done(struct imap_job *j)
 					f->msgs[k].flags_changed = true;
 					f->msgs[k].modseq = sj->modseqs_out[i];
 					struct view_msg *vm = &s->view->m[f->msgs[k].seq - 1];
-					vm->flags = sj->flags_out[i] | (vm->flags & VIEW_GONE);
+					vm->flags = sj->flags_out[i] | (vm->flags & VIEW_BITS);
 					vm->modseq = sj->modseqs_out[i];
 				}
 			}
@@ -1087,9 +1568,11 @@ void imap_fetch_start(struct imap_session *s, struct imap_cmd *cmd)
 	}
 	free(idx);
 	for (size_t i = 0; i < f->n_items; i++) {
-		if (f->items[i].kind == FI_BODY && !f->items[i].peek && !v->readonly)
+		bool body = f->items[i].kind == FI_BODY || f->items[i].kind == FI_BINARY ||
+			    f->items[i].kind == FI_BINARY_SIZE;
+		if (body && !f->items[i].peek && !v->readonly)
 			f->set_seen = true;
-		if (f->items[i].kind == FI_BODY)
+		if (body)
 			f->need_body = true;
 	}
 	if (f->n_msgs > 0) {

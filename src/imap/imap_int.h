@@ -8,7 +8,9 @@
  *                   mailbox-level commands (LIST, CREATE, STATUS, ...)
  *   imap_mailbox.c  SELECT and the view: updates, STORE, EXPUNGE, COPY/MOVE
  *   imap_fetch.c    FETCH (incremental, bounded output)
- *   imap_search.c   SEARCH
+ *   imap_search.c   SEARCH, SEARCHRES, the search engine of SORT and THREAD
+ *   imap_sort.c     SORT
+ *   imap_thread.c   THREAD
  *   imap_append.c   APPEND: streamed literal, durable blob, commit
  *
  * Lifetime rules (as in src/smtp):
@@ -42,7 +44,8 @@
 #include "queue.h"
 #include "store.h"
 
-#define IMAP_IDLE_POLL_MS 500u            /* IDLE change polling period */
+#define IMAP_IDLE_POLL_MS 30000u          /* IDLE fallback poll: changes made outside the daemon */
+#define IMAP_NOTIFY_MAX 64                /* changed mailboxes a worker queues before "all" */
 #define IMAP_INPUT_HIGH (256u * 1024u)    /* stop reading above this */
 #define IMAP_OUTPUT_HIGH (256u * 1024u)   /* pause output producers above this */
 #define IMAP_MEMORY_LITERAL_MAX (64u * 1024u) /* in-memory literals per command */
@@ -78,12 +81,22 @@ struct imap_worker {
 	struct imap_session *sessions;
 	size_t n_sessions;
 	bool shutting_down;
+	/* Mailboxes changed by commits on other threads (imap_notify_changes):
+	 * filled under notify_mu by any thread, drained by notify_ev on the loop. */
+	pthread_mutex_t notify_mu;
+	int64_t notify_ids[IMAP_NOTIFY_MAX];
+	size_t notify_n;
+	bool notify_all;
+	struct event *notify_ev;
+	struct imap_worker *next_worker;   /* the process's worker list */
 };
 void imap_worker_release_slot(void);
 
 /* ---- the selected mailbox ------------------------------------------------- */
 
 #define VIEW_GONE (1u << 31)            /* expunged, not yet reported */
+#define VIEW_RECENT (1u << 30)          /* \Recent for this session (IMAP4rev1 only) */
+#define VIEW_BITS (VIEW_GONE | VIEW_RECENT) /* session state, not stored flags */
 struct view_msg {
 	uint32_t uid;
 	uint32_t flags;                 /* MSG_FLAG_* | VIEW_GONE */
@@ -102,6 +115,9 @@ struct imap_view {
 	char **known;                   /* keywords announced in FLAGS: grows only */
 	size_t n_known, cap_known;
 	bool pending_expunge;           /* some entries are VIEW_GONE */
+	uint32_t *saved;                /* SEARCHRES "$" (RFC 5182): UIDs, ascending; the
+					 * view's lifetime is the one RFC 5182 gives it */
+	size_t n_saved;
 };
 
 /* ---- session -------------------------------------------------------------- */
@@ -115,6 +131,7 @@ enum imap_mode {
 	IM_TLS,         /* handshake running */
 };
 enum imap_close { IC_NONE = 0, IC_FLUSH, IC_NOW };
+enum imap_sasl { SASL_PLAIN = 0, SASL_LOGIN_USER, SASL_LOGIN_PASS };
 
 #define IP_JOB    (1u << 0)   /* a store job is running */
 #define IP_OUTPUT (1u << 1)   /* client is not reading */
@@ -150,9 +167,12 @@ struct imap_session {
 	struct imap_view *view;         /* IS_SELECTED */
 	bool condstore;                 /* RFC 7162 CONDSTORE enabled (ENABLE or a CONDSTORE command) */
 	bool qresync;                   /* RFC 7162 QRESYNC enabled: VANISHED replaces EXPUNGE */
+	bool rev2;                      /* ENABLE IMAP4rev2 (RFC 9051): ESEARCH answers, no RECENT */
+	enum imap_sasl sasl;            /* IM_SASL: the mechanism waiting for a response */
+	char *sasl_user;                /* AUTHENTICATE LOGIN: the user name, once sent */
 	struct event *idle_ev;
 	struct imap_fetch *fetch;       /* FETCH in progress (IP_FETCH) */
-	struct imap_append *append;     /* APPEND literal being received */
+	struct imap_append *append;     /* APPEND messages being received (MULTIAPPEND: several) */
 };
 
 /* imap_session.c */
@@ -186,6 +206,8 @@ bool imap_session_job_finished(struct imap_session *s);
 void imap_session_job_end(struct imap_session *s);
 const char *imap_session_capabilities(const struct imap_session *s);
 void imap_session_idle_start(struct imap_session *s);
+/* A commit changed the IDLE session's mailbox: report it now. */
+void imap_session_idle_wake(struct imap_session *s);
 void imap_session_idle_stop(struct imap_session *s);
 bool imap_session_output_full(const struct imap_session *s);
 
@@ -222,6 +244,12 @@ bool imap_flags_parse(const struct imap_arg *a, uint32_t *flags_r, struct buf *k
 bool imap_keywords_have(const char *keywords, const char *word);
 /* Index of uid in the view, or -1. */
 long imap_view_find(const struct imap_view *v, uint32_t uid);
+/* Messages of the view with VIEW_RECENT. */
+size_t imap_view_recent(const struct imap_view *v);
+/* STATUS RECENT: the first UID of mailbox `mailbox_id` that no session
+ * has claimed as recent yet (the messages from it on are recent); false on
+ * a store error. */
+bool imap_mailbox_recent_count(struct imap_session *s, int64_t mailbox_id, uint32_t *first_r);
 /* A modifier list "(NAME value)" with one 63-bit number (CHANGEDSINCE,
  * UNCHANGEDSINCE): false unless `a` is exactly that. */
 bool imap_modifier_number(const struct imap_arg *a, const char *name, uint64_t *value_r);
@@ -239,12 +267,71 @@ void imap_fetch_start(struct imap_session *s, struct imap_cmd *cmd);
 void imap_fetch_continue(struct imap_session *s);
 void imap_fetch_free(struct imap_fetch **f);
 
+/* imap_binary.c: Content-Transfer-Encoding for BINARY (RFC 3516) */
+enum imap_cte { IMAP_CTE_IDENTITY = 0, IMAP_CTE_BASE64, IMAP_CTE_QP, IMAP_CTE_UNKNOWN };
+/* The encoding named by a MIME header block [hdr, hdr+len): identity for
+ * none, 7bit, 8bit and binary; IMAP_CTE_UNKNOWN for any other token. */
+enum imap_cte imap_binary_cte(const char *hdr, size_t len);
+enum imap_qp_state { QP_TEXT = 0, QP_EQ, QP_EQ_WS, QP_EQ_CR, QP_EQ_HEX };
+/* A streaming decoder: a few bytes of state, any split of the input. */
+struct imap_decoder {
+	enum imap_cte cte;
+	uint32_t acc;                   /* base64: pending bits */
+	unsigned bits;
+	bool b64_end;                   /* base64: "=" padding seen */
+	enum imap_qp_state qp;
+	unsigned char hex;              /* QP: first digit of "=XY" */
+	char ws[64];                    /* QP: blanks that may end a line */
+	size_t n_ws;
+};
+void imap_decoder_init(struct imap_decoder *d, enum imap_cte cte);
+/* Appends the decoding of in[0, len) to out. */
+void imap_decoder_feed(struct imap_decoder *d, const char *in, size_t len, struct buf *out);
+/* End of input: appends what was held back. */
+void imap_decoder_finish(struct imap_decoder *d, struct buf *out);
+
 /* imap_search.c */
 void imap_search_run(struct imap_session *s, struct imap_cmd *cmd);
+/* "$" (RFC 5182): the view indexes of the saved result's messages still in
+ * the view, ascending (malloc'd, never NULL), and their number in *n_r. */
+size_t *imap_search_saved_resolve(struct imap_session *s, size_t *n_r);
+/* The search engine under SORT and THREAD: the program is evaluated on a
+ * store thread and every match handed to `hit` (in UID order), then
+ * `finish` runs there too; `reply` writes the untagged response on the
+ * loop, before the sync and "<tag> OK <name> completed".  `free` releases
+ * ctx in every case, errors included. */
+struct imap_search_hit {
+	uint32_t uid, seq;
+	uint64_t size;
+	int64_t received;
+	const char *header;             /* raw header block (need_header), else "" */
+	size_t header_len;
+};
+struct imap_search_user {
+	const char *name;               /* "SORT", "THREAD" */
+	bool need_header;
+	void (*hit)(void *ctx, const struct imap_search_hit *h);
+	void (*finish)(void *ctx);
+	void (*reply)(struct imap_session *s, void *ctx, bool uid);
+	void (*free)(void *ctx);
+};
+/* a[0, n) is "charset search-key...": CHARSET is UTF-8 or US-ASCII, else
+ * NO [BADCHARSET]; replies BAD to a bad program.  Submits a store job. */
+void imap_search_submit_for(struct imap_session *s, struct imap_cmd *cmd, const struct imap_arg *a, size_t n,
+			    const struct imap_search_user *u, void *ctx);
+
+/* imap_sort.c, imap_thread.c: SORT and UID SORT (RFC 5256, 5957), THREAD. */
+void imap_sort_run(struct imap_session *s, struct imap_cmd *cmd);
+/* RFC 5256 2.2 sent date of a match: its Date: header, else its internal date. */
+int64_t imap_sort_sent_date(const struct imap_search_hit *h);
+void imap_thread_run(struct imap_session *s, struct imap_cmd *cmd);
 
 /* imap_append.c */
-/* A literal was announced for an APPEND: sets up streaming or refuses. */
-bool imap_append_literal(struct imap_session *s, uint64_t size, const char **refuse_r);
+/* A message literal was announced for an APPEND (`first`: the command's
+ * first; later ones are MULTIAPPEND's): sets up streaming into a new temp
+ * file, or refuses (*refuse_r: "NO ..."/"BAD ..." reply text) and drops the
+ * command's earlier messages. */
+bool imap_append_literal(struct imap_session *s, uint64_t size, bool first, const char **refuse_r);
 void imap_append_data(struct imap_session *s, const char *data, size_t len);
 void imap_append_command(struct imap_session *s, struct imap_cmd *cmd);
 void imap_append_abort(struct imap_session *s);

@@ -32,12 +32,19 @@
  * for each message changed after modseq.  seq-match-data is validated and
  * not needed: the log answers exactly.
  *
+ * \Recent (IMAP4rev1 only): VIEW_RECENT marks the messages this session
+ * was the first to be told about; the process-wide claim table and its
+ * copy in the index are described at recent_take below.  IMAP4rev2
+ * sessions (RFC 9051) get no RECENT and no \Recent, a LIST response in
+ * SELECT instead of the UNSEEN code, and take no claims.
+ *
  * Memory: 24 bytes per message of the selected mailbox, plus the keyword
  * strings of messages that have keywords.
  * Threads: the loop thread; store jobs receive copies of what they need.
  */
 #include "imap_int.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +66,10 @@ void imap_flags_format(uint32_t flags, const char *keywords, struct buf *out)
 {
 	buf_append_char(out, '(');
 	bool first = true;
+	if (flags & VIEW_RECENT) {
+		buf_append_str(out, "\\Recent");
+		first = false;
+	}
 	for (size_t i = 0; i < ARRAY_LEN(flag_names); i++) {
 		if (flags & flag_names[i].bit) {
 			buf_printf(out, "%s%s", first ? "" : " ", flag_names[i].name);
@@ -145,6 +156,7 @@ void imap_view_free(struct imap_view **vp)
 	for (size_t i = 0; i < v->n_known; i++)
 		free(v->known[i]);
 	free(v->known);
+	free(v->saved);
 	free(v);
 	*vp = NULL;
 }
@@ -429,6 +441,152 @@ static bool select_params(struct imap_session *s, const struct imap_arg *a, bool
 static void report_flags(struct imap_session *s, size_t seq, uint32_t uid, uint32_t flags, const char *kw,
 			 uint64_t modseq);
 
+/* ---- \Recent (RFC 3501 2.3.2; IMAP4rev1 sessions only) ------------------------------ */
+
+/*
+ * A message is recent for the first session that is told about it: the
+ * session that selects the mailbox (SELECT, not EXAMINE) after it arrived,
+ * or the selected session whose sync sees it first.  The claims are kept
+ * in one process-wide table, mailbox id -> first UID nobody claimed yet,
+ * under a mutex (the workers' sessions share it), so claiming is atomic and
+ * costs no I/O on the loop.  The index keeps the same value
+ * (store_imap_recent_*) for the next process: an entry starts from it, and
+ * a SELECT that claims something writes the table's value back with a
+ * store job before its tagged OK.  Claims made by a sync are written by the
+ * next SELECT of the mailbox: after a restart in between they can be
+ * recent once more, never lost.  EXAMINE sees what is unclaimed as recent
+ * without claiming it (RFC 3501 6.3.2).  Memory: 16 bytes per mailbox
+ * selected since the start, never more than the index has mailboxes.
+ */
+struct recent_slot {
+	int64_t id;                     /* 0 = empty (mailbox ids start at 1) */
+	uint32_t next;                  /* first UID not claimed */
+};
+static pthread_mutex_t recent_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct recent_slot *recent_tab;
+static size_t recent_cap, recent_used;
+
+static struct recent_slot *recent_slot_of(int64_t id)
+{
+	size_t i = (size_t)((uint64_t)id * 0x9E3779B97F4A7C15ull) & (recent_cap - 1);
+	/* Bounded: the table is at most half full, so an empty slot exists. */
+	while (recent_tab[i].id != 0 && recent_tab[i].id != id)
+		i = (i + 1) & (recent_cap - 1);
+	return &recent_tab[i];
+}
+
+static void recent_grow(void)
+{
+	struct recent_slot *old = recent_tab;
+	size_t old_cap = recent_cap;
+	recent_cap = recent_cap ? recent_cap * 2 : 256;
+	recent_tab = xcalloc(recent_cap, sizeof(*recent_tab));
+	for (size_t i = 0; i < old_cap; i++) {
+		if (old[i].id != 0)
+			*recent_slot_of(old[i].id) = old[i];
+	}
+	free(old);
+}
+
+/* The first unclaimed UID of a mailbox; with `claim`, everything below
+ * `upto` becomes claimed.  `stored` seeds a mailbox not in the table yet
+ * (0: unknown, look it up first).  Returns false when the mailbox is not
+ * in the table and stored is 0. */
+static bool recent_take(int64_t id, uint32_t stored, bool claim, uint32_t upto, uint32_t *first_r)
+{
+	pthread_mutex_lock(&recent_lock);
+	if (recent_cap == 0 || (recent_used + 1) * 2 > recent_cap)
+		recent_grow();
+	struct recent_slot *e = recent_slot_of(id);
+	if (e->id == 0) {
+		if (stored == 0) {
+			pthread_mutex_unlock(&recent_lock);
+			return false;
+		}
+		e->id = id;
+		e->next = stored;
+		recent_used++;
+	}
+	*first_r = e->next;
+	if (claim && upto > e->next)
+		e->next = upto;
+	pthread_mutex_unlock(&recent_lock);
+	return true;
+}
+
+/* recent_take, seeding the table from the index when needed.  On a store
+ * error nothing is recent (and nothing claimed): *first_r = upto. */
+static void recent_claim(struct imap_session *s, int64_t id, bool claim, uint32_t upto, uint32_t *first_r)
+{
+	if (recent_take(id, 0, claim, upto, first_r))
+		return;
+	uint32_t stored = 1;
+	if (store_imap_recent_get(s->w->reader, id, &stored) != ST_OK) {
+		*first_r = upto;
+		return;
+	}
+	recent_take(id, stored, claim, upto, first_r);
+}
+
+bool imap_mailbox_recent_count(struct imap_session *s, int64_t mailbox_id, uint32_t *first_r)
+{
+	if (recent_take(mailbox_id, 0, false, 0, first_r))
+		return true;
+	return store_imap_recent_get(s->w->reader, mailbox_id, first_r) == ST_OK;
+}
+
+/* Marks msgs[0, n) (UID order) recent when this session is the first to
+ * see them; SELECT and sync.  The claim covers UIDs below `upto`.  True
+ * when this call claimed something. */
+static bool recent_mark(struct imap_session *s, int64_t id, struct view_msg *msgs, size_t n, uint32_t upto)
+{
+	if (s->rev2 || n == 0)
+		return false;   /* RFC 9051 has no \Recent: a rev2 session takes nothing */
+	uint32_t first;
+	recent_claim(s, id, !s->view->readonly, upto, &first);
+	for (size_t i = 0; i < n; i++) {
+		if (msgs[i].uid >= first && msgs[i].uid < upto)
+			msgs[i].flags |= VIEW_RECENT;
+	}
+	return !s->view->readonly && first < upto;
+}
+
+size_t imap_view_recent(const struct imap_view *v)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < v->n; i++)
+		n += (v->m[i].flags & VIEW_RECENT) != 0;
+	return n;
+}
+
+/* SELECT's tagged OK, after the claims are in the index. */
+struct recent_job {
+	struct imap_job j;
+	int64_t mailbox_id;
+	uint32_t upto;
+	char reply[64];
+};
+
+static void recent_job_run(struct imap_job *j, struct store *st)
+{
+	struct recent_job *rj = (struct recent_job *)j;
+	j->status = store_imap_recent_advance(st, rj->mailbox_id, rj->upto, &j->error);
+}
+
+static void recent_job_done(struct imap_job *j)
+{
+	struct recent_job *rj = (struct recent_job *)j;
+	struct imap_session *s = j->s;
+	if (j->status != ST_OK)   /* the claim stands in this process: only the next one may differ */
+		log_warn("imap: cannot record recent messages: %s", j->error ? j->error : "store error");
+	if (imap_session_job_finished(s)) {
+		imap_session_tagged(s, "OK", "%s", rj->reply);
+		imap_session_job_end(s);
+	}
+	free(j->error);
+	free(rj);
+}
+
 void imap_mailbox_unselect(struct imap_session *s)
 {
 	imap_view_free(&s->view);
@@ -493,11 +651,23 @@ void imap_mailbox_select(struct imap_session *s, struct imap_cmd *cmd, bool read
 	}
 	for (size_t i = 0; i < v->n; i++)
 		view_learn(v, v->m[i].kw);
+	uint32_t upto = v->n && v->m[v->n - 1].uid >= v->uidnext ? v->m[v->n - 1].uid + 1 : v->uidnext;
+	bool claimed = recent_mark(s, v->id, v->m, v->n, upto);
 	announce_flags(s);
 	imap_session_untagged(s, "%zu EXISTS", v->n);
-	imap_session_untagged(s, "0 RECENT");
-	if (first_unseen)
-		imap_session_untagged(s, "OK [UNSEEN %zu] First unseen", first_unseen);
+	if (s->rev2) {
+		/* RFC 9051 6.3.2: no RECENT, no UNSEEN code; a LIST response
+		 * gives the mailbox's name as the server spells it. */
+		struct buf l = BUF_INIT;
+		buf_append_str(&l, "LIST () \"/\" ");
+		imap_quote(&l, v->name);
+		imap_session_untagged(s, "%s", l.data);
+		buf_free(&l);
+	} else {
+		imap_session_untagged(s, "%zu RECENT", imap_view_recent(v));
+		if (first_unseen)
+			imap_session_untagged(s, "OK [UNSEEN %zu] First unseen", first_unseen);
+	}
 	imap_session_untagged(s, "OK [UIDVALIDITY %u] UIDs valid", v->uidvalidity);
 	imap_session_untagged(s, "OK [UIDNEXT %u] Predicted next UID", v->uidnext);
 	if (s->condstore)
@@ -506,11 +676,23 @@ void imap_mailbox_select(struct imap_session *s, struct imap_cmd *cmd, bool read
 		imap_mailbox_vanished_earlier(s, qr.modseq, qr.has_known ? &qr.known : NULL);
 		for (size_t i = 0; i < v->n; i++) {
 			if (v->m[i].modseq > qr.modseq)
-				report_flags(s, i + 1, v->m[i].uid, v->m[i].flags, v->m[i].kw, v->m[i].modseq);
+				report_flags(s, i + 1, v->m[i].uid, v->m[i].flags & ~VIEW_GONE, v->m[i].kw,
+					     v->m[i].modseq);
 		}
 	}
 	imap_seqset_free(&qr.known);
-	imap_session_tagged(s, "OK", "[%s] %s completed", readonly ? "READ-ONLY" : "READ-WRITE", cmd->name);
+	if (!claimed) {
+		imap_session_tagged(s, "OK", "[%s] %s completed", readonly ? "READ-ONLY" : "READ-WRITE", cmd->name);
+		return;
+	}
+	/* Record this session's claims in the index before the OK. */
+	struct recent_job *rj = xcalloc(1, sizeof(*rj));
+	rj->mailbox_id = v->id;
+	recent_take(v->id, 1, false, 0, &rj->upto);   /* the table's value, this claim included */
+	snprintf(rj->reply, sizeof(rj->reply), "[READ-WRITE] %s completed", cmd->name);
+	rj->j.run = recent_job_run;
+	rj->j.done = recent_job_done;
+	imap_session_submit(s, &rj->j);
 }
 
 /* ---- change reporting ------------------------------------------------------------------ */
@@ -578,9 +760,9 @@ void imap_mailbox_sync(struct imap_session *s, bool allow_expunge)
 			char *kw = c.m[k].kw;
 			c.m[k].kw = NULL;
 			bool kw_changed = (kw == NULL) != (o->kw == NULL) || (kw != NULL && strcmp(kw, o->kw) != 0);
-			view_push(&out, &n_out, &cap_out, o->uid, now | (o->flags & VIEW_GONE), ms, kw);
-			if ((o->flags & ~VIEW_GONE) != now || kw_changed || (s->condstore && ms != o->modseq))
-				report_flags(s, n_out, o->uid, now, kw, ms);
+			view_push(&out, &n_out, &cap_out, o->uid, now | (o->flags & VIEW_BITS), ms, kw);
+			if ((o->flags & ~VIEW_BITS) != now || kw_changed || (s->condstore && ms != o->modseq))
+				report_flags(s, n_out, o->uid, now | (o->flags & VIEW_RECENT), kw, ms);
 			k++;
 		} else if (allow_expunge) {
 			if (!s->qresync)
@@ -594,6 +776,7 @@ void imap_mailbox_sync(struct imap_session *s, bool allow_expunge)
 	}
 	uint32_t last = v->n ? v->m[v->n - 1].uid : 0;
 	bool fresh = false;
+	size_t first_new = n_out;
 	for (; k < c.n; k++) {
 		if (c.m[k].uid > last) {
 			fresh |= view_learn(v, c.m[k].kw);
@@ -601,6 +784,8 @@ void imap_mailbox_sync(struct imap_session *s, bool allow_expunge)
 			c.m[k].kw = NULL;
 		}
 	}
+	if (n_out > first_new)
+		(void)recent_mark(s, v->id, out + first_new, n_out - first_new, out[n_out - 1].uid + 1);
 	if (fresh)
 		announce_flags(s);   /* before EXISTS: new messages brought new keywords */
 	msgs_free(c.m, c.n);
@@ -609,8 +794,11 @@ void imap_mailbox_sync(struct imap_session *s, bool allow_expunge)
 	v->n = n_out;
 	v->cap = cap_out;
 	v->pending_expunge = pending;
-	if (n_out != old_n)
+	if (n_out != old_n) {
 		imap_session_untagged(s, "%zu EXISTS", n_out);
+		if (!s->rev2)
+			imap_session_untagged(s, "%zu RECENT", imap_view_recent(v));
+	}
 	v->uidnext = uidnext;
 	v->highestmodseq = hms;
 }
@@ -630,6 +818,10 @@ enum status imap_mailbox_resolve_set(struct imap_session *s, const char *text, b
 	struct imap_seqset set;
 	*idx_r = NULL;
 	*n_r = 0;
+	if (strcmp(text, "$") == 0) {   /* SEARCHRES (RFC 5182): the saved result */
+		*idx_r = imap_search_saved_resolve(s, n_r);
+		return ST_OK;
+	}
 	if (imap_seqset_parse(text, &set) != ST_OK) {
 		*bad_r = "Invalid sequence set";
 		return ST_INVALID;
@@ -756,15 +948,15 @@ static void store_done(struct imap_job *j)
 					modified[n_modified++] = sj->uid_cmd ? sj->uids[i] : (uint32_t)at + 1;
 					continue;
 				}
-				v->m[at].flags = sj->flags_out[i] | (v->m[at].flags & VIEW_GONE);
+				v->m[at].flags = sj->flags_out[i] | (v->m[at].flags & VIEW_BITS);
 				v->m[at].modseq = sj->modseqs_out[i];
 				free(v->m[at].kw);
 				v->m[at].kw = sj->keywords_out[i];
 				sj->keywords_out[i] = NULL;
 				bool changed = sj->modseq != 0 && sj->modseqs_out[i] == sj->modseq;
 				if (!sj->silent)
-					report_flags(s, (size_t)at + 1, sj->uids[i], sj->flags_out[i], v->m[at].kw,
-						     sj->modseqs_out[i]);
+					report_flags(s, (size_t)at + 1, sj->uids[i], v->m[at].flags & ~VIEW_GONE,
+						     v->m[at].kw, sj->modseqs_out[i]);
 				else if (view_learn(v, v->m[at].kw))
 					announce_flags(s);
 				else if (s->condstore && changed)

@@ -395,8 +395,13 @@ static bool parse_quoted(struct parser *ps, struct imap_arg *a)
 	return true;
 }
 
-static bool parse_literal(struct parser *ps, struct imap_arg *a)
+/* "{n}" or, with `literal8`, "~{n}" (RFC 3516) at ps->p.  With
+ * stream_tail, a top-level announcement not followed by CRLF is a streamed
+ * literal (its bytes went to APPEND's file, never into the buffer). */
+static bool parse_literal(struct parser *ps, struct imap_arg *a, bool literal8, unsigned depth)
 {
+	if (literal8)
+		ps->p++;
 	const char *q = ps->p + 1;
 	uint64_t n = 0;
 	size_t digits = 0;
@@ -413,7 +418,8 @@ static bool parse_literal(struct parser *ps, struct imap_arg *a)
 	}
 	q++;
 	a->type = IMAP_ARG_LITERAL;
-	if (q == ps->end && ps->stream_tail) {
+	a->literal8 = literal8;
+	if (ps->stream_tail && depth == 0 && (q == ps->end || *q != '\r')) {
 		a->str = NULL;
 		a->len = (size_t)n;
 		ps->p = q;
@@ -502,7 +508,11 @@ static bool parse_one(struct parser *ps, unsigned depth, struct imap_arg *a)
 	case '"':
 		return parse_quoted(ps, a);
 	case '{':
-		return parse_literal(ps, a);
+		return parse_literal(ps, a, false, depth);
+	case '~':
+		if (ps->p + 1 < ps->end && ps->p[1] == '{')
+			return parse_literal(ps, a, true, depth);
+		return parse_atom(ps, a);
 	default:
 		return parse_atom(ps, a);
 	}

@@ -5,7 +5,8 @@
  *
  * Two layers:
  *  - struct imap_reader assembles one command from the byte stream: line
- *    text and the literals it announces ({n} synchronising, {n+} not).  It
+ *    text and the literals it announces ({n} synchronising, {n+} not;
+ *    "~{n}" literal8 of RFC 3516 the same way, the "~" being text).  It
  *    can be fed any split of the input, down to one byte at a time, with the
  *    same result.  A literal is announced to the caller (IMAP_RD_LITERAL),
  *    which decides to keep it in memory, stream it out (APPEND) or refuse
@@ -74,8 +75,8 @@ struct imap_reader {
 	uint64_t lit_size;
 	bool lit_sync;           /* the client waits for "+" */
 	bool lit_refused;        /* the command ends as IMAP_RD_REFUSED */
-	bool streamed;           /* the command had a streamed literal ... */
-	size_t stream_at;        /* ... announced by the text buf[0, stream_at) */
+	bool streamed;           /* the command had streamed literals ... */
+	size_t stream_at;        /* ... the last one announced by buf[0, stream_at) */
 	char tail[IMAP_RD_TAIL]; /* end of the line being discarded */
 	size_t tail_len;
 	char tag[IMAP_TAG_MAX + 1]; /* of a discarded or refused command, "*" if none */
@@ -118,6 +119,7 @@ struct imap_arg {
 	enum imap_arg_type type;
 	char *str;               /* NUL-terminated copy (atom, quoted, literal) */
 	size_t len;              /* its length (a literal may contain NUL) */
+	bool literal8;           /* IMAP_ARG_LITERAL sent as "~{n}" (RFC 3516) */
 	struct imap_arg *list;   /* IMAP_ARG_LIST children */
 	size_t n;
 };
@@ -133,8 +135,11 @@ struct imap_cmd {
 
 /*
  * Parses one assembled command (r->buf).  `stream_tail` says that the
- * command ended with a streamed literal: the text must end with the "{n}"
- * announcement, which becomes an IMAP_ARG_LITERAL with str NULL.
+ * command had streamed literals (APPEND, MULTIAPPEND): a "{n}" or "~{n}"
+ * announcement not followed by CRLF (its bytes were streamed out, so the
+ * text goes on right after it, or ends) becomes an IMAP_ARG_LITERAL with
+ * str NULL and len n.  The caller checks that their number matches what
+ * was streamed.
  * ST_OK: *cmd filled (free with imap_cmd_free).  ST_INVALID: *error_r is
  * the text for a BAD reply, and cmd->tag is set when the tag was valid.
  */

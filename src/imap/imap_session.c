@@ -203,6 +203,7 @@ static void session_free(struct imap_session *s)
 	imap_worker_release_slot();
 	imap_reader_free(&s->rd);
 	free(s->user);
+	free(s->sasl_user);
 	free(s);
 }
 
@@ -308,14 +309,15 @@ static const char *capability_text(const struct imap_session *s)
 	bool tls_offer = s->w != NULL && s->w->tls != NULL && !s->tls;
 	bool plain_ok = s->tls || s->loopback;
 	if (s->state != IS_NOTAUTH)
-		return "IMAP4rev1 LITERAL+ SASL-IR IDLE UIDPLUS MOVE UNSELECT NAMESPACE SPECIAL-USE ENABLE ID"
-		       " ESEARCH CONDSTORE QRESYNC QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE"
-		       " LIST-EXTENDED LIST-STATUS CHILDREN";
+		return "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR IDLE UIDPLUS MOVE UNSELECT NAMESPACE SPECIAL-USE"
+		       " ENABLE ID ESEARCH CONDSTORE QRESYNC QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE"
+		       " LIST-EXTENDED LIST-STATUS CHILDREN BINARY MULTIAPPEND STATUS=SIZE"
+		       " SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT THREAD=REFERENCES SEARCHRES";
 	if (plain_ok)
-		return tls_offer ? "IMAP4rev1 LITERAL+ SASL-IR STARTTLS AUTH=PLAIN ID ENABLE IDLE"
-				 : "IMAP4rev1 LITERAL+ SASL-IR AUTH=PLAIN ID ENABLE IDLE";
-	return tls_offer ? "IMAP4rev1 LITERAL+ SASL-IR STARTTLS LOGINDISABLED ID ENABLE IDLE"
-			 : "IMAP4rev1 LITERAL+ SASL-IR LOGINDISABLED ID ENABLE IDLE";
+		return tls_offer ? "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR STARTTLS AUTH=PLAIN AUTH=LOGIN ID ENABLE IDLE"
+				 : "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR AUTH=PLAIN AUTH=LOGIN ID ENABLE IDLE";
+	return tls_offer ? "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR STARTTLS LOGINDISABLED ID ENABLE IDLE"
+			 : "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR LOGINDISABLED ID ENABLE IDLE";
 }
 
 const char *imap_session_capabilities(const struct imap_session *s)
@@ -391,6 +393,11 @@ static void idle_cb(evutil_socket_t fd, short what, void *arg)
 	imap_session_settle(s);
 }
 
+void imap_session_idle_wake(struct imap_session *s)
+{
+	idle_cb(-1, 0, s);
+}
+
 void imap_session_idle_start(struct imap_session *s)
 {
 	s->mode = IM_IDLE;
@@ -440,16 +447,20 @@ static void on_literal(struct imap_session *s)
 	struct imap_cmd pre;
 	char *err = NULL;
 	bool is_append = false;
+	size_t n_streamed = 0;          /* message literals so far, this one included */
 	const char *sp = memchr(r->buf.data, ' ', r->len);
-	/* Parse the text so far only for APPEND: cheap test first. */
+	/* Parse the text so far only for APPEND: cheap test first.  Every
+	 * literal after the mailbox name is a message (MULTIAPPEND). */
 	if (sp != NULL && (size_t)(r->buf.data + r->len - sp) > 7 && strncasecmp(sp + 1, "APPEND ", 7) == 0 &&
 	    imap_parse_command(r->buf.data, r->len, true, &pre, &err) == ST_OK) {
 		is_append = strcmp(pre.name, "APPEND") == 0 && !pre.uid && pre.n_args >= 2;
+		for (size_t i = 1; i < pre.n_args; i++)
+			n_streamed += pre.args[i].type == IMAP_ARG_LITERAL && pre.args[i].str == NULL;
 		imap_cmd_free(&pre);
 	}
 	free(err);
 	if (is_append) {
-		if (imap_append_literal(s, r->lit_size, &refuse))
+		if (imap_append_literal(s, r->lit_size, n_streamed <= 1, &refuse))
 			mode = IMAP_LIT_STREAM;
 		else
 			mode = IMAP_LIT_REFUSE;
@@ -466,7 +477,9 @@ static void on_literal(struct imap_session *s)
 	s->refuse_text = refuse;
 	bool sync = r->lit_sync;
 	if (imap_reader_literal(r, mode)) {
-		/* Synchronising literal refused: the command ends here. */
+		/* Synchronising literal refused: the command ends here, with
+		 * whatever it streamed before (MULTIAPPEND is all or nothing). */
+		imap_append_abort(s);
 		tagged_text(s, r->tag, refuse);
 		return;
 	}
@@ -501,9 +514,7 @@ static void on_command(struct imap_session *s)
 	}
 	struct imap_cmd cmd;
 	char *err = NULL;
-	size_t len = r->streamed ? r->stream_at : r->len;
-	enum status st = imap_parse_command(r->buf.data, len, r->streamed, &cmd, &err);
-	bool extra = r->streamed && r->len != r->stream_at;
+	enum status st = imap_parse_command(r->buf.data, r->len, r->streamed, &cmd, &err);
 	imap_reader_reset(r);
 	if (st != ST_OK && s->state == IS_NOTAUTH && strcmp(cmd.tag, "PROXY") == 0) {
 		/* "PROXY TCP4 ...": a PROXY header from an address not in
@@ -516,12 +527,6 @@ static void on_command(struct imap_session *s)
 		imap_append_abort(s);
 		imap_session_bad(s, cmd.tag, "%s", err);
 		free(err);
-		return;
-	}
-	if (extra) {
-		imap_append_abort(s);
-		imap_cmd_free(&cmd);
-		imap_session_bad(s, cmd.tag, "Only one message per APPEND (no MULTIAPPEND)");
 		return;
 	}
 	snprintf(s->tag, sizeof(s->tag), "%s", cmd.tag);

@@ -11,8 +11,17 @@
  * whole process in one atomic counter; a connection over the cap gets
  * "* BYE" with one non-blocking send() and is closed.
  *
+ * IDLE push: the workers of the process are on one list (g_workers_mu).
+ * imap_notify_changes, the store's change listener, runs on whichever
+ * thread committed: it queues the changed mailbox ids on each worker under
+ * the worker's notify_mu and activates the worker's notify_ev; notify_cb,
+ * on the loop, drains the queue and syncs the IDLE sessions that have one
+ * of those mailboxes selected.  Activations coalesce: a burst of commits
+ * costs one pass over the worker's sessions.
+ *
  * Threads: imap_worker_new/free on the owner thread while the loop is not
- * running; everything else on the loop thread.
+ * running; imap_notify_changes on any thread; everything else on the loop
+ * thread.
  */
 #include "imap_int.h"
 
@@ -23,6 +32,8 @@
 #include <unistd.h>
 
 static atomic_size_t g_connections;
+static pthread_mutex_t g_workers_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct imap_worker *g_workers;
 
 void imap_worker_release_slot(void)
 {
@@ -40,6 +51,91 @@ static bool take_slot(uint64_t max)
 	} while (!atomic_compare_exchange_weak(&g_connections, &cur, cur + 1));
 	return true;
 }
+
+/* ---- IDLE push ------------------------------------------------------------- */
+
+static void notify_queue(struct imap_worker *w, const int64_t *ids, size_t n, bool all)
+{
+	pthread_mutex_lock(&w->notify_mu);
+	for (size_t i = 0; i < n && !w->notify_all; i++) {
+		size_t k = 0;
+		while (k < w->notify_n && w->notify_ids[k] != ids[i])
+			k++;
+		if (k < w->notify_n)
+			continue;
+		if (w->notify_n == IMAP_NOTIFY_MAX)
+			w->notify_all = true;
+		else
+			w->notify_ids[w->notify_n++] = ids[i];
+	}
+	if (all)
+		w->notify_all = true;
+	pthread_mutex_unlock(&w->notify_mu);
+	event_active(w->notify_ev, EV_TIMEOUT, 0);
+}
+
+void imap_notify_changes(void *ctx, const int64_t *mailbox_ids, size_t n, bool all)
+{
+	(void)ctx;
+	pthread_mutex_lock(&g_workers_mu);
+	for (struct imap_worker *w = g_workers; w != NULL; w = w->next_worker)
+		notify_queue(w, mailbox_ids, n, all);
+	pthread_mutex_unlock(&g_workers_mu);
+}
+
+static bool notified(const int64_t *ids, size_t n, bool all, int64_t id)
+{
+	for (size_t i = 0; i < n && !all; i++) {
+		if (ids[i] == id)
+			return true;
+	}
+	return all;
+}
+
+static void notify_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct imap_worker *w = arg;
+	int64_t ids[IMAP_NOTIFY_MAX];
+	pthread_mutex_lock(&w->notify_mu);
+	size_t n = w->notify_n;
+	bool all = w->notify_all;
+	memcpy(ids, w->notify_ids, n * sizeof(ids[0]));
+	w->notify_n = 0;
+	w->notify_all = false;
+	pthread_mutex_unlock(&w->notify_mu);
+	struct imap_session *s = w->sessions;
+	while (s != NULL) {
+		struct imap_session *next = s->next;   /* s may close and go */
+		if (s->mode == IM_IDLE && s->state == IS_SELECTED && s->view != NULL &&
+		    notified(ids, n, all, s->view->id))
+			imap_session_idle_wake(s);
+		s = next;
+	}
+}
+
+static void workers_add(struct imap_worker *w)
+{
+	pthread_mutex_lock(&g_workers_mu);
+	w->next_worker = g_workers;
+	g_workers = w;
+	pthread_mutex_unlock(&g_workers_mu);
+}
+
+static void workers_remove(struct imap_worker *w)
+{
+	pthread_mutex_lock(&g_workers_mu);
+	for (struct imap_worker **p = &g_workers; *p != NULL; p = &(*p)->next_worker) {
+		if (*p == w) {
+			*p = w->next_worker;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&g_workers_mu);
+}
+
+/* ---- the worker --------------------------------------------------------------- */
 
 struct imap_worker *imap_worker_new(struct event_base *base, const struct settings *s, SSL_CTX *tls,
 				    char **error_r)
@@ -62,6 +158,11 @@ struct imap_worker *imap_worker_new(struct event_base *base, const struct settin
 	w->tls = tls;
 	w->reader = reader;
 	w->pool = pool;
+	pthread_mutex_init(&w->notify_mu, NULL);
+	w->notify_ev = event_new(base, -1, 0, notify_cb, w);
+	if (w->notify_ev == NULL)
+		panic("imap: event_new failed");
+	workers_add(w);
 	return w;
 }
 
@@ -130,6 +231,9 @@ void imap_worker_free(struct imap_worker **wp)
 	struct imap_worker *w = *wp;
 	if (w == NULL)
 		return;
+	workers_remove(w);   /* no notify_queue on w after this */
+	event_free(w->notify_ev);
+	pthread_mutex_destroy(&w->notify_mu);
 	while (w->sessions != NULL)
 		imap_session_destroy(w->sessions);
 	/* Jobs still queued finish on the pool; their completions were

@@ -77,6 +77,9 @@ void mime_parse_mem(const char *data, size_t len, struct mime_summary *out);
  * `size`).  ST_IO_ERROR / ST_NOT_FOUND when the file cannot be mapped;
  * *error_r then describes it. */
 enum status mime_parse_file(const char *path, uint64_t size, struct mime_summary *out, char **error_r);
+/* The same on an open descriptor (not closed; any offset): a blob from
+ * store_blob_open, which may be the memfd of a decompressed blob. */
+enum status mime_parse_fd(int fd, uint64_t size, struct mime_summary *out, char **error_r);
 void mime_summary_free(struct mime_summary *m);
 
 /* One entry of the part map.  Ranges are [start, end) of the raw message. */
@@ -91,5 +94,134 @@ struct mime_part {
 /* Looks up `section` ("1", "2.1", ...: the numeric part only) in an encoded
  * part map.  False when there is no such part or the map is damaged. */
 bool mime_part_find(const uint8_t *parts, size_t len, const char *section, struct mime_part *out);
+
+/* ---- decoding for SEARCH, SORT and THREAD (mime_decode.c) ---------------
+ * Streaming decoders: each *_feed takes input in pieces of any size and
+ * appends what it can decode to `out`; *_finish flushes what a cut input
+ * left.  None of them fails: see mime_decode.c for the lenience rules.
+ * Outputs are struct bufs (NUL-terminated past their length). */
+
+/* Unicode simple case folding (CaseFolding.txt C+S) of one code point,
+ * for ASCII, Latin-1, Latin Extended-A and Additional, Greek and
+ * Cyrillic; any other code point is returned as it is. */
+uint32_t mime_fold_char(uint32_t c);
+/* Case-folds UTF-8 text.  Invalid bytes are copied unchanged; a sequence
+ * cut between two pieces is completed by the next one. */
+struct mime_fold {
+	unsigned char pend[4];
+	size_t n;
+};
+void mime_fold_init(struct mime_fold *f);
+void mime_fold_feed(struct mime_fold *f, const char *in, size_t len, struct buf *out);
+void mime_fold_finish(struct mime_fold *f, struct buf *out);
+/* One-shot form: folds in[0, len) onto out. */
+void mime_fold_str(const char *in, size_t len, struct buf *out);
+
+/* Content-Transfer-Encoding decoders. */
+enum mime_cte { MIME_CTE_IDENTITY = 0, MIME_CTE_BASE64, MIME_CTE_QP };
+/* "base64" / "quoted-printable" (any case, white space around); anything
+ * else is identity (7bit, 8bit, binary, unknown). */
+enum mime_cte mime_cte_from_name(const char *name, size_t len);
+struct mime_cte_decoder {
+	enum mime_cte cte;
+	uint32_t bits;            /* base64: bits not yet output */
+	unsigned nbits;
+	unsigned state;           /* quoted-printable: after "=", "=X", "=\r" */
+	unsigned char hex;
+};
+void mime_cte_init(struct mime_cte_decoder *d, enum mime_cte cte);
+void mime_cte_feed(struct mime_cte_decoder *d, const char *in, size_t len, struct buf *out);
+void mime_cte_finish(struct mime_cte_decoder *d, struct buf *out);
+
+/* charset -> UTF-8 with iconv.  `name` (len bytes, may be NULL) is a MIME
+ * charset name; an RFC 2231 "*language" suffix is ignored.  UTF-8,
+ * US-ASCII, a NULL name and any name iconv does not know pass bytes
+ * through unchanged.  Never NULL; free with mime_charset_close. */
+struct mime_charset;
+struct mime_charset *mime_charset_open(const char *name, size_t len);
+void mime_charset_feed(struct mime_charset *c, const char *in, size_t len, struct buf *out);
+void mime_charset_finish(struct mime_charset *c, struct buf *out);
+void mime_charset_close(struct mime_charset **c);
+
+/* RFC 2047: appends header text in[0, len) to out with its encoded words
+ * decoded to UTF-8 (B and Q, any iconv charset; white space between two
+ * encoded words dropped, adjacent words of one charset converted as one
+ * so a character split between them survives), line breaks unfolded and
+ * tabs turned into spaces.  Not an encoded word: copied as it is. */
+void mime_header_decode(const char *in, size_t len, struct buf *out);
+
+/* The value of parameter `name` (case-insensitive) of a Content-Type or
+ * Content-Disposition field value ("text/plain; charset=utf-8"): quoted
+ * strings unquoted, RFC 2231 "name*" and "name*0", "name*1*" ... joined
+ * and %-decoded (the charset'language' prefix dropped).  Appends it to
+ * out; false when there is no such parameter. */
+bool mime_param_get(const char *value, size_t len, const char *name, struct buf *out);
+
+/* Header fields of a header block h[0, len): the next field at or after
+ * *pos (advanced past it).  The value is raw (folded, with its line end).
+ * Lines without a colon are skipped. */
+struct mime_field {
+	const char *name, *value;
+	size_t name_len, value_len;
+};
+bool mime_header_next(const char *h, size_t len, size_t *pos, struct mime_field *f);
+
+/* Streaming text extraction: raw message bytes in (any piece sizes), the
+ * decoded UTF-8 text of its parts out through `fn`: the header of an
+ * embedded message/rfc822 (decoded fields, one per line), text parts
+ * (transfer encoding and charset decoded), and other parts that are not
+ * base64 (as raw bytes); not multipart preambles and epilogues nor base64
+ * non-text parts.  With MIME_TEXT_HEADER the message's own header comes
+ * first.  fn(ctx, NULL, 0) marks the end of each header or part, so a
+ * match never spans two of them.  Memory: MIME_SCAN_LINE_MAX +
+ * MIME_SCAN_HEADER_MAX + the decoded output of one fed piece. */
+#define MIME_TEXT_HEADER 1u
+#define MIME_SCAN_LINE_MAX 1024u
+#define MIME_SCAN_HEADER_MAX (64u * 1024u)
+typedef void mime_text_fn(void *ctx, const char *utf8, size_t len);
+struct mime_text_scan;
+struct mime_text_scan *mime_text_scan_new(unsigned flags, mime_text_fn *fn, void *ctx);
+void mime_text_scan_feed(struct mime_text_scan *s, const char *data, size_t len);
+void mime_text_scan_finish(struct mime_text_scan *s);
+void mime_text_scan_free(struct mime_text_scan **s);
+
+/* RFC 5322 date-time ("[Day, ] DD Mon YYYY hh:mm[:ss] zone", with the
+ * obsolete forms: two-digit years, named and military zones, comments):
+ * the instant as unix time and the zone offset in minutes (the local
+ * calendar date is (utc + zone * 60) / 86400).  A missing time is
+ * midnight, a missing or unknown zone +0000.  False when there is no
+ * day, month and year. */
+bool mime_date_parse(const char *value, size_t len, int64_t *utc_r, int *zone_r);
+
+/* RFC 5256 section 2.1 base subject of a raw Subject value: RFC 2047
+ * decoded, white space collapsed, "Re:", "Fw:", "Fwd:" (with [blob]s),
+ * "(fwd)" trailers, leading [blob]s and "[fwd: ...]" removed.  Appends it
+ * to out; *is_reply_r (may be NULL) tells whether a reply or forward
+ * marker was removed (THREAD REFERENCES step 5). */
+void mime_base_subject(const char *raw, size_t len, struct buf *out, bool *is_reply_r);
+
+/* The first mailbox of an RFC 5322 address list (groups are looked into;
+ * comments dropped, quoted strings unquoted): its display name (RFC 2047
+ * decoded, "" when none), local part and domain ("" when none).  The
+ * caller initialises the bufs (BUF_INIT) and frees them; they are reset
+ * first.  False when the list has no mailbox. */
+struct mime_address {
+	struct buf display, mailbox, host;
+};
+bool mime_first_address(const char *value, size_t len, struct mime_address *out);
+
+/* The next "<id>" of a Message-ID, References or In-Reply-To value at or
+ * after *pos: the id without its brackets and white space into out (reset
+ * first).  Empty ids and ids longer than MIME_MSGID_MAX are skipped. */
+#define MIME_MSGID_MAX 998u
+bool mime_msgid_next(const char *value, size_t len, size_t *pos, struct buf *out);
+
+/* A key for sorting text the way RFC 5051's i;unicode-casemap orders it,
+ * compared byte by byte: simple case folding, the canonical decomposition
+ * of precomposed Latin-1, Latin Extended-A, Greek and Cyrillic letters
+ * ("\xC3\xA9" becomes "E" U+0301), and ASCII letters in upper case (the
+ * titlecase of i;unicode-casemap, the upper case of i;ascii-casemap).
+ * Appends it to out. */
+void mime_sort_key(const char *in, size_t len, struct buf *out);
 
 #endif

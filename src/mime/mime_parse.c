@@ -715,17 +715,31 @@ enum status mime_parse_file(const char *path, uint64_t size, struct mime_summary
 		*error_r = xasprintf("cannot open %s: %s", path, strerror(err));
 		return err == ENOENT ? ST_NOT_FOUND : ST_IO_ERROR;
 	}
+	enum status st = mime_parse_fd(fd, size, out, error_r);
+	close(fd);
+	return st;
+}
+
+enum status mime_parse_fd(int fd, uint64_t size, struct mime_summary *out, char **error_r)
+{
+	memset(out, 0, sizeof(*out));
+	if (size > (uint64_t)SIZE_MAX / 2) {
+		*error_r = xstrdup("message too large to map");
+		return ST_INVALID;
+	}
+	if (size == 0) {
+		mime_parse_mem(NULL, 0, out);
+		return ST_OK;
+	}
 	struct stat sb;
 	if (fstat(fd, &sb) != 0 || (uint64_t)sb.st_size < size) {
-		*error_r = xasprintf("%s: shorter than its %llu message bytes", path, (unsigned long long)size);
-		close(fd);
+		*error_r = xasprintf("shorter than its %llu message bytes", (unsigned long long)size);
 		return ST_IO_ERROR;
 	}
 	void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
 	int err = errno;
-	close(fd);
 	if (map == MAP_FAILED) {
-		*error_r = xasprintf("cannot map %s: %s", path, strerror(err));
+		*error_r = xasprintf("cannot map: %s", strerror(err));
 		return ST_IO_ERROR;
 	}
 	madvise(map, (size_t)size, MADV_SEQUENTIAL);

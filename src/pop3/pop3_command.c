@@ -226,6 +226,7 @@ static void login_done(struct pop3_job *j)
 		free(s->user);
 		s->user = xstrdup(lj->address);
 		log_info("pop3: login %s from %s (%zu messages)", s->user, s->client, s->md->n);
+		guard_good_mark_ip(s->ip);   /* a good sender from now on (guard.h) */
 		pop3_session_ok(s, "Logged in.");
 		break;
 	case LOGIN_IN_USE: {
@@ -675,18 +676,78 @@ void pop3_retr_continue(struct pop3_session *s)
 	free(chunk);
 }
 
+static void send_retr(struct pop3_session *s, const struct pop3_msg *m, int fd, int err, bool top,
+		      uint32_t lines);
+
+/* A blob on a compressed tier is opened (decompressed) on a store thread:
+ * that takes CPU time in proportion to the message, never the loop's. */
+struct open_job {
+	struct pop3_job j;
+	const struct settings *set;  /* settings live until exit */
+	struct msgid id;             /* a copy: the pool thread reads no session state */
+	uint32_t num;                /* 1-based message number */
+	bool top;
+	uint32_t lines;
+	int fd;
+	int err;
+};
+
+static void open_run(struct pop3_job *j, struct store *st)
+{
+	(void)st;
+	struct open_job *oj = (struct open_job *)j;
+	oj->fd = store_blob_open(oj->set, 0, &oj->id, NULL);
+	oj->err = errno;
+	j->status = ST_OK;
+}
+
+static void open_done(struct pop3_job *j)
+{
+	struct open_job *oj = (struct open_job *)j;
+	struct pop3_session *s = j->s;
+	if (pop3_session_job_finished(s)) {
+		send_retr(s, &s->md->m[oj->num - 1], oj->fd, oj->err, oj->top, oj->lines);
+		oj->fd = -1;
+		pop3_session_job_end(s);
+	}
+	if (oj->fd >= 0)
+		close(oj->fd);
+	free(j->error);
+	free(oj);
+}
+
 static void start_retr(struct pop3_session *s, struct pop3_msg *m, bool top, uint32_t lines)
 {
-	char path[PATH_MAX];
-	store_blob_path(s->set->store_blob_dir, &m->id, path, sizeof(path)); /* for the log */
-	int fd = store_blob_open(s->set, 0, &m->id, NULL); /* any tier (src/tier) */
-	if (fd >= 0)
-		store_access_note(&m->id);
+	int fd = store_blob_open_nowait(s->set, 0, &m->id, NULL); /* any tier (src/tier) */
+	if (fd < 0 && errno == EWOULDBLOCK) {
+		struct open_job *oj = xcalloc(1, sizeof(*oj));
+		oj->set = s->set;
+		oj->id = m->id;
+		oj->num = (uint32_t)(m - s->md->m) + 1;
+		oj->top = top;
+		oj->lines = lines;
+		oj->fd = -1;
+		oj->j.run = open_run;
+		oj->j.done = open_done;
+		pop3_session_submit(s, &oj->j);
+		return;
+	}
+	send_retr(s, m, fd, errno, top, lines);
+}
+
+/* Starts the reply to RETR or TOP with the message's open blob (fd), or
+ * answers the error (fd < 0, err). */
+static void send_retr(struct pop3_session *s, const struct pop3_msg *m, int fd, int err, bool top,
+		      uint32_t lines)
+{
 	if (fd < 0) {
-		log_error("pop3: cannot open %s for %s: %s", path, s->client, strerror(errno));
+		char path[PATH_MAX];
+		store_blob_path(s->set->store_blob_dir, &m->id, path, sizeof(path));
+		log_error("pop3: cannot open %s for %s: %s", path, s->client, strerror(err));
 		pop3_session_err(s, "[SYS/TEMP] Cannot read the message, it may have been deleted.");
 		return;
 	}
+	store_access_note(&m->id);
 	struct pop3_retr *r = xcalloc(1, sizeof(*r));
 	r->fd = fd;
 	r->size = m->size;

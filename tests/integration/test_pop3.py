@@ -10,6 +10,7 @@ The daemon runs with pop3.listen, pop3s.listen, imap.listen and
 imaps.listen on free loopback ports (a loopback peer may log in without
 TLS)."""
 import imaplib
+import os
 import poplib
 import socket
 import ssl
@@ -530,6 +531,34 @@ def test_curl_pop3_and_pop3s(srv):
                           "pop3://127.0.0.1:%d/" % srv.ports["pop3"]], capture_output=True,
                          check=True).stdout
     assert out == b"1 %d\r\n" % len(data)
+
+
+def test_curl_imap_and_imaps(srv):
+    """curl's IMAP client: list mailboxes, fetch a message by UID over
+    imap:// and imaps:// (byte-identical to the store), search, and APPEND
+    (curl's upload) a message that then reads back the same."""
+    user = "curlimap@local.example"
+    srv.add_user(user)
+    data = stored_message(srv, srv.deliver([user], make_message(to=user, subject="curl imap",
+                                                                 body=b"imap body\r\n"))[0])
+    base = ["curl", "-sS", "--max-time", "30", "-u", "%s:%s" % (user, PASSWORD)]
+    plain = "imap://127.0.0.1:%d" % srv.ports["imap"]
+    tls = "imaps://127.0.0.1:%d" % srv.ports["imaps"]
+    listing = subprocess.run(base + [plain + "/"], capture_output=True, check=True).stdout.decode()
+    assert any(l.startswith("* LIST") and l.rstrip().strip('"').endswith("INBOX") for l in listing.splitlines()), listing
+    for url, extra in ((plain + "/INBOX;UID=1", []), (tls + "/INBOX;UID=1", ["-k"])):
+        out = subprocess.run(base + extra + [url], capture_output=True, check=True).stdout
+        assert out == data, (url, out[:200])
+    found = subprocess.run(base + [plain + "/INBOX?SUBJECT%20%22curl%20imap%22"], capture_output=True,
+                           check=True).stdout.decode()
+    assert found.strip() == "* SEARCH 1", found
+    upload = make_message(to=user, subject="uploaded by curl", body=b"appended\r\n")
+    eml = os.path.join(srv.dir, "curl-upload.eml")
+    with open(eml, "wb") as f:
+        f.write(upload)
+    subprocess.run(base + ["-T", eml, plain + "/INBOX"], capture_output=True, check=True)
+    out = subprocess.run(base + [plain + "/INBOX;UID=2"], capture_output=True, check=True).stdout
+    assert out == upload, out[:200]
 
 
 # ---- hostile input ------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 /*
  * imap_parser_test.c - IMAP command framing, arguments and sequence sets
- * (src/imap/imap_parser.c).
+ * (src/imap/imap_parser.c), and BINARY's content-transfer-encoding
+ * decoders (src/imap/imap_binary.c).
  *
  * Every framing case is fed whole, in 7-byte pieces and one byte at a time;
  * the events and the parsed commands (rendered as text) must equal the
- * table in every case.
+ * table in every case.  Every decoder case is fed whole and one byte at a
+ * time, with the same output.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,6 +18,7 @@
 
 #include <cmocka.h>
 
+#include "imap_int.h"
 #include "imap_parser.h"
 
 #define S(lit) lit, (sizeof(lit) - 1)
@@ -33,9 +36,9 @@ static void render_args(const struct imap_arg *args, size_t n, struct buf *out)
 		case IMAP_ARG_QUOTED: buf_printf(out, "q:%s", a->str); break;
 		case IMAP_ARG_LITERAL:
 			if (a->str == NULL)
-				buf_printf(out, "s:%zu", a->len);
+				buf_printf(out, "%ss:%zu", a->literal8 ? "8" : "", a->len);
 			else
-				buf_printf(out, "l:%s", a->str);
+				buf_printf(out, "%sl:%s", a->literal8 ? "8" : "", a->str);
 			break;
 		case IMAP_ARG_LIST:
 			buf_append_char(out, '(');
@@ -90,6 +93,10 @@ static const struct parse_case parse_cases[] = {
 	{ "list wildcards", S("t LIST \"\" %"), "OK t LIST q: a:%" },
 	{ "tag with ]", S("a]1 NOOP"), "OK a]1 NOOP" },
 	{ "streamed tail ends the text", S("t APPEND INBOX (\\Seen) {20}"), "BAD t: Literal announcement must end the line" },
+	{ "literal8", S("t APPEND INBOX ~{3}\r\na\x01" "b"), "OK t APPEND a:INBOX 8l:a\x01" "b" },
+	{ "literal8 plus", S("t APPEND INBOX ~{2+}\r\nab x"), "OK t APPEND a:INBOX 8l:ab a:x" },
+	{ "tilde atom", S("t X ~a ~"), "OK t X a:~a a:~" },
+	{ "literal8 without crlf", S("t X ~{3}abc"), "BAD t: Literal announcement must end the line" },
 	/* errors */
 	{ "empty line", S(""), "BAD *: Empty command line" },
 	{ "no command", S("a1"), "BAD a1: Missing command" },
@@ -130,10 +137,22 @@ static void test_parse_table(void **state)
 static void test_parse_stream_tail(void **state)
 {
 	(void)state;
-	struct buf got = BUF_INIT;
-	render_parse(S("t APPEND INBOX (\\Seen) \"1-Jan-2020 00:00:00 +0000\" {20}"), true, &got);
-	assert_string_equal(got.data, "OK t APPEND a:INBOX (a:\\Seen) q:1-Jan-2020 00:00:00 +0000 s:20");
-	buf_free(&got);
+	static const struct parse_case cases[] = {
+		{ "one", S("t APPEND INBOX (\\Seen) \"1-Jan-2020 00:00:00 +0000\" {20}"),
+		  "OK t APPEND a:INBOX (a:\\Seen) q:1-Jan-2020 00:00:00 +0000 s:20" },
+		{ "multiappend", S("t APPEND INBOX {20} (\\Seen) ~{5} {7}"),
+		  "OK t APPEND a:INBOX s:20 (a:\\Seen) 8s:5 s:7" },
+		{ "memory literal before", S("t APPEND {5}\r\nINBOX {9}"), "OK t APPEND l:INBOX s:9" },
+		{ "text right after", S("t APPEND INBOX {3}x"), "BAD t: Missing space between arguments" },
+		{ "not inside a list", S("t APPEND INBOX ({3} x) {4}"), "BAD t: Literal announcement must end the line" },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		struct buf got = BUF_INIT;
+		render_parse(cases[i].in, cases[i].in_len, true, &got);
+		if (strcmp(got.data, cases[i].want) != 0)
+			fail_msg("case '%s':\n  want: %s\n  got:  %s", cases[i].label, cases[i].want, got.data);
+		buf_free(&got);
+	}
 }
 
 static void test_parse_deep_nesting(void **state)
@@ -231,6 +250,10 @@ static const struct frame_case frame_cases[] = {
 	  "LIT 18446744073709551615 sync\nENDED t\nCMD OK u NOOP\n" },
 	{ "streamed", 64, 64, POL_STREAM, S("t APPEND INBOX {10}\r\n0123456789\r\nu NOOP\r\n"),
 	  "LIT 10 sync\nSTREAM 0123456789\nCMD OK t APPEND a:INBOX s:10\nCMD OK u NOOP\n" },
+	{ "multiappend streamed", 64, 64, POL_STREAM,
+	  S("t APPEND INBOX {3}\r\nabc (\\Seen) ~{2+}\r\n\0z\r\nu NOOP\r\n"),
+	  "LIT 3 sync\nSTREAM abc\nLIT 2 nonsync\nSTREAM \nCMD OK t APPEND a:INBOX s:3 (a:\\Seen) 8s:2\n"
+	  "CMD OK u NOOP\n" },
 	{ "negative is not a literal", 64, 64, POL_MEMORY, S("t X {-1}\r\n"), "CMD BAD t: Bad literal\n" },
 	{ "empty line", 64, 64, POL_MEMORY, S("\r\n"), "CMD BAD *: Empty command line\n" },
 };
@@ -271,7 +294,7 @@ static void frame_run(const struct frame_case *c, size_t step, struct buf *log)
 			break;
 		case IMAP_RD_COMMAND:
 			buf_append_str(log, "CMD ");
-			render_parse(r.buf.data, r.streamed ? r.stream_at : r.len, r.streamed, log);
+			render_parse(r.buf.data, r.len, r.streamed, log);
 			buf_append_char(log, '\n');
 			imap_reader_reset(&r);
 			break;
@@ -439,6 +462,121 @@ static void test_seqset_range_limit(void **state)
 	buf_free(&in);
 }
 
+/* ---- BINARY decoders (imap_binary.c) ------------------------------------------- */
+
+struct cte_case {
+	const char *label;
+	const char *hdr;
+	enum imap_cte want;
+};
+
+static void test_binary_cte(void **state)
+{
+	(void)state;
+	static const struct cte_case cases[] = {
+		{ "none", "Content-Type: text/plain\r\n\r\n", IMAP_CTE_IDENTITY },
+		{ "base64", "Content-Type: a/b\r\nContent-Transfer-Encoding: base64\r\n\r\n", IMAP_CTE_BASE64 },
+		{ "qp any case, comment", "content-transfer-encoding:  Quoted-Printable (x)\r\n", IMAP_CTE_QP },
+		{ "folded", "Content-Transfer-Encoding:\r\n\tbase64\r\n\r\n", IMAP_CTE_BASE64 },
+		{ "space before colon", "Content-Transfer-Encoding : base64\n\n", IMAP_CTE_BASE64 },
+		{ "8bit", "Content-Transfer-Encoding: 8BIT\r\n", IMAP_CTE_IDENTITY },
+		{ "binary", "Content-Transfer-Encoding: binary\r\n", IMAP_CTE_IDENTITY },
+		{ "empty value", "Content-Transfer-Encoding:\r\n", IMAP_CTE_IDENTITY },
+		{ "unknown", "Content-Transfer-Encoding: x-uuencode\r\n", IMAP_CTE_UNKNOWN },
+		{ "other field", "X-Content-Transfer-Encoding: base64\r\n", IMAP_CTE_IDENTITY },
+		{ "longer name", "Content-Transfer-Encodings: base64\r\n", IMAP_CTE_IDENTITY },
+		{ "first one counts", "Content-Transfer-Encoding: base64\r\nContent-Transfer-Encoding: 7bit\r\n",
+		  IMAP_CTE_BASE64 },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		enum imap_cte got = imap_binary_cte(cases[i].hdr, strlen(cases[i].hdr));
+		if (got != cases[i].want)
+			fail_msg("case '%s': want %d, got %d", cases[i].label, (int)cases[i].want, (int)got);
+	}
+}
+
+struct dec_case {
+	const char *label;
+	enum imap_cte cte;
+	const char *in;
+	size_t in_len;
+	const char *want;
+	size_t want_len;
+};
+
+static void decode(const struct dec_case *c, size_t step, struct buf *out)
+{
+	struct imap_decoder d;
+	imap_decoder_init(&d, c->cte);
+	for (size_t off = 0; off < c->in_len;) {
+		size_t n = step == 0 || step > c->in_len - off ? c->in_len - off : step;
+		imap_decoder_feed(&d, c->in + off, n, out);
+		off += n;
+	}
+	imap_decoder_finish(&d, out);
+}
+
+static void test_binary_decoders(void **state)
+{
+	(void)state;
+	static const struct dec_case cases[] = {
+		{ "b64", IMAP_CTE_BASE64, S("aGVsbG8="), S("hello") },
+		{ "b64 lines and junk", IMAP_CTE_BASE64, S("aGVs\r\nbG8g\r\nd29y*bGQ="), S("hello world") },
+		{ "b64 unpadded", IMAP_CTE_BASE64, S("YWI"), S("ab") },
+		{ "b64 ends at padding", IMAP_CTE_BASE64, S("YQ==YWJj"), S("a") },
+		{ "b64 nul bytes", IMAP_CTE_BASE64, S("AAEC/w=="), S("\0\1\2\xff") },
+		{ "b64 empty", IMAP_CTE_BASE64, S(""), S("") },
+		{ "qp hex", IMAP_CTE_QP, S("caf=C3=A9 =3D x"), S("caf\xc3\xa9 = x") },
+		{ "qp lower-case hex", IMAP_CTE_QP, S("=c3=a9"), S("\xc3\xa9") },
+		{ "qp soft break crlf", IMAP_CTE_QP, S("ab=\r\ncd"), S("abcd") },
+		{ "qp soft break lf", IMAP_CTE_QP, S("ab=\ncd"), S("abcd") },
+		{ "qp padded soft break", IMAP_CTE_QP, S("ab=  \r\ncd"), S("abcd") },
+		{ "qp blanks before soft break kept", IMAP_CTE_QP, S("ab  =\r\ncd"), S("ab  cd") },
+		{ "qp blanks before escape kept", IMAP_CTE_QP, S("a =3D"), S("a =") },
+		{ "qp trailing blanks dropped", IMAP_CTE_QP, S("ab  \r\ncd\t\r\n"), S("ab\r\ncd\r\n") },
+		{ "qp inner blanks kept", IMAP_CTE_QP, S("a b\tc"), S("a b\tc") },
+		{ "qp blanks at the end kept", IMAP_CTE_QP, S("a  "), S("a  ") },
+		{ "qp bad escape kept", IMAP_CTE_QP, S("=ZZ a=4x"), S("=ZZ a=4x") },
+		{ "qp dangling =", IMAP_CTE_QP, S("a="), S("a=") },
+		{ "qp dangling =X", IMAP_CTE_QP, S("a=4"), S("a=4") },
+		{ "qp = then blank then text", IMAP_CTE_QP, S("a= b"), S("a= b") },
+		{ "qp nul", IMAP_CTE_QP, S("a=00b"), S("a\0b") },
+		{ "identity", IMAP_CTE_IDENTITY, S("x\0y=41"), S("x\0y=41") },
+	};
+	static const size_t steps[] = { 0, 1, 3 };
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		for (size_t k = 0; k < ARRAY_LEN(steps); k++) {
+			struct buf got = BUF_INIT;
+			decode(&cases[i], steps[k], &got);
+			if (got.len != cases[i].want_len ||
+			    (got.len > 0 && memcmp(got.data, cases[i].want, got.len) != 0))
+				fail_msg("case '%s' (step %zu): want %zu bytes '%s', got %zu bytes '%.*s'", cases[i].label,
+					 steps[k], cases[i].want_len, cases[i].want, got.len, (int)got.len,
+					 got.data ? got.data : "");
+			buf_free(&got);
+		}
+	}
+	/* A long base64 body fed in uneven pieces: every byte value back. */
+	static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	struct buf enc = BUF_INIT, got = BUF_INIT;
+	unsigned char raw[3 * 1000];
+	for (size_t i = 0; i < sizeof(raw); i++)
+		raw[i] = (unsigned char)(i * 7 + 3);
+	for (size_t i = 0; i < sizeof(raw); i += 3) {
+		uint32_t v = (uint32_t)raw[i] << 16 | (uint32_t)raw[i + 1] << 8 | raw[i + 2];
+		for (int k = 3; k >= 0; k--)
+			buf_append_char(&enc, alphabet[(v >> (6 * k)) & 63]);
+		if (i % 57 == 54)
+			buf_append(&enc, "\r\n", 2);
+	}
+	struct dec_case big = { "long", IMAP_CTE_BASE64, enc.data, enc.len, (const char *)raw, sizeof(raw) };
+	decode(&big, 13, &got);
+	assert_int_equal(got.len, sizeof(raw));
+	assert_memory_equal(got.data, raw, sizeof(raw));
+	buf_free(&enc);
+	buf_free(&got);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -450,6 +588,8 @@ int main(void)
 		cmocka_unit_test(test_frame_table),
 		cmocka_unit_test(test_frame_random_splits),
 		cmocka_unit_test(test_frame_too_many_literals),
+		cmocka_unit_test(test_binary_cte),
+		cmocka_unit_test(test_binary_decoders),
 		cmocka_unit_test(test_seqset_table),
 		cmocka_unit_test(test_seqset_range_limit),
 	};

@@ -547,6 +547,489 @@ static void test_parse_file(void **state)
 	free(err);
 }
 
+/* ---- mime_decode.c ------------------------------------------------------------------ */
+
+static void expect_buf(const char *label, const char *input, const char *want, const struct buf *got)
+{
+	const char *g = got->data ? got->data : "";
+	if (strlen(want) != got->len || memcmp(want, g, got->len) != 0) {
+		print_error("%s: input %s\n  want: [%s]\n  got:  [%.*s]\n", label, input, want, (int)got->len, g);
+		fail();
+	}
+}
+
+static void test_header_decode(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *label, *in, *want;
+	} cases[] = {
+		{ "utf-8 B", "=?UTF-8?B?w6l0w6k=?=", "\xC3\xA9t\xC3\xA9" },
+		{ "latin-1 Q, underscores", "=?ISO-8859-1?Q?caf=E9_cr=E8me?=", "caf\xC3\xA9 cr\xC3\xA8me" },
+		{ "koi8-r B", "=?koi8-r?B?8NLJ18XU?=", "\xD0\x9F\xD1\x80\xD0\xB8\xD0\xB2\xD0\xB5\xD1\x82" },
+		{ "shift_jis B", "=?Shift_JIS?B?g2WDWINn?=", "\xE3\x83\x86\xE3\x82\xB9\xE3\x83\x88" },
+		{ "adjacent words joined", "=?UTF-8?Q?a?= \t =?UTF-8?Q?b?=", "ab" },
+		{ "character split between words", "=?UTF-8?B?ww==?=\r\n =?UTF-8?B?qQ==?=", "\xC3\xA9" },
+		{ "words of two charsets", "=?ISO-8859-1?Q?=E9?= =?UTF-8?Q?=C3=A8?=", "\xC3\xA9\xC3\xA8" },
+		{ "text around words", "Re: =?UTF-8?Q?caf=C3=A9?= ok", "Re: caf\xC3\xA9 ok" },
+		{ "space before text kept", "=?UTF-8?Q?a?=  b", "a  b" },
+		{ "unknown charset: raw", "=?x-unknown?Q?abc=21?=", "abc!" },
+		{ "rfc 2231 language", "=?US-ASCII*EN?Q?Keith_Moore?=", "Keith Moore" },
+		{ "lower-case encoding", "=?utf-8?q?x=3Dy?=", "x=y" },
+		{ "not a word", "a =?bad b =?x?Z?y?= c", "a =?bad b =?x?Z?y?= c" },
+		{ "unterminated", "=?UTF-8?Q?abc", "=?UTF-8?Q?abc" },
+		{ "space inside: not a word", "=?UTF-8?Q?a b?=", "=?UTF-8?Q?a b?=" },
+		{ "folding", "a\r\n\tb\r\n c", "a b c" },
+		{ "invalid latin byte", "=?ISO-2022-JP?B?GyRCJCIbKEI=?=", "\xE3\x81\x82" },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		struct buf out = BUF_INIT;
+		mime_header_decode(cases[i].in, strlen(cases[i].in), &out);
+		expect_buf(cases[i].label, cases[i].in, cases[i].want, &out);
+		buf_free(&out);
+	}
+}
+
+static void test_fold(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *label, *in, *want;
+	} cases[] = {
+		{ "ascii", "Hello WORLD 123", "hello world 123" },
+		{ "latin-1", "\xC3\x89T\xC3\x89 \xC3\x9E\xC3\x98", "\xC3\xA9t\xC3\xA9 \xC3\xBE\xC3\xB8" },
+		{ "multiplication sign kept", "\xC3\x97", "\xC3\x97" },
+		{ "latin extended-a", "\xC5\x81\xC5\xBD\xC4\x80", "\xC5\x82\xC5\xBE\xC4\x81" },
+		{ "long s and y diaeresis", "\xC5\xBF\xC5\xB8", "s\xC3\xBF" },
+		{ "greek, final sigma", "\xCE\xA3\xCE\x8A\xCF\x82", "\xCF\x83\xCE\xAF\xCF\x83" },
+		{ "cyrillic", "\xD0\x9F\xD0\xA0\xD0\x98\xD0\x92\xD0\x95\xD0\xA2 \xD0\x81",
+		  "\xD0\xBF\xD1\x80\xD0\xB8\xD0\xB2\xD0\xB5\xD1\x82 \xD1\x91" },
+		{ "sharp s stays", "Stra\xC3\x9F" "e", "stra\xC3\x9F" "e" },
+		{ "kelvin sign", "\xE2\x84\xAA", "k" },
+		{ "cjk unchanged", "\xE3\x83\x86", "\xE3\x83\x86" },
+		{ "invalid bytes as is", "A\xFF\xC3(B", "a\xFF\xC3(b" },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		struct buf out = BUF_INIT;
+		mime_fold_str(cases[i].in, strlen(cases[i].in), &out);
+		expect_buf(cases[i].label, cases[i].in, cases[i].want, &out);
+		/* The same fed one byte at a time. */
+		struct buf out2 = BUF_INIT;
+		struct mime_fold f;
+		mime_fold_init(&f);
+		for (size_t k = 0; cases[i].in[k]; k++)
+			mime_fold_feed(&f, cases[i].in + k, 1, &out2);
+		mime_fold_finish(&f, &out2);
+		expect_buf(cases[i].label, "(bytewise)", cases[i].want, &out2);
+		buf_free(&out);
+		buf_free(&out2);
+	}
+}
+
+static void test_cte_charset(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *label, *cte, *charset, *in, *want;
+	} cases[] = {
+		{ "base64", "base64", NULL, "aGVsbG8g\r\nd29ybGQ=\r\n", "hello world" },
+		{ "base64 two groups", "BASE64", NULL, "YQ==Yg==", "ab" },
+		{ "base64 garbage skipped", "base64", NULL, "a*G!V-s\nbG8=", "hello" },
+		{ "qp", "quoted-printable", "utf-8", "caf=C3=A9 =\r\nx=3d", "caf\xC3\xA9 x=" },
+		{ "qp soft break LF", "quoted-printable", NULL, "a=\nb", "ab" },
+		{ "qp bad escapes kept", "quoted-printable", NULL, "=G1 =4", "=G1 =4" },
+		{ "qp latin-1", "quoted-printable", "iso-8859-1", "=C9t=E9", "\xC3\x89t\xC3\xA9" },
+		{ "identity latin-1", "8bit", "ISO-8859-1", "\xE9t\xE9", "\xC3\xA9t\xC3\xA9" },
+		{ "shift_jis", "7bit", "shift_jis", "\x83\x65\x83\x58\x83\x67", "\xE3\x83\x86\xE3\x82\xB9\xE3\x83\x88" },
+		{ "koi8-r base64", "base64", "KOI8-R", "8NLJ18XU", "\xD0\x9F\xD1\x80\xD0\xB8\xD0\xB2\xD0\xB5\xD1\x82" },
+		{ "unknown charset raw", "7bit", "x-nonsense", "abc\xE9", "abc\xE9" },
+		{ "invalid utf-16 tail", "base64", "utf-16le", "YQBiAGM=", "ab\xEF\xBF\xBD" },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		for (size_t step = 1; step <= 64; step += 63) {
+			struct mime_cte_decoder d;
+			mime_cte_init(&d, mime_cte_from_name(cases[i].cte, strlen(cases[i].cte)));
+			const char *cs = cases[i].charset;
+			struct mime_charset *c = mime_charset_open(cs, cs ? strlen(cs) : 0);
+			struct buf mid = BUF_INIT, out = BUF_INIT;
+			size_t len = strlen(cases[i].in);
+			for (size_t k = 0; k < len; k += step) {
+				buf_reset(&mid);
+				mime_cte_feed(&d, cases[i].in + k, len - k < step ? len - k : step, &mid);
+				mime_charset_feed(c, mid.data, mid.len, &out);
+			}
+			buf_reset(&mid);
+			mime_cte_finish(&d, &mid);
+			mime_charset_feed(c, mid.data ? mid.data : "", mid.len, &out);
+			mime_charset_finish(c, &out);
+			expect_buf(cases[i].label, step == 1 ? "(bytewise)" : "(whole)", cases[i].want, &out);
+			mime_charset_close(&c);
+			assert_null(c);
+			buf_free(&mid);
+			buf_free(&out);
+		}
+	}
+}
+
+static void test_param_get(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *label, *value, *name, *want;   /* want NULL: absent */
+	} cases[] = {
+		{ "quoted", "text/plain; charset=\"iso-8859-1\"", "charset", "iso-8859-1" },
+		{ "token, case", "text/plain; CHARSET=UTF-8 (comment)", "charset", "UTF-8" },
+		{ "extended", "text/plain; charset*=us-ascii'en'utf-8", "charset", "utf-8" },
+		{ "continuations", "multipart/mixed; boundary*0=\"ab\"; boundary*1=cd", "boundary", "abcd" },
+		{ "extended continuation", "text/plain; charset*0*=''koi8; charset*1*=%2Dr", "charset", "koi8-r" },
+		{ "other names not taken", "text/plain; xcharset=a; charsetx=b", "charset", NULL },
+		{ "absent", "text/plain", "charset", NULL },
+		{ "semicolon in quotes", "multipart/mixed; a=\"x;charset=y\"; boundary=z", "boundary", "z" },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		struct buf out = BUF_INIT;
+		bool found = mime_param_get(cases[i].value, strlen(cases[i].value), cases[i].name, &out);
+		if (found != (cases[i].want != NULL)) {
+			print_error("%s: %s\n  want found=%d got %d\n", cases[i].label, cases[i].value,
+				    cases[i].want != NULL, found);
+			fail();
+		}
+		if (found)
+			expect_buf(cases[i].label, cases[i].value, cases[i].want, &out);
+		buf_free(&out);
+	}
+}
+
+struct collect {
+	struct buf text;
+	size_t parts;
+};
+
+static void collect_fn(void *ctx, const char *utf8, size_t len)
+{
+	struct collect *c = ctx;
+	if (utf8 == NULL) {
+		c->parts++;
+		buf_append_str(&c->text, "|");
+		return;
+	}
+	buf_append(&c->text, utf8, len);
+}
+
+static void test_text_scan(void **state)
+{
+	(void)state;
+	static const char msg[] =
+		"Subject: =?UTF-8?Q?caf=C3=A9?=\r\n"
+		"Content-Type: multipart/mixed; boundary=\"outer\"\r\n"
+		"\r\n"
+		"preamble is skipped\r\n"
+		"--outer\r\n"
+		"Content-Type: text/plain; charset=iso-8859-1\r\n"
+		"Content-Transfer-Encoding: quoted-printable\r\n"
+		"\r\n"
+		"=C9t=E9 chaud\r\n"
+		"--outer\r\n"
+		"Content-Type: image/png\r\n"
+		"Content-Transfer-Encoding: base64\r\n"
+		"\r\n"
+		"c2VjcmV0IHdvcmQ=\r\n"
+		"--outer\r\n"
+		"Content-Type: multipart/alternative; boundary=inner\r\n"
+		"\r\n"
+		"--inner\r\n"
+		"Content-Type: text/html; charset*=utf-8''koi8-r\r\n"
+		"Content-Transfer-Encoding: base64\r\n"
+		"\r\n"
+		"8NLJ18XU\r\n"
+		"--inner--\r\n"
+		"inner epilogue\r\n"
+		"--outer\r\n"
+		"Content-Type: message/rfc822\r\n"
+		"\r\n"
+		"Subject: inside\r\n"
+		"\r\n"
+		"embedded body\r\n"
+		"--outer--\r\n"
+		"epilogue\r\n";
+	static const char *const want_headers =
+		"Subject: caf\xC3\xA9\n"
+		"Content-Type: multipart/mixed; boundary=\"outer\"\n|"
+		"\xC3\x89t\xC3\xA9 chaud\r\n|"
+		"\xD0\x9F\xD1\x80\xD0\xB8\xD0\xB2\xD0\xB5\xD1\x82|"
+		"Subject: inside\n|"
+		"embedded body\r\n|";
+	for (int with_header = 0; with_header < 2; with_header++) {
+		for (size_t step = 1; step <= sizeof(msg); step = step == 1 ? 7 : step == 7 ? sizeof(msg) : step + 1) {
+			struct collect c = { BUF_INIT, 0 };
+			struct mime_text_scan *s =
+				mime_text_scan_new(with_header ? MIME_TEXT_HEADER : 0, collect_fn, &c);
+			size_t len = sizeof(msg) - 1;
+			for (size_t k = 0; k < len; k += step)
+				mime_text_scan_feed(s, msg + k, len - k < step ? len - k : step);
+			mime_text_scan_finish(s);
+			mime_text_scan_free(&s);
+			assert_null(s);
+			const char *want = with_header ? want_headers : strchr(want_headers, '|') + 1;
+			char label[64];
+			snprintf(label, sizeof(label), "scan header=%d step=%zu", with_header, step);
+			expect_buf(label, "(multipart message)", want, &c.text);
+			buf_free(&c.text);
+		}
+	}
+	/* A long line (no boundary possible) and a truncated message. */
+	struct buf big = BUF_INIT;
+	buf_append_str(&big, "Content-Type: text/plain\r\n\r\n");
+	for (int i = 0; i < 5000; i++)
+		buf_append_str(&big, "abcdefghij");
+	buf_append_str(&big, "NEEDLE");
+	struct collect c = { BUF_INIT, 0 };
+	struct mime_text_scan *s = mime_text_scan_new(0, collect_fn, &c);
+	mime_text_scan_feed(s, big.data, big.len);
+	mime_text_scan_finish(s);
+	mime_text_scan_free(&s);
+	assert_int_equal(c.text.len, 50000 + 6 + 1);
+	assert_non_null(memmem(c.text.data, c.text.len, "jNEEDLE|", 8));
+	buf_free(&c.text);
+	buf_free(&big);
+}
+
+static void test_base_subject(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *label, *in, *want;
+		bool reply;
+	} cases[] = {
+		{ "plain", "Hello  world ", "Hello world", false },
+		{ "re", "Re: Hello", "Hello", true },
+		{ "nested re fwd", "RE: Fwd: re:  Hello", "Hello", true },
+		{ "fw", "FW: x", "x", true },
+		{ "re with blob", "Re[2]: x", "x", true },
+		{ "list tag then re", "[list] Re: x", "x", true },
+		{ "re then list tag", "Re: [list] x", "x", true },
+		{ "blob alone kept", "[list]", "[list]", false },
+		{ "blob before text dropped", "[list] x", "x", false },
+		{ "fwd trailer", "x (fwd)", "x", true },
+		{ "fwd trailers", "x (FWD) (fwd) ", "x", true },
+		{ "fwd wrapper", "[Fwd: Re: x]", "x", true },
+		{ "encoded word", "=?UTF-8?Q?Re=3A_caf=C3=A9?=", "caf\xC3\xA9", true },
+		{ "not a leader", "Rebate: x", "Rebate: x", false },
+		{ "tabs", "a\t\tb", "a b", false },
+		{ "empty", "", "", false },
+		{ "only re", "Re:", "", true },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		struct buf out = BUF_INIT;
+		bool reply = !cases[i].reply;
+		mime_base_subject(cases[i].in, strlen(cases[i].in), &out, &reply);
+		expect_buf(cases[i].label, cases[i].in, cases[i].want, &out);
+		if (reply != cases[i].reply) {
+			print_error("%s: %s: reply want %d got %d\n", cases[i].label, cases[i].in, cases[i].reply, reply);
+			fail();
+		}
+		buf_free(&out);
+	}
+}
+
+static void test_first_address(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *label, *in, *display, *mailbox, *host;   /* mailbox NULL: none */
+	} cases[] = {
+		{ "bare", "a@b.example", "", "a", "b.example" },
+		{ "angle", "Zed Q <zed@a.example>, x@y", "Zed Q", "zed", "a.example" },
+		{ "quoted name", "\"Doe, John\" <j@d>", "Doe, John", "j", "d" },
+		{ "encoded name", "=?UTF-8?Q?Mil=C3=A8ne?= <m@x>", "Mil\xC3\xA8ne", "m", "x" },
+		{ "comment", "a@b (Alice)", "", "a", "b" },
+		{ "group", "team: c@d, e@f;", "", "c", "d" },
+		{ "empty group then mailbox", "undisclosed-recipients:;, g@h", "", "g", "h" },
+		{ "empty group", "undisclosed-recipients:;", NULL, NULL, NULL },
+		{ "route", "<@r1,@r2:u@h>", "", "u", "h" },
+		{ "no domain", "root", "", "root", "" },
+		{ "empty", "  ", NULL, NULL, NULL },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		struct mime_address a = { BUF_INIT, BUF_INIT, BUF_INIT };
+		bool found = mime_first_address(cases[i].in, strlen(cases[i].in), &a);
+		if (found != (cases[i].mailbox != NULL)) {
+			print_error("%s: %s: found want %d got %d\n", cases[i].label, cases[i].in,
+				    cases[i].mailbox != NULL, found);
+			fail();
+		}
+		if (found) {
+			expect_buf(cases[i].label, cases[i].in, cases[i].display, &a.display);
+			expect_buf(cases[i].label, cases[i].in, cases[i].mailbox, &a.mailbox);
+			expect_buf(cases[i].label, cases[i].in, cases[i].host, &a.host);
+		}
+		buf_free(&a.display);
+		buf_free(&a.mailbox);
+		buf_free(&a.host);
+	}
+}
+
+static void test_msgid_and_date(void **state)
+{
+	(void)state;
+	const char *refs = "<a@x> junk <b\r\n @y> <> (c) <c@z>";
+	const char *want[] = { "a@x", "b@y", "c@z" };
+	size_t pos = 0, n = 0, len = strlen(refs);
+	struct buf id = BUF_INIT;
+	while (mime_msgid_next(refs, len, &pos, &id)) {
+		assert_true(n < ARRAY_LEN(want));
+		expect_buf("msgid", refs, want[n], &id);
+		n++;
+	}
+	assert_int_equal(n, 3);
+	buf_free(&id);
+	static const struct {
+		const char *label, *in;
+		bool ok;
+		int64_t utc;
+		int zone;
+	} dates[] = {
+		{ "full", "Fri, 3 Jan 2020 10:00:00 +0000", true, 1578045600, 0 },
+		{ "negative zone", "Wed, 1 Jan 2020 23:30:00 -0500", true, 1577939400, -300 },
+		{ "no weekday, no seconds", "2 Jan 2020 12:00 +0100", true, 1577962800, 60 },
+		{ "named zone, comment", "Thu, 02 Jan 2020 07:00:00 EST (Eastern)", true, 1577966400, -300 },
+		{ "two-digit year", "1 Feb 99 00:00:00 GMT", true, 917827200, 0 },
+		{ "date only", "1 Feb 2000", true, 949363200, 0 },
+		{ "no month", "1 Foo 2000 00:00:00 +0000", false, 0, 0 },
+		{ "garbage", "yesterday", false, 0, 0 },
+		{ "empty", "", false, 0, 0 },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(dates); i++) {
+		int64_t t = 0;
+		int zone = 0;
+		bool ok = mime_date_parse(dates[i].in, strlen(dates[i].in), &t, &zone);
+		if (ok != dates[i].ok || (ok && (t != dates[i].utc || zone != dates[i].zone))) {
+			print_error("%s: %s\n  want ok=%d %lld %d\n  got  ok=%d %lld %d\n", dates[i].label, dates[i].in,
+				    dates[i].ok, (long long)dates[i].utc, dates[i].zone, ok, (long long)t, zone);
+			fail();
+		}
+	}
+}
+
+struct counter {
+	size_t bytes, marks;
+};
+
+static void count_fn(void *ctx, const char *utf8, size_t len)
+{
+	struct counter *c = ctx;
+	if (utf8 == NULL)
+		c->marks++;
+	else
+		c->bytes += len;
+}
+
+/* Random inputs built from the tokens the decoders react to: nothing
+ * may crash (ASan) and the decoded output stays within a small multiple
+ * of the input (no unbounded growth). */
+static void test_decode_hostile(void **state)
+{
+	(void)state;
+	static const char *const tok[] = {
+		"=?", "?=", "?Q?", "?B?", "utf-8", "koi8-r", "x-bad", "=E9", "=\r\n", "_", "\r\n", "\n", " ", "\t",
+		"--b", "--b--", "--c", "Content-Type: multipart/mixed; boundary=b\r\n",
+		"Content-Type: multipart/digest; boundary=c\r\n", "Content-Type: message/rfc822\r\n",
+		"Content-Type: text/plain; charset*0=utf; charset*1*=%2D16\r\n",
+		"Content-Transfer-Encoding: base64\r\n", "Content-Transfer-Encoding: quoted-printable\r\n",
+		"\r\n\r\n", "Re:", "[x]", "(fwd)", "[fwd:", "]", "<", ">", "@", "\"", "(", ")", ",", ";", ":",
+		"\xC3", "\xA9", "\xFF", "\x1B$B", "=?ISO-2022-JP?B?GyRC?=", "Mon, 1 Jan 2020 00:00 +0000",
+	};
+	uint32_t seed = 12345;
+	struct buf in = BUF_INIT, out = BUF_INIT;
+	for (int round = 0; round < 3000; round++) {
+		buf_reset(&in);
+		seed = seed * 1103515245u + 12345u;
+		size_t n = 1 + (seed >> 16) % 60;
+		for (size_t i = 0; i < n; i++) {
+			seed = seed * 1103515245u + 12345u;
+			if ((seed >> 24) % 5 == 0)
+				buf_append_char(&in, (char)(seed >> 8));
+			else
+				buf_append_str(&in, tok[(seed >> 16) % ARRAY_LEN(tok)]);
+		}
+		buf_reset(&out);
+		mime_header_decode(in.data, in.len, &out);
+		assert_true(out.len <= in.len * 4 + 16);
+		buf_reset(&out);
+		bool reply;
+		mime_base_subject(in.data, in.len, &out, &reply);
+		assert_true(out.len <= in.len * 4 + 16);
+		struct mime_address a = { BUF_INIT, BUF_INIT, BUF_INIT };
+		mime_first_address(in.data, in.len, &a);
+		assert_true(a.mailbox.len <= in.len);
+		buf_free(&a.display);
+		buf_free(&a.mailbox);
+		buf_free(&a.host);
+		int64_t t;
+		int zone;
+		(void)mime_date_parse(in.data, in.len, &t, &zone);
+		buf_reset(&out);
+		(void)mime_param_get(in.data, in.len, "charset", &out);
+		assert_true(out.len <= in.len);
+		size_t pos = 0;
+		for (int k = 0; k < 100 && mime_msgid_next(in.data, in.len, &pos, &out); k++)
+			assert_true(out.len <= in.len);
+		struct counter c = { 0, 0 };
+		struct mime_text_scan *scan = mime_text_scan_new(round & 1 ? MIME_TEXT_HEADER : 0, count_fn, &c);
+		for (size_t off = 0; off < in.len;) {
+			seed = seed * 1103515245u + 12345u;
+			size_t piece = 1 + (seed >> 16) % 17;
+			if (piece > in.len - off)
+				piece = in.len - off;
+			mime_text_scan_feed(scan, in.data + off, piece);
+			off += piece;
+		}
+		mime_text_scan_finish(scan);
+		mime_text_scan_free(&scan);
+		assert_true(c.bytes <= in.len * 8 + 64);
+	}
+	buf_free(&in);
+	buf_free(&out);
+}
+
+static void test_sort_key(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *label, *in, *want;
+	} cases[] = {
+		{ "ascii upper-cased", "Hello_world", "HELLO_WORLD" },
+		{ "latin-1 decomposed", "\xC3\x89mile", "E\xCC\x81MILE" },
+		{ "small letter too", "\xC3\xA9", "E\xCC\x81" },
+		{ "latin extended-a", "\xC5\xA0" "a", "S\xCC\x8C" "A" },
+		{ "no decomposition", "\xC3\x86\xC3\x98", "\xC3\xA6\xC3\xB8" },
+		{ "greek tonos", "\xCE\x86", "\xCE\xB1\xCC\x81" },
+		{ "greek two marks", "\xCE\x90", "\xCE\xB9\xCC\x88\xCC\x81" },
+		{ "cyrillic short i", "\xD0\x99", "\xD0\xB8\xCC\x86" },
+		{ "invalid bytes kept", "a\xFF", "A\xFF" },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		struct buf out = BUF_INIT;
+		mime_sort_key(cases[i].in, strlen(cases[i].in), &out);
+		expect_buf(cases[i].label, cases[i].in, cases[i].want, &out);
+		buf_free(&out);
+	}
+	/* The order this gives: accented capitals sort with their letter, and
+	 * "_" after the letters (they are upper-cased, as i;ascii-casemap does). */
+	const char *order[] = { "Emile", "\xC3\x89mile", "Fred", "zed", "_x" };
+	for (size_t i = 0; i + 1 < ARRAY_LEN(order); i++) {
+		struct buf a = BUF_INIT, b = BUF_INIT;
+		mime_sort_key(order[i], strlen(order[i]), &a);
+		mime_sort_key(order[i + 1], strlen(order[i + 1]), &b);
+		if (strcmp(a.data, b.data) >= 0) {
+			print_error("sort order: [%s] should sort before [%s]\n", order[i], order[i + 1]);
+			fail();
+		}
+		buf_free(&a);
+		buf_free(&b);
+	}
+}
+
 int main(void)
 {
 	find_data_dir();
@@ -558,6 +1041,16 @@ int main(void)
 		cmocka_unit_test(test_mutations),
 		cmocka_unit_test(test_part_map_damage),
 		cmocka_unit_test(test_parse_file),
+		cmocka_unit_test(test_header_decode),
+		cmocka_unit_test(test_fold),
+		cmocka_unit_test(test_cte_charset),
+		cmocka_unit_test(test_param_get),
+		cmocka_unit_test(test_text_scan),
+		cmocka_unit_test(test_base_subject),
+		cmocka_unit_test(test_first_address),
+		cmocka_unit_test(test_msgid_and_date),
+		cmocka_unit_test(test_decode_hostile),
+		cmocka_unit_test(test_sort_key),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
