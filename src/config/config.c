@@ -32,6 +32,8 @@ static const struct config_key keys[] = {
 	  "Directory holding the index, message blobs, TLS material and run-time state" },
 	{ "user", CFG_STRING, "strata", 0, 0, NULL, false, OFF(user),
 	  "Unprivileged user the daemon switches to after binding its ports when started as root" },
+	{ "seccomp", CFG_BOOL, "yes", 0, 0, NULL, false, OFF(seccomp),
+	  "Install a system call filter on the daemon after start-up (no exec, ptrace, mounts, namespaces, modules...; see docs/SECURITY.md)" },
 	{ "log.target", CFG_ENUM, "stderr", 0, 0, log_targets, false, OFF(log_target),
 	  "Where log lines go: stderr or syslog (facility mail)" },
 	{ "log.level", CFG_ENUM, "info", 0, 0, log_levels, true, OFF(log_level),
@@ -164,6 +166,22 @@ static const struct config_key keys[] = {
 	  "Time a load balancer has to send the whole PROXY header" },
 	{ "guard.smtp.banner_delay", CFG_DURATION, "3s", 0, 60000, NULL, true, OFF(guard_smtp_banner_delay_ms),
 	  "Longest wait before the SMTP banner, reached when the mx class is full (0 when idle, in proportion between); a client speaking before the banner is refused and banned; 0 turns it off" },
+	{ "guard.nft.enabled", CFG_BOOL, "yes", 0, 0, NULL, false, OFF(guard_nft_enabled),
+	  "Mirror every ban into an nftables set with its remaining time, so the kernel drops banned sources' SYNs (needs root or CAP_NET_ADMIN at start)" },
+	{ "guard.nft.table", CFG_STRING, "inet strata", 0, 0, NULL, false, OFF(guard_nft_table),
+	  "nftables table (family inet) that Strata creates at start, owns, and deletes at a clean shutdown" },
+	{ "guard.nft.set4", CFG_STRING, "ban4", 0, 0, NULL, false, OFF(guard_nft_set4),
+	  "nftables set of banned IPv4 addresses, in guard.nft.table" },
+	{ "guard.nft.set6", CFG_STRING, "ban6", 0, 0, NULL, false, OFF(guard_nft_set6),
+	  "nftables set of banned IPv6 addresses, in guard.nft.table" },
+	{ "guard.nft.ports", CFG_STRING, "", 0, 0, NULL, false, OFF(guard_nft_ports),
+	  "Comma-separated TCP ports the kernel drop rule covers; empty: the ports of every SMTP, IMAP and POP3 listener" },
+	{ "guard.good.entries", CFG_UINT, "65536", 1024, 16777216, NULL, false, OFF(guard_good_entries),
+	  "Room for remembered good senders (32 bytes each); a full bucket forgets one by clock (second chance)" },
+	{ "guard.good.ttl", CFG_DURATION, "7d", 60000, 31536000000, NULL, true, OFF(guard_good_ttl_ms),
+	  "How long an address is remembered as a good sender after its last clean delivery or successful login" },
+	{ "guard.good.reserve", CFG_UINT, "20", 0, 90, NULL, true, OFF(guard_good_reserve_percent),
+	  "Percent of each class's max_connections that only good senders may use; good senders also skip the banner delay" },
 	{ "guard.mx.max_connections", CFG_UINT, "2000", 1, 1000000, NULL, true, OFF(guard_max_connections[0]),
 	  "Concurrent inbound SMTP connections the guard admits; above guard.fair_share_above percent of it, fair shares apply" },
 	{ "guard.mx.addr.burst", CFG_UINT, "30", 1, 10000, NULL, true, OFF(guard_limits[0][0].burst),
@@ -211,7 +229,7 @@ static const struct config_key keys[] = {
 	{ "store.backup_keep", CFG_UINT, "24", 1, 10000, NULL, false, OFF(store_backup_keep),
 	  "Verified index backups kept; older ones are deleted after a new one is verified" },
 	{ "tier.names", CFG_STRING, "", 0, 0, NULL, false, OFF(tier_names),
-	  "Storage tiers, fastest first, comma-separated (e.g. fast,standard,archive); empty means one tier 'fast' at store.blob_dir. Per tier: tier.<name>.path and tier.<name>.capacity" },
+	  "Storage tiers, fastest first, comma-separated (e.g. fast,standard,archive); empty means one tier 'fast' at store.blob_dir. Per tier: tier.<name>.path, .capacity, .compress (none or zstd) and .compress_level (1-19, default 3)" },
 	{ "tier.pin", CFG_STRING, "", 0, 0, NULL, false, OFF(tier_pin),
 	  "Placement pins, comma-separated: folder:<name or role>=<tier> or account:<address>=<tier> (e.g. folder:Archive=archive)" },
 	{ "tier.half_life", CFG_DURATION, "7d", 3600000, 31536000000ull, NULL, false, OFF(tier_half_life_ms),
@@ -226,6 +244,8 @@ static const struct config_key keys[] = {
 	  "Time between two placement passes of the daemon's mover; heat is flushed every 2 seconds regardless" },
 	{ "tier.batch", CFG_UINT, "1000", 1, 1000000, NULL, false, OFF(tier_batch),
 	  "Most moves the mover makes in one placement pass" },
+	{ "tier.checkpoint_interval", CFG_DURATION, "10m", 1000, 86400000, NULL, false, OFF(tier_checkpoint_interval_ms),
+	  "How often the daemon's mover snapshots the heat table into a checkpoint file on the last tier (the state directory with one tier), for `strata tier rebuild`" },
 };
 
 const struct config_key *config_keys(size_t *count)
@@ -295,10 +315,10 @@ static char *set_value(struct settings *s, const struct config_key *k, const cha
 }
 
 /* ---- Tiers ----------------------------------------------------------------
- * tier.<name>.path and tier.<name>.capacity are not rows of the fixed table
+ * tier.<name>.path, .capacity, .compress and .compress_level are not rows of the fixed table
  * (tier names are the administrator's); they are collected as raw lines in
  * settings->tier_defs and resolved by tier_resolve() after the table. */
-static const char *const tier_attrs[] = { "path", "capacity" };
+static const char *const tier_attrs[] = { "path", "capacity", "compress", "compress_level" };
 
 static bool tier_name_ok(const char *n, size_t len)
 {
@@ -399,6 +419,25 @@ static char *tier_parse_capacity(struct tier_setting *t, const char *v)
 	return NULL;
 }
 
+/* "none" or "zstd"; the level 1..TIER_COMPRESS_LEVEL_MAX. */
+static char *tier_parse_compress(struct tier_setting *t, const char *attr, const char *v)
+{
+	if (strcmp(attr, "compress") == 0) {
+		if (strcmp(v, "none") == 0)
+			t->compress = TIER_COMPRESS_NONE;
+		else if (strcmp(v, "zstd") == 0)
+			t->compress = TIER_COMPRESS_ZSTD;
+		else
+			return xasprintf("tier.%s.compress: '%s' is not none or zstd", t->name, v);
+		return NULL;
+	}
+	uint64_t n;
+	if (!str_parse_u64(v, &n) || n < 1 || n > TIER_COMPRESS_LEVEL_MAX)
+		return xasprintf("tier.%s.compress_level: '%s' is not 1 to %d", t->name, v, TIER_COMPRESS_LEVEL_MAX);
+	t->compress_level = (int)n;
+	return NULL;
+}
+
 static char *tier_apply_def(struct settings *s, char *line, bool *blob_dir_set)
 {
 	char *eq = strchr(line, '=');
@@ -415,6 +454,8 @@ static char *tier_apply_def(struct settings *s, char *line, bool *blob_dir_set)
 	struct tier_setting *t = &s->tiers[i];
 	if (strcmp(attr, "capacity") == 0)
 		return tier_parse_capacity(t, v);
+	if (strncmp(attr, "compress", 8) == 0)
+		return tier_parse_compress(t, attr, v);
 	if (v[0] == '\0' || strlen(v) + 64 >= PATH_MAX_TIER)
 		return xasprintf("tier.%s.path: empty or too long", t->name);
 	free(t->path);
@@ -480,6 +521,13 @@ static char *tier_resolve(struct settings *s, bool blob_dir_explicit)
 		s->store_blob_dir = xstrdup(s->tiers[0].path);
 	} else {
 		s->tiers[0].path = xstrdup(s->store_blob_dir);
+	}
+	for (size_t i = 0; i < s->n_tiers; i++) {
+		struct tier_setting *t = &s->tiers[i];
+		if (t->compress_level != 0 && t->compress != TIER_COMPRESS_ZSTD)
+			return xasprintf("tier.%s.compress_level needs tier.%s.compress = zstd", t->name, t->name);
+		if (t->compress_level == 0)
+			t->compress_level = TIER_COMPRESS_LEVEL_DEFAULT;
 	}
 	for (size_t i = 1; i < s->n_tiers; i++) {
 		if (s->tiers[i].path == NULL)

@@ -28,18 +28,23 @@
 #define CONFIG_MAX_ALLOW 1024       /* entries in guard.allow */
 
 /* ---- Tiers (docs/TIERING.md) -------------------------------------------
- * tier.names lists the tiers, fastest first; per tier `tier.<name>.path`
- * and `tier.<name>.capacity` are parsed outside the fixed key table into
+ * tier.names lists the tiers, fastest first; per tier `tier.<name>.path`,
+ * `.capacity`, `.compress` and `.compress_level` are parsed outside the fixed key table into
  * settings->tiers.  Tier 0's path is always store.blob_dir (new mail lands
  * there); `tier.<first>.path`, when given, sets it. */
 #define CONFIG_TIER_MAX 8
 #define CONFIG_TIER_NAME_MAX 31
 #define CONFIG_TIER_PIN_MAX 64
+enum tier_compress { TIER_COMPRESS_NONE = 0, TIER_COMPRESS_ZSTD = 1 };
+#define TIER_COMPRESS_LEVEL_DEFAULT 3
+#define TIER_COMPRESS_LEVEL_MAX 19
 struct tier_setting {
 	char name[CONFIG_TIER_NAME_MAX + 1];
 	char *path;                /* resolved, absolute or as given; never empty */
 	uint64_t capacity_bytes;   /* target; 0 = unlimited (unless capacity_percent) */
 	unsigned capacity_percent; /* 1..100 of the filesystem's size; 0 = use bytes */
+	unsigned compress;         /* tier.<name>.compress: enum tier_compress */
+	int compress_level;        /* tier.<name>.compress_level: 1..19 (zstd) */
 };
 enum tier_pin_kind { TIER_PIN_FOLDER = 0, TIER_PIN_ACCOUNT = 1 };
 struct tier_pin_setting {
@@ -61,6 +66,7 @@ struct settings {
 	char *hostname;            /* resolved: never empty after config_load */
 	char *state_dir;
 	char *user;
+	bool seccomp;                        /* system call filter (server_seccomp.c) */
 	unsigned log_target;       /* enum log_target */
 	unsigned log_level;        /* enum log_level */
 	uint64_t threads;          /* resolved: >= 1 after config_load */
@@ -137,6 +143,13 @@ struct settings {
 	uint64_t guard_auth_window_ms;       /* failures are forgotten this long after the last one */
 	char *guard_proxy_from[2];           /* [class]: load balancers whose PROXY header is read */
 	uint64_t guard_proxy_timeout_ms;
+	bool guard_nft_enabled;              /* mirror bans into an nftables set (guard_nft.c) */
+	char *guard_nft_table;               /* "inet strata"; checked by guard_nft_names_parse */
+	char *guard_nft_set4, *guard_nft_set6;
+	char *guard_nft_ports;               /* comma-separated ports; empty = the listeners' */
+	uint64_t guard_good_entries;         /* good-sender memory (guard_good.c) */
+	uint64_t guard_good_ttl_ms;
+	uint64_t guard_good_reserve_percent; /* share of each class's cap only good senders may use */
 	uint64_t guard_max_connections[2];
 	struct guard_limit_settings {
 		uint64_t rate;         /* connections per minute refilled; 0 = no rate limit */
@@ -152,6 +165,7 @@ struct settings {
 	uint64_t tier_move_files_per_s;
 	uint64_t tier_interval_ms;
 	uint64_t tier_batch;
+	uint64_t tier_checkpoint_interval_ms;
 	char *tier_defs;           /* raw "name.attr=value\n" lines; config.c only */
 	struct tier_setting tiers[CONFIG_TIER_MAX];
 	size_t n_tiers;            /* >= 1 after config_load */

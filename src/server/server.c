@@ -14,7 +14,10 @@
  *      readable by root only; the SSL_CTX keeps it in memory after the drop.
  *   5. Every smtp.listen address bound once per network thread, and the
  *      admin endpoint bound: as root, so ports below 1024 work.
- *   6. As root: the files Strata made are given to the service user
+ *   6. With guard.nft.enabled, the nft helper is forked (guard.h: it keeps
+ *      CAP_NET_ADMIN alone, so the kernel mirror of the bans works after
+ *      the drop while the daemon keeps nothing of root).  As root: the
+ *      files Strata made are given to the service user
  *      (server_privilege.c), then setgroups/setgid/setuid.
  *   7. AFTER the drop: queue_recover (removes stale temp files), the store
  *      opened (creating the index and blob directories), queue_start, the
@@ -59,6 +62,7 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <event2/thread.h>
+#include <netinet/in.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
@@ -104,6 +108,7 @@ struct server {
 	struct tier_mover *tier;      /* storage tiering: heat flush and mover (src/tier) */
 	struct store_backup_thread *backup; /* periodic index backups, or NULL */
 	struct guard *guard;          /* the connection guard, published as guard_process() */
+	struct guard_nft_helper nft;  /* until the guard takes it over (fd -1: none) */
 
 	bool shutting_down;
 	uint64_t shutdown_started_ms;
@@ -306,6 +311,9 @@ static void server_reload(struct server *srv)
 		log_info("SIGHUP ignored: shutting down");
 		return;
 	}
+	/* Whatever the file says: the kernel set is rebuilt from the bans (an
+	 * operator may have flushed the ruleset). */
+	guard_nft_resync(srv->guard);
 	char *err = NULL;
 	struct settings *next = config_load(srv->config_path, srv->overrides, srv->n_over, &err);
 	if (next == NULL) {
@@ -455,8 +463,38 @@ static bool server_bind(struct server *srv, char **error_r)
 	return srv->admin != NULL;
 }
 
+/* The privileged nft helper for the kernel mirror of the bans, forked while
+ * the process is still root and single-threaded; its drop rule covers the
+ * ports the listeners got (guard.nft.ports aside).  A bad guard.nft.*
+ * setting fails the start; a failed fork only costs the mirror. */
+static bool server_start_nft_helper(struct server *srv, char **error_r)
+{
+	srv->nft.fd = srv->nft.pid = -1;
+	if (!srv->cur->guard_nft_enabled)
+		return true;
+	size_t n = server_n_listeners(srv);
+	uint16_t *ports = xreallocarray(NULL, n + 1, sizeof(*ports));
+	for (size_t i = 0; i < n; i++) {
+		const struct sockaddr_storage *ss = &srv->smtp_addrs[i].ss;
+		ports[i] = ntohs(ss->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *)ss)->sin6_port
+							  : ((const struct sockaddr_in *)ss)->sin_port);
+	}
+	struct guard_nft_names names;
+	bool ok = guard_nft_names_parse(srv->cur, ports, n, &names, error_r);   /* a typo fails the start */
+	char *err = NULL;
+	if (ok && !guard_nft_helper_start(srv->cur, ports, n, srv->as_root, srv->user.uid, srv->user.gid, &srv->nft,
+					  &err)) {
+		log_warn("guard: %s; bans are enforced in user space only", err);
+		free(err);
+	}
+	free(ports);
+	return ok;
+}
+
 static bool server_drop_privileges(struct server *srv, char **error_r)
 {
+	if (!server_start_nft_helper(srv, error_r))
+		return false;
 	if (!srv->as_root)
 		return true;
 	if (!server_privilege_chown_state(srv->cur, &srv->user, error_r) ||
@@ -466,6 +504,21 @@ static bool server_drop_privileges(struct server *srv, char **error_r)
 		*error_r = xasprintf("state_dir %s is not usable by user %s: %s (every parent directory "
 				     "must be searchable by it)", srv->cur->state_dir, srv->user.name,
 				     strerror(errno));
+		return false;
+	}
+	return true;
+}
+
+/* After the last privileged step (the nft helper is forked, the user
+ * switched) and before any network input is read. */
+static bool server_restrict_calls(struct server *srv, char **error_r)
+{
+	if (!srv->cur->seccomp)
+		return true;
+	char *err = NULL;
+	if (!server_seccomp_apply(&err)) {
+		*error_r = xasprintf("%s (set seccomp = no to run without the filter)", err);
+		free(err);
 		return false;
 	}
 	return true;
@@ -528,6 +581,7 @@ static bool server_open_guard(struct server *srv, char **error_r)
 		free(err);
 	}
 	guard_process_set(srv->guard);
+	guard_nft_start(srv->guard, &srv->nft);   /* takes the helper over */
 	return true;
 }
 
@@ -565,6 +619,10 @@ static void server_cleanup(struct server *srv)
 		log_error("guard: %s", guard_err);
 		free(guard_err);
 	}
+	/* The kernel table goes with the daemon; the bans are in the state file. */
+	if (srv->guard != NULL)
+		guard_nft_stop(srv->guard, true);
+	guard_nft_helper_stop(&srv->nft);   /* one never handed over */
 	guard_free(&srv->guard);
 	store_close(&srv->store);
 	server_admin_free(&srv->admin);
@@ -590,7 +648,7 @@ static void server_cleanup(struct server *srv)
 int server_run(struct settings *s, const char *config_path, char *const *overrides, size_t n_over)
 {
 	struct server srv = { .config_path = config_path, .overrides = overrides, .n_over = n_over,
-			      .cur = s };
+			      .cur = s, .nft = { .pid = -1, .fd = -1 } };
 	server_init_process(s);
 	char *err = NULL;
 	srv.base = event_base_new();
@@ -599,6 +657,7 @@ int server_run(struct settings *s, const char *config_path, char *const *overrid
 	bool ok = err == NULL && server_add_signals(&srv, &err) && server_parse_addrs(&srv, &err) &&
 		  server_prepare_state(&srv, &err) && server_open_tls(&srv, &err) &&
 		  server_bind(&srv, &err) && server_drop_privileges(&srv, &err) &&
+		  server_restrict_calls(&srv, &err) &&
 		  server_open_store(&srv, &err) && server_open_guard(&srv, &err) &&
 		  server_listener_start(srv.net, s, srv.queue, srv.tls, &err);
 	if (!ok) {

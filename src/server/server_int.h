@@ -114,6 +114,12 @@ struct server_admin *server_admin_bind(struct event_base *base, struct server_ad
 void server_admin_start(struct server_admin *a, struct store *st, server_health_cb *health, void *arg);
 void server_admin_free(struct server_admin **a);
 
+/* ---- server_seccomp.c ---------------------------------------------------- */
+/* Installs the daemon's system call filter on every thread, for good. */
+bool server_seccomp_apply(char **error_r);
+/* The refused system calls (for tests). */
+size_t server_seccomp_denied(const int **calls_r);
+
 /* ---- server_privilege.c -------------------------------------------------- */
 
 struct server_user {

@@ -350,6 +350,7 @@ static bool net_thread_prepare(struct net_thread *t, const struct settings *s, s
 			free(err);
 			return false;
 		}
+		store_set_change_listener(imap_notify_changes, NULL);   /* IDLE push */
 	}
 	if (net_serves(t->net, SERVER_PROTO_POP3) || net_serves(t->net, SERVER_PROTO_POP3S)) {
 		t->pop3 = pop3_worker_new(t->base, s, tls, &err);

@@ -115,6 +115,7 @@ RELAY_TRICKS = [
     "victim@local.example.evil.example",
     "victim@evil.example.",
     "victim@localhost",
+    "victim",                                    # unqualified
 ]
 
 
