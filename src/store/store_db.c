@@ -493,6 +493,41 @@ fail:
 	return false;
 }
 
+/* Before a schema upgrade of an existing index: an online backup
+ * (store_backup_run) that passes quick_check, or no upgrade at all.  The
+ * upgrade itself is one transaction, so a failure leaves the old schema;
+ * the backup covers what a transaction cannot (a bug in a migration). */
+static bool backup_before_upgrade(const struct settings *s, sqlite3 *db, char **error_r)
+{
+	int version;
+	if (!schema_version(db, &version, error_r))
+		return false;
+	if (version == 0 || version >= (int)ARRAY_LEN(migrations))
+		return true;   /* a new index, or nothing to upgrade */
+	char *path = NULL, *err = NULL;
+	uint64_t t0 = time_mono_ms();
+	if (store_backup_run(s, &path, &err) != ST_OK) {
+		*error_r = xasprintf("backing up the index before its schema upgrade from version %d failed, "
+				     "nothing was changed: %s", version, err ? err : "unknown error");
+		free(err);
+		return false;
+	}
+	sqlite3 *b = NULL;
+	bool ok = sqlite3_open_v2(path, &b, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) == SQLITE_OK &&
+		  store_db_check(b, false, &err);
+	sqlite3_close(b);
+	if (!ok) {
+		*error_r = xasprintf("the backup %s taken before the schema upgrade does not verify, nothing "
+				     "was changed: %s", path, err ? err : "cannot open it");
+	} else {
+		log_info("store: index backed up to %s and verified in %llu ms before its schema upgrade "
+			 "from version %d", path, (unsigned long long)(time_mono_ms() - t0), version);
+	}
+	free(err);
+	free(path);
+	return ok;
+}
+
 static bool check_version(sqlite3 *db, const char *path, char **error_r)
 {
 	int version;
@@ -573,7 +608,8 @@ struct store *store_open(const struct settings *s, bool create, char **error_r)
 	st->db = db;
 	st->s = s;
 	if (!writer_pragmas(db, s, error_r) ||
-	    (create ? !migrate(db, error_r) : !check_version(db, s->store_index_path, error_r)) ||
+	    (create ? !backup_before_upgrade(s, db, error_r) || !migrate(db, error_r)
+		    : !check_version(db, s->store_index_path, error_r)) ||
 	    (!create && !make_dirs(s, error_r)) ||
 	    !prepare_all(db, writer_sql, st->q, Q__COUNT, error_r)) {
 		store_close(&st);

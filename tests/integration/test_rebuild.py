@@ -237,3 +237,63 @@ def test_backup_thread_keeps_the_newest(strata_factory):
         time.sleep(0.2)
     assert len(seen) >= 4, seen                 # new ones keep coming, old ones go
     assert not [n for n in os.listdir(bdir) if n.startswith(".tmp-")]
+
+
+def test_schema_upgrade_takes_and_verifies_a_backup_first(strata_factory):
+    """An index at an older schema version is backed up (online backup API)
+    and the backup verified before the upgrade; the backup keeps the old
+    version, the upgraded index the new one, and nothing is lost."""
+    import sqlite3
+    srv = start(strata_factory)
+    deliver(srv)
+    bdir = os.path.join(srv.state_dir, "backup")
+    before = set(os.listdir(bdir)) if os.path.isdir(bdir) else set()
+    latest = srv.query("PRAGMA user_version")[0][0]
+    srv.stop()
+    con = sqlite3.connect(os.path.join(srv.state_dir, "index.db"))
+    con.execute("PRAGMA user_version = %d" % (latest - 1))   # the last migration is idempotent
+    con.commit()
+    con.close()
+    srv.start()
+    new = sorted(n for n in set(os.listdir(bdir)) - before if n.startswith("index-"))
+    assert len(new) == 1, new
+    assert re.search(r"store: index backed up to \S+%s and verified in \d+ ms before its schema upgrade "
+                     r"from version %d" % (re.escape(new[0]), latest - 1), srv.read_log())
+    b = sqlite3.connect("file:%s?mode=ro" % os.path.join(bdir, new[0]), uri=True)
+    try:
+        assert b.execute("PRAGMA user_version").fetchone()[0] == latest - 1
+        assert b.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+    finally:
+        b.close()
+    assert srv.query("PRAGMA user_version")[0][0] == latest
+    assert srv.query("SELECT COUNT(*) FROM messages")[0][0] == 1
+    # an index already at this version is not backed up again at start
+    srv.restart()
+    assert sorted(n for n in set(os.listdir(bdir)) - before if n.startswith("index-")) == new
+
+
+def test_schema_upgrade_without_a_backup_changes_nothing(strata_factory):
+    """When the backup before an upgrade cannot be taken, the daemon does
+    not start and the index keeps its old version."""
+    import sqlite3
+    srv = start(strata_factory)
+    deliver(srv)
+    latest = srv.query("PRAGMA user_version")[0][0]
+    srv.stop()
+    con = sqlite3.connect(os.path.join(srv.state_dir, "index.db"))
+    con.execute("PRAGMA user_version = %d" % (latest - 1))
+    con.commit()
+    con.close()
+    blocker = os.path.join(srv.state_dir, "not-a-dir")
+    with open(blocker, "w") as f:
+        f.write("x")
+    srv.options["store.backup_dir"] = os.path.join(blocker, "backup")
+    srv.start(wait=False)
+    srv.wait_exit(expect_rc=1)
+    assert "backing up the index before its schema upgrade from version %d failed, nothing was changed" % (
+        latest - 1) in srv.read_log()
+    assert srv.query("PRAGMA user_version")[0][0] == latest - 1
+    del srv.options["store.backup_dir"]
+    srv.start()
+    assert srv.query("PRAGMA user_version")[0][0] == latest
+    assert srv.query("SELECT COUNT(*) FROM messages")[0][0] == 1
