@@ -25,12 +25,14 @@ twice in one mailbox" is always a bug.
 
 Every wait is bounded; every client thread has a request cap.
 """
+import fcntl
 import hashlib
 import imaplib
 import os
 import random
 import re
 import signal
+import subprocess
 import threading
 import time
 import traceback
@@ -619,7 +621,7 @@ def parse_blob(path):
     tlen = int(m.group(1))
     if tlen < TRAILER_TAIL + len(TRAILER_HEAD) or tlen > len(data):
         raise ValueError("trailer length %d out of range (file %d)" % (tlen, len(data)))
-    msg, trailer = data[:-tlen], data[-tlen:]
+    stored, trailer = data[:-tlen], data[-tlen:]
     if not trailer.startswith(TRAILER_HEAD):
         raise ValueError("trailer does not start with LF STRATA-META 1 LF: %r" % trailer[:40])
     body = trailer[len(TRAILER_HEAD):-TRAILER_TAIL]
@@ -637,6 +639,18 @@ def parse_blob(path):
             raise ValueError("field %s twice" % k)
         else:
             fields[k] = v
+    msg = stored
+    if "compress" in fields:
+        # a blob on a compressed tier (docs/STORAGE.md "Compressed blobs"):
+        # one zstd frame of the message bytes, decompressed with zstd(1)
+        if fields["compress"] != b"zstd":
+            raise ValueError("unknown compress %r" % fields["compress"])
+        if "stored" not in fields or int(fields["stored"]) != len(stored):
+            raise ValueError("stored %r but the frame holds %d bytes" % (fields.get("stored"), len(stored)))
+        p = subprocess.run(["zstd", "-d", "-c", "-q"], input=stored, capture_output=True)
+        if p.returncode != 0:
+            raise ValueError("zstd frame does not decompress: %s" % p.stderr.decode(errors="replace").strip())
+        msg = p.stdout
     for k in ("id", "received", "size", "hash"):
         if k not in fields:
             raise ValueError("field %s missing" % k)
@@ -722,7 +736,17 @@ class Checker:
         return res
 
     def check(self):
-        """Returns (violations, stats)."""
+        """Returns (violations, stats).  Holds the tier mover's lock meanwhile
+        (docs/STORAGE.md "Tiering"), so that a running daemon's mover does
+        not move blobs between the index read and the file checks."""
+        lock = mover_lock(self.srv)
+        try:
+            return self._check()
+        finally:
+            if lock is not None:
+                os.close(lock)
+
+    def _check(self):
         v = []
         srv, model = self.srv, self.model
         con = srv.db()
@@ -737,13 +761,18 @@ class Checker:
         finally:
             con.close()
 
-        # 3. every row's blob file exists, parses, and is what a client sent
+        # 3. every row's blob file exists on its tier, and only there, parses,
+        # and is what a client sent (the tier mover runs under the kills)
         blob_key = {}
+        tiers = tier_dirs(srv)
         for bid, (qid, size, refcount, tier) in blobs.items():
-            if tier != 0:
-                v.append("blob %s: tier %d (no archive tier configured)" % (qid, tier))
+            if tier >= len(tiers):
+                v.append("blob %s: tier %d, but %d tiers are configured" % (qid, tier, len(tiers)))
                 continue
-            key, problem, msg_len = self.blob(srv.blob_path(qid), qid)
+            for t, top in enumerate(tiers):
+                if t != tier and os.path.exists(blob_path_on(top, qid)):
+                    v.append("blob %s: a second copy on tier %d (index says tier %d)" % (qid, t, tier))
+            key, problem, msg_len = self.blob(blob_path_on(tiers[tier], qid), qid)
             if problem:
                 v.append("blob %s (row %d): %s" % (qid, bid, problem))
             if msg_len is not None and msg_len != size:
@@ -761,7 +790,7 @@ class Checker:
                 v.append("blob %s: refcount %d but %d message rows" % (qid, refcount, refs.get(bid, 0)))
         named = {b[0] for b in blobs.values()}
         new_orphans = 0
-        for path in srv.blob_files():
+        for path in tier_blob_files(srv):
             qid = os.path.basename(path)
             if qid in named:
                 continue
@@ -885,7 +914,7 @@ class Checker:
                     if flags & FLAG_FLAGGED:
                         st.flagged.add((name, uid))
         stats = {"blobs": len(blobs), "messages": len(messages), "new_orphans": new_orphans,
-                 "lost": lost_now}
+                 "lost": lost_now, "on_archive": sum(1 for b in blobs.values() if b[3] == 1)}
         return v, stats
 
 
@@ -893,11 +922,71 @@ class Checker:
 # one server instance with IMAP
 # --------------------------------------------------------------------------
 
-def new_server(root, name, options=None):
+# Tiers under the kill campaign (STRATA_CRASH_TIERS=0 turns them off): a fast tier
+# far too small for the load and a zstd-compressed archive tier, with the
+# mover passing every 200 ms and no budget to speak of, so kills land in
+# the middle of copies, renames, index updates and unlinks of moves.
+CRASH_TIERS = os.environ.get("STRATA_CRASH_TIERS", "1") != "0"
+
+
+def tier_options(root, name):
+    return {"tier.names": "fast,archive", "tier.fast.capacity": "256K",
+            "tier.archive.path": os.path.join(root, name, "state", "archive"), "tier.archive.compress": "zstd",
+            "tier.interval": "200ms", "tier.move_rate": "1G", "tier.move_files": "100000"}
+
+
+def tier_dirs(srv):
+    """Blob directory of each tier, in order."""
+    dirs = [os.path.join(srv.state_dir, "blobs")]
+    if srv.options.get("tier.archive.path"):
+        dirs.append(srv.options["tier.archive.path"])
+    return dirs
+
+
+def mover_lock(srv, timeout=60):
+    """The fd holding the daemon's mover lock (flock on <tier 0>/tier.lock),
+    or None without tiers or before the daemon made the file."""
+    if len(tier_dirs(srv)) < 2:
+        return None
+    try:
+        fd = os.open(os.path.join(tier_dirs(srv)[0], "tier.lock"), os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    deadline = time.monotonic() + timeout * SLOW
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise StrataError("the tier mover lock was not free for %d s" % (timeout * SLOW))
+            time.sleep(0.05)
+
+
+def blob_path_on(top, qid):
+    return os.path.join(top, qid[0:5], qid[5:7], qid)
+
+
+def tier_blob_files(srv):
+    """Every blob file on every tier (not tmp/, tier-tmp/, tier-heat/)."""
+    found = []
+    for top in tier_dirs(srv):
+        for d, dirs, files in os.walk(top):
+            if os.path.relpath(d, top).split(os.sep)[0] in ("tmp", "tier-tmp", "tier-heat"):
+                continue
+            found += [os.path.join(d, f) for f in files if re.fullmatch(r"[0-9A-Z]{26}", f)]
+    return found
+
+
+def new_server(root, name, options=None, tiers=False):
+    """A server with IMAP; with `tiers`, the kill campaign's tier set-up."""
     imap_port = harness.free_port()
     # the load opens connections far faster than the connection guard lets
     # one address do by default: loopback is allowlisted
     opts = {"imap.listen": "127.0.0.1:%d" % imap_port, "guard.allow": "127.0.0.0/8"}
+    if tiers:
+        opts.update(tier_options(root, name))
     opts.update(options or {})
     s = harness.Strata(root, name, options=opts)
     s.imap_port = imap_port

@@ -11,7 +11,7 @@ import time
 import pytest
 
 import harness
-from crashlib import (Checker, ImapLoad, Model, SmtpLoad, bounded_join, content_problem, env_float, env_int,
+from crashlib import (CRASH_TIERS, Checker, ImapLoad, Model, SmtpLoad, bounded_join, content_problem, env_float, env_int,
                       imap_fetch_body, new_server, seeds, sigkill)
 
 DOMAIN = "crash.example"
@@ -42,7 +42,7 @@ class Campaign:
         self.verbose = os.environ.get("STRATA_CRASH_VERBOSE") == "1"
         self.seed, self.rng = seeds()
         self.totals = {"iterations": 0, "acked": 0, "lost": 0, "orphans": 0, "epochs": 0,
-                       "imap_checked": 0, "startup_kills": 0}
+                       "imap_checked": 0, "startup_kills": 0, "archived_max": 0}
         self.stats = {}
         self.srv = self.model = self.checker = None
 
@@ -51,7 +51,7 @@ class Campaign:
         self.close_epoch()
         n = self.totals["epochs"]
         self.totals["epochs"] += 1
-        self.srv = new_server(self.root, "epoch%d" % n)
+        self.srv = new_server(self.root, "epoch%d" % n, tiers=CRASH_TIERS)
         self.srv.start()
         self.srv.add_domain(DOMAIN)
         for u in USERS:
@@ -143,9 +143,10 @@ class Campaign:
         self.srv.start()
         self.srv.check_log()
         st = self.verify(when, irng=irng)
+        self.totals["archived_max"] = max(self.totals["archived_max"], st["on_archive"])
         if self.verbose:
-            say(self.capsys, "  %s: %d blobs, %d message rows, %d new orphans, "
-                "acked so far %d" % (when, st["blobs"], st["messages"], st["new_orphans"],
+            say(self.capsys, "  %s: %d blobs (%d on the archive tier), %d message rows, %d new orphans, "
+                "acked so far %d" % (when, st["blobs"], st["on_archive"], st["messages"], st["new_orphans"],
                                       self.model.acked_pairs))
 
     def run(self):
@@ -180,3 +181,5 @@ def test_kill9_campaign(crash_root, capsys):
     assert t["iterations"] >= 1
     assert t["lost"] == 0
     assert t["acked"] > 0, "no message was ever acknowledged: the load did not run"
+    if CRASH_TIERS:
+        assert t["archived_max"] > 0, "the tier mover never moved a blob: the kills missed the moves"
