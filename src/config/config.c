@@ -21,6 +21,7 @@
 static const char *const log_targets[] = { "stderr", "syslog", NULL };
 static const char *const log_levels[] = { "error", "warning", "info", "debug", NULL };
 static const char *const vrfy_modes[] = { "cannot", "disabled", NULL };
+static const char *const startup_checks[] = { "probe", "quick_check", NULL };
 static const char *const bare_lf_modes[] = { "normalize", "reject", NULL };
 static const char *const quota_replies[] = { "temporary", "permanent", NULL };
 
@@ -226,6 +227,8 @@ static const struct config_key keys[] = {
 	  "Directory of index backups (ideally another disk); empty means <state_dir>/backup" },
 	{ "store.backup_interval", CFG_DURATION, "1h", 0, 604800000, NULL, false, OFF(store_backup_interval_ms),
 	  "How often the daemon backs up the index online; 0 disables periodic backups" },
+	{ "store.startup_check", CFG_ENUM, "probe", 0, 0, startup_checks, false, OFF(store_startup_check),
+	  "How the index is checked at start before it is used: probe (the edges of every table, constant time) or quick_check (every page: seconds per GB); every backup runs a full integrity_check either way" },
 	{ "store.backup_keep", CFG_UINT, "24", 1, 10000, NULL, false, OFF(store_backup_keep),
 	  "Verified index backups kept; older ones are deleted after a new one is verified" },
 	{ "tier.names", CFG_STRING, "", 0, 0, NULL, false, OFF(tier_names),

@@ -60,6 +60,7 @@ enum log_target { LOG_TARGET_STDERR = 0, LOG_TARGET_SYSLOG = 1 };
 enum vrfy_mode { VRFY_CANNOT = 0, VRFY_DISABLED = 1 };
 enum bare_lf_mode { BARE_LF_NORMALIZE = 0, BARE_LF_REJECT = 1 };
 enum quota_reply { QUOTA_REPLY_TEMPORARY = 0, QUOTA_REPLY_PERMANENT = 1 };
+enum store_startup_check { STORE_STARTUP_PROBE = 0, STORE_STARTUP_QUICK_CHECK = 1 };
 
 struct settings {
 	/* general */
@@ -119,6 +120,7 @@ struct settings {
 	uint64_t store_commit_batch;
 	char *store_backup_dir;    /* resolved: default <state_dir>/backup */
 	uint64_t store_backup_interval_ms; /* 0 = no periodic backup */
+	unsigned store_startup_check;      /* enum store_startup_check */
 	uint64_t store_backup_keep;
 	/* quota */
 	uint64_t quota_default_bytes;

@@ -32,6 +32,8 @@
 #include "server_int.h"
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <event2/util.h>
@@ -148,6 +150,13 @@ static void net_admit(struct net_listener *l, int fd, const struct sockaddr *pee
 		guard_release(&ticket);
 		return;
 	}
+	/* Replies leave as soon as the loop writes them: every protocol here
+	 * answers in request/response turns, and Nagle's algorithm against the
+	 * client's delayed ACK would hold a short last segment (POP3's ".",
+	 * IMAP's tagged OK) for up to 40 ms.  The output buffers already
+	 * coalesce what one turn writes. */
+	int one = 1;
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	net_dispatch(l, fd, peer, peer_len, (struct sockaddr *)&local, local_len, &ticket);
 }
 

@@ -258,15 +258,62 @@ int store_db_run(sqlite3_stmt *q)
 	return rc;
 }
 
+static uint32_t sql_hash(const char *sql)
+{
+	uint32_t h = 2166136261u;   /* FNV-1a */
+	for (const unsigned char *p = (const unsigned char *)sql; *p; p++)
+		h = (h ^ *p) * 16777619u;
+	return h;
+}
+
 enum status store_db_prepare(struct store *st, const char *sql, sqlite3_stmt **q, char **error_r)
 {
-	int rc = sqlite3_prepare_v3(st->db, sql, -1, 0, q, NULL);
-	if (rc == SQLITE_OK)
-		return ST_OK;
-	enum status s = store_db_fail(st->db, rc, "preparing a statement", error_r);
-	sqlite3_finalize(*q);
-	*q = NULL;
-	return s;
+	uint32_t h = sql_hash(sql);
+	for (size_t i = 0; i < st->n_cache; i++) {
+		struct store_stmt_slot *c = &st->cache[i];
+		if (c->hash == h && !c->in_use && strcmp(c->sql, sql) == 0) {
+			c->in_use = true;
+			*q = c->q;
+			return ST_OK;
+		}
+	}
+	bool keep = st->n_cache < STORE_STMT_CACHE;
+	int rc = sqlite3_prepare_v3(st->db, sql, -1, keep ? SQLITE_PREPARE_PERSISTENT : 0, q, NULL);
+	if (rc != SQLITE_OK) {
+		enum status s = store_db_fail(st->db, rc, "preparing a statement", error_r);
+		sqlite3_finalize(*q);
+		*q = NULL;
+		return s;
+	}
+	if (keep)
+		st->cache[st->n_cache++] = (struct store_stmt_slot){ xstrdup(sql), h, *q, true };
+	return ST_OK;
+}
+
+void store_db_release(struct store *st, sqlite3_stmt *q)
+{
+	if (q == NULL)
+		return;
+	for (size_t i = 0; i < st->n_cache; i++) {
+		if (st->cache[i].q == q) {
+			sqlite3_reset(q);
+			sqlite3_clear_bindings(q);
+			st->cache[i].in_use = false;
+			return;
+		}
+	}
+	sqlite3_finalize(q);
+}
+
+static void cache_free(struct store *st)
+{
+	for (size_t i = 0; i < st->n_cache; i++) {
+		if (st->cache[i].in_use)
+			panic("store: statement for \"%.60s\" not released", st->cache[i].sql);
+		sqlite3_finalize(st->cache[i].q);
+		free(st->cache[i].sql);
+	}
+	st->n_cache = 0;
 }
 
 enum status store_db_step_done(struct store *st, sqlite3_stmt *q, const char *what, char **error_r)
@@ -627,6 +674,7 @@ void store_close(struct store **stp)
 	if (st->db && !sqlite3_get_autocommit(st->db))
 		panic("store_close inside a transaction");
 	finalize_all(st->q, Q__COUNT);
+	cache_free(st);
 	if (st->db) {
 		/* Lets SQLite refresh planner statistics it found useful. */
 		sqlite3_exec(st->db, "PRAGMA optimize", NULL, NULL, NULL);

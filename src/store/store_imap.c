@@ -29,9 +29,9 @@
  * complete (set by its first logged expunge, raised by pruning to the
  * newest STORE_VANISHED_KEEP rows).
  *
- * Statements here are prepared per call (sqlite3_prepare_v3): IMAP mailbox
- * operations are rare next to deliveries, and this keeps the handle's
- * prepared-statement table (store_db.c) to the hot paths.
+ * Statements here come from store_db_prepare, which keeps them per handle
+ * by their SQL text (compiled once, then reset and reused); each is given
+ * back with store_db_release.
  *
  * Threads: see store.h - writers on a blocking thread, reads anywhere the
  * handle is owned.
@@ -137,7 +137,7 @@ static enum status usage_add(struct store *st, int64_t account_id, int sign, uin
 	store_db_bind_u64(q, 2, bytes);
 	store_db_bind_u64(q, 3, messages);
 	s = store_db_step_done(st, q, "updating quota usage", error_r);
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	return s;
 }
 
@@ -171,7 +171,7 @@ static enum status mailbox_bump(struct store *st, int64_t mailbox_id, uint32_t u
 	} else {
 		s = store_db_fail(st->db, rc, "mailbox modseq", error_r);
 	}
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	return s;
 }
 
@@ -231,7 +231,7 @@ enum status store_imap_mailbox_get(struct store *st, int64_t account_id, const c
 		log_error("store: mailbox lookup: %s", sqlite3_errmsg(st->db));
 		s = store_db_status(rc);
 	}
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	return s;
 }
 
@@ -254,7 +254,7 @@ enum status store_imap_mailbox_list(struct store *st, int64_t account_id, store_
 		log_error("store: listing mailboxes: %s", sqlite3_errmsg(st->db));
 		s = store_db_status(rc);
 	}
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	return s;
 }
 
@@ -275,7 +275,7 @@ enum status store_imap_recent_get(struct store *st, int64_t mailbox_id, uint32_t
 		log_error("store: recent uid lookup: %s", sqlite3_errmsg(st->db));
 		s = store_db_status(rc);
 	}
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	return s;
 }
 
@@ -291,7 +291,7 @@ enum status store_imap_recent_advance(struct store *st, int64_t mailbox_id, uint
 	sqlite3_bind_int64(q, 1, mailbox_id);
 	sqlite3_bind_int64(q, 2, uid);
 	s = store_db_step_done(st, q, "recent uid", error_r);
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	return s;
 }
 
@@ -312,7 +312,7 @@ enum status store_imap_mailbox_poll(struct store *st, int64_t mailbox_id, uint32
 	} else {
 		s = store_db_status(rc);
 	}
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	return s;
 }
 
@@ -344,7 +344,7 @@ enum status store_imap_messages(struct store *st, int64_t mailbox_id, uint32_t u
 		log_error("store: listing messages: %s", sqlite3_errmsg(st->db));
 		s = store_db_status(rc);
 	}
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	return s;
 }
 
@@ -462,7 +462,7 @@ static enum status has_inferiors(struct store *st, int64_t account_id, const cha
 	*yes = rc == SQLITE_ROW;
 	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
 		s = store_db_fail(st->db, rc, "mailbox children", error_r);
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	return s;
 }
 
@@ -506,14 +506,14 @@ static enum status remove_messages(struct store *st, int64_t account_id, int64_t
 		sqlite3_reset(q);
 		sqlite3_clear_bindings(q);
 	}
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	for (size_t i = 0; s == ST_OK && i < n; i++) {
 		sqlite3_bind_int64(del, 1, mailbox_id);
 		sqlite3_bind_int64(del, 2, rows[i].uid);
 		if ((s = store_db_step_done(st, del, "removing a message", error_r)) == ST_OK)
 			s = store_blob_decref(st, rows[i].blob, ul, error_r);
 	}
-	sqlite3_finalize(del);
+	store_db_release(st, del);
 	if (s == ST_OK && n > 0)
 		s = usage_add(st, account_id, -1, n, bytes, error_r);
 	if (s == ST_OK && uids_r) {
@@ -565,7 +565,7 @@ enum status store_imap_mailbox_delete(struct store *st, int64_t account_id, cons
 		if (s == ST_OK) {
 			sqlite3_bind_int64(q, 1, id);
 			s = store_db_step_done(st, q, "deleting mailbox", error_r);
-			sqlite3_finalize(q);
+			store_db_release(st, q);
 		}
 	}
 	s = finish(st, s, error_r);
@@ -584,7 +584,7 @@ static enum status move_inbox(struct store *st, int64_t inbox_id, int64_t dst, c
 		return s;
 	sqlite3_bind_int64(q, 1, inbox_id);
 	int64_t count = sqlite3_step(q) == SQLITE_ROW ? sqlite3_column_int64(q, 0) : 0;
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	if (count == 0)
 		return ST_OK;
 	uint32_t first;
@@ -603,7 +603,7 @@ static enum status move_inbox(struct store *st, int64_t inbox_id, int64_t dst, c
 	sqlite3_bind_int64(q, 3, first);
 	store_db_bind_u64(q, 4, modseq);
 	s = store_db_step_done(st, q, "moving INBOX messages", error_r);
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	if (s != ST_OK)
 		return s;
 	if ((s = store_db_prepare(st, "SELECT uid FROM messages WHERE mailbox_id = ?1 ORDER BY uid", &q, error_r)) != ST_OK)
@@ -616,7 +616,7 @@ static enum status move_inbox(struct store *st, int64_t inbox_id, int64_t dst, c
 		gone[n_gone++] = (uint32_t)sqlite3_column_int64(q, 0);
 	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
 		s = store_db_fail(st->db, rc, "listing INBOX", error_r);
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	if (s == ST_OK)
 		s = store_vanished_log(st, inbox_id, inbox_modseq, gone, n_gone, error_r);
 	free(gone);
@@ -626,7 +626,7 @@ static enum status move_inbox(struct store *st, int64_t inbox_id, int64_t dst, c
 		return s;
 	sqlite3_bind_int64(q, 1, inbox_id);
 	s = store_db_step_done(st, q, "emptying INBOX", error_r);
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	return s;
 }
 
@@ -690,7 +690,7 @@ enum status store_imap_mailbox_rename(struct store *st, int64_t account_id, cons
 			sqlite3_bind_text(q, 2, src, -1, SQLITE_STATIC);
 			sqlite3_bind_text(q, 3, dst, -1, SQLITE_STATIC);
 			s = store_db_step_done(st, q, "renaming mailbox", error_r);
-			sqlite3_finalize(q);
+			store_db_release(st, q);
 		}
 	}
 	if (s == ST_OK) {
@@ -731,7 +731,7 @@ enum status store_imap_mailbox_subscribe(struct store *st, int64_t account_id, c
 		if (error_r)
 			*error_r = xstrdup("no such mailbox");
 	}
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	return s;
 }
 
@@ -750,7 +750,7 @@ enum status store_vanished_log(struct store *st, int64_t mailbox_id, uint64_t mo
 		sqlite3_bind_int64(q, 1, mailbox_id);
 		store_db_bind_u64(q, 2, modseq - 1);
 		s = store_db_step_done(st, q, "expunge log floor", error_r);
-		sqlite3_finalize(q);
+		store_db_release(st, q);
 	}
 	if (s == ST_OK && (s = store_db_prepare(st, "INSERT OR IGNORE INTO vanished(mailbox_id, modseq, uid) VALUES(?1, ?2, ?3)",
 				    &q, error_r)) == ST_OK) {
@@ -760,7 +760,7 @@ enum status store_vanished_log(struct store *st, int64_t mailbox_id, uint64_t mo
 			sqlite3_bind_int64(q, 3, uids[i]);
 			s = store_db_step_done(st, q, "expunge log", error_r);
 		}
-		sqlite3_finalize(q);
+		store_db_release(st, q);
 	}
 	if (s != ST_OK)
 		return s;
@@ -774,21 +774,21 @@ enum status store_vanished_log(struct store *st, int64_t mailbox_id, uint64_t mo
 	uint64_t cut = rc == SQLITE_ROW ? store_db_column_u64(q, 0) : 0;
 	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
 		s = store_db_fail(st->db, rc, "expunge log retention", error_r);
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	if (s != ST_OK || cut == 0)
 		return s;
 	if ((s = store_db_prepare(st, "DELETE FROM vanished WHERE mailbox_id = ?1 AND modseq <= ?2", &q, error_r)) == ST_OK) {
 		sqlite3_bind_int64(q, 1, mailbox_id);
 		store_db_bind_u64(q, 2, cut);
 		s = store_db_step_done(st, q, "expunge log pruning", error_r);
-		sqlite3_finalize(q);
+		store_db_release(st, q);
 	}
 	if (s == ST_OK && (s = store_db_prepare(st, "UPDATE vanished_floor SET modseq = max(modseq, ?2) WHERE mailbox_id = ?1",
 				    &q, error_r)) == ST_OK) {
 		sqlite3_bind_int64(q, 1, mailbox_id);
 		store_db_bind_u64(q, 2, cut);
 		s = store_db_step_done(st, q, "expunge log floor", error_r);
-		sqlite3_finalize(q);
+		store_db_release(st, q);
 	}
 	return s;
 }
@@ -808,7 +808,7 @@ enum status store_imap_vanished(struct store *st, int64_t mailbox_id, uint64_t s
 	bool complete = rc == SQLITE_ROW && store_db_column_u64(q, 0) <= since;
 	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
 		s = store_db_status(rc);
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	if (s != ST_OK || !complete)
 		return s;
 	if ((s = store_db_prepare(st, "SELECT DISTINCT uid FROM vanished WHERE mailbox_id = ?1 AND modseq > ?2 ORDER BY uid", &q,
@@ -832,7 +832,7 @@ enum status store_imap_vanished(struct store *st, int64_t mailbox_id, uint64_t s
 		out = NULL;
 		n = 0;
 	}
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	if (s == ST_OK) {
 		*uids_r = out;
 		*n_r = n;
@@ -930,7 +930,7 @@ static enum status mailbox_keywords(struct store *st, int64_t mailbox_id, struct
 		kwset_parse(out, (const char *)sqlite3_column_text(q, 0));
 	if (rc != SQLITE_DONE)
 		s = store_db_fail(st->db, rc, "reading keywords", error_r);
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	return s;
 }
 
@@ -1073,8 +1073,8 @@ enum status store_imap_set_flags_cond(struct store *st, int64_t mailbox_id, cons
 		free(kw);
 	}
 	kwset_free(&req);
-	sqlite3_finalize(get);
-	sqlite3_finalize(set);
+	store_db_release(st, get);
+	store_db_release(st, set);
 	s = finish(st, s, error_r);
 	if (s == ST_OK) {
 		*modseq_r = modseq;
@@ -1152,7 +1152,7 @@ static enum status copy_read(struct store *st, int64_t mailbox_id, const uint32_
 		}
 		sqlite3_reset(q);
 	}
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	return s;
 }
 
@@ -1198,9 +1198,9 @@ static enum status copy_write(struct store *st, int64_t src_mailbox, int64_t dst
 		}
 		dst_uids[i] = uid++;
 	}
-	sqlite3_finalize(ins);
-	sqlite3_finalize(ref);
-	sqlite3_finalize(del);
+	store_db_release(st, ins);
+	store_db_release(st, ref);
+	store_db_release(st, del);
 	if (s == ST_OK && move)
 		s = store_vanished_log(st, src_mailbox, src_modseq, moved, n_moved, error_r);
 	free(moved);
@@ -1240,7 +1240,7 @@ enum status store_imap_copy(struct store *st, int64_t account_id, int64_t src_ma
 				if (error_r)
 					*error_r = xstrdup("no such mailbox");
 			}
-			sqlite3_finalize(q);
+			store_db_release(st, q);
 		}
 	}
 	if (s == ST_OK && count > 0)
@@ -1295,7 +1295,7 @@ static enum status append_one(struct store *st, int64_t mailbox_id, const struct
 		if (kw != NULL)
 			sqlite3_bind_text(q, 4, kw, -1, SQLITE_TRANSIENT);
 		s = store_db_step_done(st, q, "message flags", error_r);
-		sqlite3_finalize(q);
+		store_db_release(st, q);
 	}
 	free(kw);
 	if (s == ST_OK)
@@ -1333,7 +1333,7 @@ enum status store_imap_append_many(struct store *st, int64_t account_id, int64_t
 			if (error_r)
 				*error_r = xstrdup("no such mailbox");
 		}
-		sqlite3_finalize(q);
+		store_db_release(st, q);
 	}
 	for (size_t i = 0; s == ST_OK && i < n; i++)
 		s = append_one(st, mailbox_id, &msgs[i], &uids_r[i], error_r);

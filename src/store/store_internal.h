@@ -55,6 +55,15 @@ enum store_q {
 enum store_rq { RQ_BEGIN, RQ_END, RQ_DOMAIN, RQ_ACCOUNT, RQ_ALIAS, RQ__COUNT };
 
 #define STORE_CHANGED_MAX 32           /* mailbox ids one commit reports */
+#define STORE_STMT_CACHE 128           /* statements store_db_prepare keeps per handle */
+
+/* A statement of store_db_prepare kept for the next call with the same SQL. */
+struct store_stmt_slot {
+	char *sql;
+	uint32_t hash;
+	sqlite3_stmt *q;
+	bool in_use;                  /* handed out, not yet released */
+};
 
 struct store {
 	sqlite3 *db;
@@ -64,6 +73,8 @@ struct store {
 	int64_t changed[STORE_CHANGED_MAX];
 	size_t n_changed;
 	bool changed_all;
+	struct store_stmt_slot cache[STORE_STMT_CACHE];
+	size_t n_cache;
 };
 
 struct store_reader {
@@ -91,9 +102,16 @@ enum status store_db_fail(sqlite3 *db, int rc, const char *what, char **error_r)
  * SQLITE_DONE (or SQLITE_ROW, for RETURNING statements whose row is ignored)
  * or the error code. */
 int store_db_run(sqlite3_stmt *q);
-/* Prepares a statement the caller finalizes; on failure *q is NULL and
- * *error_r names the SQLite error. */
+/* A statement for `sql`, which the caller gives back with store_db_release
+ * (never sqlite3_finalize).  The handle keeps up to STORE_STMT_CACHE
+ * statements by their SQL text, so a repeated call costs a lookup and
+ * not a compile; a statement already handed out (nested use of the same
+ * SQL) gets a fresh one.  On failure *q is NULL and *error_r names the
+ * SQLite error. */
 enum status store_db_prepare(struct store *st, const char *sql, sqlite3_stmt **q, char **error_r);
+/* Gives back a statement of store_db_prepare: reset and unbound for the
+ * next caller when cached, finalized otherwise.  NULL is a no-op. */
+void store_db_release(struct store *st, sqlite3_stmt *q);
 /* Steps q once (a write, or a read whose row is not wanted), then resets it
  * and clears its bindings; `what` names it in the error. */
 enum status store_db_step_done(struct store *st, sqlite3_stmt *q, const char *what, char **error_r);

@@ -68,7 +68,7 @@ static enum status account_after(struct store *st, int64_t account_id, int64_t m
 	store_db_bind_u64(q, 2, bytes);
 	store_db_bind_u64(q, 3, count);
 	s = store_db_step_done(st, q, "updating quota usage", error_r);
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	if (s != ST_OK)
 		return s;
 	if ((s = store_db_prepare(st, "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?1"
@@ -79,7 +79,7 @@ static enum status account_after(struct store *st, int64_t account_id, int64_t m
 	uint64_t modseq = rc == SQLITE_ROW ? store_db_column_u64(q, 0) : 0;
 	if (rc != SQLITE_ROW)
 		s = store_db_fail(st->db, rc == SQLITE_DONE ? SQLITE_NOTFOUND : rc, "mailbox modseq", error_r);
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	if (s == ST_OK)
 		s = store_vanished_log(st, mailbox_id, modseq, gone, (size_t)count, error_r);
 	return s;
@@ -101,7 +101,7 @@ static enum status mailbox_owned(struct store *st, int64_t account_id, int64_t m
 	} else if (rc != SQLITE_ROW) {
 		s = store_db_fail(st->db, rc, "mailbox lookup", error_r);
 	}
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	return s;
 }
 
@@ -131,8 +131,8 @@ enum status store_pop3_delete(struct store *st, int64_t account_id, int64_t mail
 			bytes += size;
 		}
 	}
-	sqlite3_finalize(get);
-	sqlite3_finalize(del);
+	store_db_release(st, get);
+	store_db_release(st, del);
 	if (s == ST_OK && count > 0)
 		s = account_after(st, account_id, mailbox_id, count, bytes, gone, error_r);
 	free(gone);

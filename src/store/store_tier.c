@@ -252,7 +252,7 @@ enum status store_tier_refs(struct store *st, const char *account, const char *m
 		}
 	}
 	s = rc == SQLITE_DONE ? ST_OK : store_db_fail(st->db, rc, "list tier references", error_r);
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	return s;
 }
 
@@ -278,7 +278,7 @@ enum status store_tier_usage(struct store *st, struct store_tier_usage out[CONFI
 		out[t].bytes = store_db_column_u64(q, 2);
 	}
 	s = rc == SQLITE_DONE ? ST_OK : store_db_fail(st->db, rc, "tier usage", error_r);
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	return s;
 }
 
@@ -298,7 +298,7 @@ enum status store_tier_blobs(struct store *st, store_tier_blob_cb *cb, void *ctx
 		}
 	}
 	s = rc == SQLITE_DONE ? ST_OK : store_db_fail(st->db, rc, "list blobs", error_r);
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	return s;
 }
 
@@ -327,7 +327,7 @@ enum status store_tier_heat_get(struct store *st, const struct msgid *id, struct
 	} else {
 		s = rc == SQLITE_DONE ? ST_NOT_FOUND : store_db_status(rc);
 	}
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	return s;
 }
 
@@ -350,7 +350,7 @@ enum status store_tier_heat_put(struct store *st, const struct store_heat *rows,
 		s = exec_one(st, q, "write heat", error_r);
 		sqlite3_reset(q);
 	}
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	if (s == ST_OK)
 		return store_db_commit(st, error_r);
 	store_db_rollback(st);
@@ -373,7 +373,7 @@ static int table_exists(struct store *st, const char *name, char **reason_r)
 	int found = rc == SQLITE_ROW ? sqlite3_column_int(q, 0) > 0 : -1;
 	if (found < 0 && reason_r)
 		*reason_r = xasprintf("schema of table %s: %s", name, sqlite3_errmsg(st->db));
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	return found;
 }
 
@@ -390,7 +390,7 @@ static bool table_ok(struct store *st, const char *name, char **reason_r)
 	bool ok = t != NULL && strcmp(t, "ok") == 0;
 	if (!ok && reason_r)
 		*reason_r = xasprintf("table %s is damaged: %s", name, t ? t : sqlite3_errmsg(st->db));
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	return ok;
 }
 
@@ -447,7 +447,7 @@ enum status store_tier_heat_each(struct store *st, store_tier_heat_cb *cb, void 
 		}
 	}
 	s = rc == SQLITE_DONE ? ST_OK : store_db_fail(st->db, rc, "read heat", error_r);
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	return s;
 }
 
@@ -483,7 +483,7 @@ enum status store_tier_heat_replace(struct store *st, store_tier_heat_next *next
 		*applied_r += (size_t)sqlite3_changes(st->db);
 		sqlite3_reset(q);
 	}
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	if (s == ST_OK && more < 0) {
 		s = ST_IO_ERROR;
 		if (error_r)
@@ -524,7 +524,7 @@ static enum status run_tx(struct store *st, const char *const *sql, size_t n_sql
 			s = store_db_fail(st->db, rc, "tier move journal", error_r);
 		if (s == ST_OK && i == 0 && changes_r)
 			*changes_r = sqlite3_changes(st->db);
-		sqlite3_finalize(q);
+		store_db_release(st, q);
 	}
 	if (s != ST_OK) {
 		store_db_rollback(st);
@@ -556,7 +556,7 @@ enum status store_tier_move_begin(struct store *st, int64_t blob_id, const struc
 	} else if (rc != SQLITE_DONE) {
 		s = store_db_fail(st->db, rc, "tier move journal", error_r);
 	}
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	return s;
 }
 
@@ -618,7 +618,7 @@ enum status store_tier_moves(struct store *st, struct store_tier_move **out, siz
 		m->to = column_tier(q, 5);
 		m->committed = sqlite3_column_int(q, 6) != 0;
 	}
-	sqlite3_finalize(q);
+	store_db_release(st, q);
 	if (rc != SQLITE_DONE) {
 		free(v);
 		return store_db_fail(st->db, rc, "read tier move journal", error_r);

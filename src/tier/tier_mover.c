@@ -232,6 +232,8 @@ static void wait_until_ms(struct tier_mover *m, uint64_t until_ms)
 static void *mover_main(void *arg)
 {
 	struct tier_mover *m = arg;
+	/* The gauges scan every blob row: here, not in the daemon's start-up. */
+	tier_metrics_update(m->st, m->s);
 	uint64_t now = time_mono_ms();
 	uint64_t next_flush = now + FLUSH_MS, next_pass = now; /* first pass at once */
 	uint64_t next_ckpt = now + m->s->tier_checkpoint_interval_ms;
@@ -317,7 +319,6 @@ struct tier_mover *tier_mover_start(const struct settings *s, char **error_r)
 	tier_backoff_reset();
 	pthread_mutex_init(&m->mu, NULL);
 	pthread_cond_init(&m->cv, NULL);
-	tier_metrics_update(st, s);
 	tier_admin_settings(s);
 	tier_access_install();
 	int e = pthread_create(&m->thread, NULL, mover_main, m);
