@@ -3,7 +3,7 @@ BUILD      ?= build
 BUILD_ASAN ?= build-asan
 PYTEST     ?= /usr/bin/python3 -m pytest
 
-.PHONY: all deps build build-asan run test unit integration bench stress fuzz clean
+.PHONY: all deps build build-asan run test unit integration bench bench-ingest bench-flood bench-tier bench-scale stress fuzz clean
 
 FUZZ_SECONDS ?= 60
 
@@ -44,17 +44,47 @@ unit: build
 integration: build
 	STRATA_BIN=$(CURDIR)/$(BUILD)/strata $(PYTEST) -q tests/integration
 
-bench: build
+# Every benchmark of the project, each against its reference where it has
+# one: SMTP ingest and IMAP/POP3 reading vs Postfix + Dovecot (bench/run.py
+# writes docs/BENCHMARKS.md, keeping the sections below), the flood vs
+# Postfix + postscreen, and tier placement vs age-only, LRU and Belady
+# (results and plots in bench/results/; their sections of
+# docs/BENCHMARKS.md are written from them).  About 40 minutes.
+bench: bench-ingest bench-flood bench-tier
+
+bench-ingest: build
 	@scripts/deps bench
 	/usr/bin/python3 bench/run.py --strata $(BUILD)/strata
 
-# The long crash campaign: kill -9 the daemon STRESS_KILLS times under load
-# and check every acknowledged message after each restart (tests/crash/).
+bench-flood: build
+	@scripts/deps bench
+	/usr/bin/python3 bench/flood.py --strata $(BUILD)/strata
+
+bench-tier: build
+	@scripts/deps bench
+	d=$$(date -u +%F); $(BUILD)/bench/tier_sim --policies strata,strata-size,age,lru,belady \
+		--out bench/results/tier-sim-$$d.json && \
+	/usr/bin/python3 bench/plot_tier_sim.py bench/results/tier-sim-$$d.json
+
+# One node at full size: 50,000 accounts, 1,000,000 messages (about 17 GB
+# of mail in a new directory under /var/tmp, removed afterwards; an hour or
+# more on two cores), against 1,000 accounts.  Scale it down with
+# SCALE_ARGS="--accounts 5000 --messages 100000".  See bench/scale.py.
+SCALE_ARGS ?=
+bench-scale: build
+	/usr/bin/python3 bench/scale.py --strata $(BUILD)/strata $(SCALE_ARGS)
+
+# The long crash campaigns: kill -9 the daemon STRESS_KILLS times under load
+# and check every acknowledged message after each restart; then the long
+# power-loss replay (every sync point and 600 random ones of a 150-message
+# run, each crash state checked; tests/crash/README.md "Power loss").
 STRESS_KILLS   ?= 1000
 STRESS_SECONDS ?= 5400
 stress: build
 	STRATA_BIN=$(CURDIR)/$(BUILD)/strata STRATA_CRASH_ITERATIONS=$(STRESS_KILLS) \
 	STRATA_CRASH_SECONDS=$(STRESS_SECONDS) STRATA_CRASH_VERBOSE=1 $(PYTEST) -q -x tests/crash/test_crash.py
+	STRATA_BIN=$(CURDIR)/$(BUILD)/strata STRATA_POWERLOSS_MESSAGES=150 STRATA_POWERLOSS_POINTS=600 \
+	STRATA_POWERLOSS_SYNC_POINTS=-1 STRATA_POWERLOSS_SERVE=12 $(PYTEST) -q -s tests/crash/test_powerloss.py
 
 # Runs every libFuzzer target for FUZZ_SECONDS each (clang, ASan+UBSan).
 fuzz:

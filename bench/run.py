@@ -1,7 +1,23 @@
 #!/usr/bin/python3
-"""bench/run.py - SMTP ingest benchmark: Strata against Postfix + Dovecot.
+"""bench/run.py - `make bench`: Strata against Postfix + Dovecot, SMTP ingest
+and IMAP/POP3 reading.
 
 Owns: the `make bench` workload and docs/BENCHMARKS.md, bench/results/.
+
+Two phases, each also selectable alone (--only strata|reference for one
+stack of the ingest phase, --only read for the read phase):
+  ingest  described below;
+  read    one Strata and one Dovecot (IMAP + POP3 on loopback, plaintext
+          logins, the same users from a passwd-file) hold the same seeded
+          corpus; bench/imap_load drives 50 clients through five scenarios
+          (fetch-bodies, fetch-meta, search, store, pop3-retr) against
+          each, with an untimed warm-up pass per server and scenario, then
+          several timed rounds alternating the servers; the report takes
+          each server's median round (see "read phase" below).  Its raw
+          results go to bench/results/read.json, and --only read rewrites
+          just its section of docs/BENCHMARKS.md.
+
+The ingest phase:
 
 Workload: 4 KB messages, one recipient each, chosen at random among 1,000
 accounts of bench.example, sent by bench/smtp_load over C persistent SMTP
@@ -34,7 +50,7 @@ bench/results/ingest.png and bench/results/ingest.json (raw numbers);
 --from-json rewrites the first two from the last without running anything.
 
 Safety and bounds: all traffic is on 127.0.0.1; each load run is bounded in
-messages and seconds; every wait (start-up, delivery, shutdown) has a
+messages (or sessions) and seconds; every wait (start-up, delivery, shutdown) has a
 deadline; every daemon this script starts is stopped in a finally block,
 also on SIGINT/SIGTERM.  It must run as root (Postfix and Dovecot need it;
 the daemons drop to their own users).  A system Postfix or Dovecot found
@@ -42,22 +58,28 @@ running is stopped first so that it does not compete for the two cores.
 """
 
 import argparse
+import base64
 import datetime
 import grp
+import imaplib
 import json
 import os
 import platform
 import pwd
+import random
 import re
 import resource
 import shutil
 import signal
+import smtplib
 import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -80,7 +102,7 @@ PORT_POSTFIX = 2625
 START_WAIT_S = 30
 DELIVERY_WAIT_S = 120
 STOP_WAIT_S = 20
-TOTAL_BUDGET_S = 540  # the whole script; `make bench` must finish in ~10 minutes
+TOTAL_BUDGET_S = 540  # the ingest phase (the read phase has READ_BUDGET_S)
 
 TARGET_RATIO = 5.0
 TARGET_P99_MS = 50.0
@@ -188,18 +210,18 @@ QUIET_BUSY_PCT = 50.0   # others may use at most this much of the machine's CPU 
 QUIET_WAIT_S = 30       # ... or we stop waiting for them after this long
 
 
-def wait_quiet():
-    """Before a measured run: waits (bounded) until the machine's CPUs were
-    less than QUIET_BUSY_PCT busy over the last second, so that work outside
-    the benchmark skews the two stacks as little as possible.  Returns
-    (busy percent of the last second, seconds waited)."""
+def wait_quiet(max_wait_s=QUIET_WAIT_S):
+    """Before a measured run: waits (bounded by max_wait_s) until the
+    machine's CPUs were less than QUIET_BUSY_PCT busy over the last second,
+    so that work outside the benchmark skews the two stacks as little as
+    possible.  Returns (busy percent of the last second, seconds waited)."""
     t0 = time.monotonic()
     while True:
         a = cpu_times()
         time.sleep(1.0)
         busy = cpu_delta(a, cpu_times())[0]
         waited = time.monotonic() - t0
-        if busy < QUIET_BUSY_PCT or waited >= QUIET_WAIT_S:
+        if busy < QUIET_BUSY_PCT or waited >= max_wait_s:
             return busy, round(waited, 1)
 
 
@@ -767,6 +789,912 @@ def perf_summary(datafile):
     return out
 
 
+# ---- read phase: IMAP and POP3 against Dovecot ---------------------------
+#
+# One Strata and one Dovecot hold the same seeded corpus (READ_USERS
+# mailboxes of READ_PER_USER messages).  Strata gets it over SMTP (one
+# connection per loader thread, each mailbox's messages in order, so UIDs
+# follow the corpus); Dovecot gets it written straight into Maildir, as its
+# LMTP would have stored it (LF line ends, Return-Path, Delivered-To and
+# Received added, S= and W= sizes in the file name).  Both then see the
+# same \Seen flags.  For every scenario, bench/imap_load makes one untimed
+# warm-up pass against each server (Dovecot builds its index and cache
+# there), then READ_ROUNDS timed runs each, alternating which server goes
+# first; the report takes each server's median round by messages/s.
+# The POP3 scenario comes last, since RETR may mark messages \Seen and
+# UNSEEN must keep matching the corpus.
+
+READ_USERS = 50
+READ_PER_USER = 200
+READ_WIDTH = 4
+READ_SEED = 20251129
+READ_ROUNDS = 5
+READ_SCENARIOS = ("fetch-bodies", "fetch-meta", "search", "store", "pop3-retr")
+# Sessions per client and run, so that each run lasts seconds, not milliseconds.
+READ_ITERATIONS = {"fetch-bodies": 2, "fetch-meta": 3, "search": 3, "store": 1, "pop3-retr": 1}
+# store: +FLAGS then -FLAGS on the first READ_STORE_MAX messages of each
+# mailbox, one command per message (80 STOREs per client and session).
+READ_STORE_MAX = 40
+READ_RUN_MAX_S = 60          # imap_load stops starting sessions after this
+READ_BUDGET_S = 1260         # the whole read phase, set-up and profiles included
+READ_TARGET_RATIO = 2.0
+READ_QUIET_WAIT_S = 8        # runs are short: wait less for a quiet machine than ingest does
+PORT_STRATA_IMAP = 2743
+PORT_STRATA_POP3 = 2710
+PORT_DOVECOT_IMAP = 2643
+PORT_DOVECOT_POP3 = 2610
+PASSWORD = "benchpass"
+SEARCH_FROM = "carol.finch"
+SEARCH_SUBJECT = "quarterly"
+SEARCH_BODY = "zephyrquartz"
+SEEN_PERCENT = 70
+# The headline command of each scenario, as imap_load names it.
+READ_MAIN = {"fetch-bodies": "FETCH 1:* (RFC822.SIZE BODY.PEEK[])",
+             "fetch-meta": "FETCH 1:* (FLAGS ENVELOPE BODYSTRUCTURE)",
+             "search": "SEARCH (5 forms)", "store": "STORE n +FLAGS/-FLAGS (\\Flagged)",
+             "pop3-retr": "RETR n"}
+
+WORDS = ("the of and to in is for on with as at by from this that be are was it an or "
+         "we you they our your their will can would should could about after before "
+         "project budget review team customer account order delivery schedule update "
+         "network server storage backup release version report status issue ticket "
+         "invoice payment contract proposal draft agenda minutes summary detail plan "
+         "office travel hotel flight booking confirmation request approval deadline "
+         "monday tuesday wednesday thursday friday weekend morning afternoon evening "
+         "please thanks regards attached below above note question answer support "
+         "price offer discount service quality data figure table chart result test "
+         "north south east west city region market sales growth cost revenue margin "
+         "family friend holiday photo garden kitchen music film book coffee lunch").split()
+FIRST = ("Alice Bob Dave Erin Frank Grace Heidi Ivan Judy Mallory Niaj Olivia Peggy "
+         "Rupert Sybil Trent Victor Walter Yvonne Zoe").split()
+LAST = ("Adams Baker Clark Davis Evans Foster Green Hughes Irving Jones King Lewis "
+        "Moore Nolan Owens Parker Quinn Reed Scott Turner").split()
+# (display name, address); a few display names are not ASCII, as in real mail.
+SENDERS = ([("%s %s" % (f, l), "%s.%s@%s" % (f.lower(), l.lower(), d))
+            for f, l, d in zip(FIRST, LAST, ["mail.example", "corp.example", "isp.example",
+                                              "shop.example"] * 5)]
+           + [("Carol Finch", "carol.finch@partner.example"),
+              ("Ren\u00e9e D\u00fcrr", "renee.durr@verein.example"),
+              ("Jos\u00e9 Mu\u00f1oz", "jose.munoz@empresa.example"),
+              ("\u5c71\u7530 \u592a\u90ce", "yamada@kaisha.example"),
+              ("Newsletter", "news@lists.example"),
+              ("Shop Orders", "orders@shop.example")])
+SUBJECTS = ("Re: {w} {w} meeting notes", "Invoice {n} for {w} {w}", "Quarterly report: {w} {w}",
+            "Your order {n} has shipped", "Weekly digest: {w} and {w}", "Fwd: {w} {w} {w}",
+            "Quarterly {w} review, draft {n}", "Photos from the {w}", "{w} {w} schedule update",
+            "R\u00e9union {w} \u2013 compte rendu", "Gr\u00fc\u00dfe aus dem {w}",
+            "Quarterly figures \u2013 {w} r\u00e9sum\u00e9", "Re: Re: {w} question",
+            "Reminder: {w} deadline {n}")
+
+
+def encode_word(text, rng):
+    """RFC 2047 encoded-word for a header value that is not ASCII, B or Q."""
+    raw = text.encode("utf-8")
+    if rng.random() < 0.5:
+        return "=?UTF-8?B?%s?=" % base64.b64encode(raw).decode("ascii")
+    out = []
+    for b in raw:
+        c = chr(b)
+        if c == " ":
+            out.append("_")
+        elif c.isalnum() and b < 128:
+            out.append(c)
+        else:
+            out.append("=%02X" % b)
+    return "=?UTF-8?Q?%s?=" % "".join(out)
+
+
+def header_text(text, rng):
+    try:
+        text.encode("ascii")
+        return text
+    except UnicodeEncodeError:
+        return encode_word(text, rng)
+
+
+def wrap_words(words, width=66):
+    lines, cur = [], ""
+    for w in words:
+        if cur and len(cur) + 1 + len(w) > width:
+            lines.append(cur)
+            cur = w
+        else:
+            cur = w if not cur else cur + " " + w
+    if cur:
+        lines.append(cur)
+    return lines
+
+
+def text_lines(rng, size, token):
+    """Plain text paragraphs of about `size` bytes; `token` is put into the
+    first paragraph when given."""
+    n = max(20, size // 6)
+    words = rng.choices(WORDS, k=n)
+    if token:
+        words.insert(rng.randrange(min(len(words), 40)), token)
+    lines = []
+    for i in range(0, len(words), 60):
+        lines.extend(wrap_words(words[i:i + 60]))
+        lines.append("")
+    return lines
+
+
+def html_lines(lines):
+    """The same text as simple HTML, quoted-printable safe: short ASCII
+    lines without '=', so the encoded form equals the text."""
+    out = ["<html><body>"]
+    for ln in lines:
+        out.append("<p>%s</p>" % ln if ln else "<br>")
+    out.append("</body></html>")
+    return out
+
+
+def base64_lines(data):
+    enc = base64.b64encode(data).decode("ascii")
+    return [enc[i:i + 76] for i in range(0, len(enc), 76)]
+
+
+def corpus_message(rng, user, index):
+    """One message of the read corpus, CRLF line ends, as (bytes, facts)."""
+    sender = rng.choice(SENDERS) if rng.random() > 0.1 else SENDERS[len(FIRST)]
+    subj = rng.choice(SUBJECTS).replace("{n}", str(rng.randrange(1000, 99999)))
+    while "{w}" in subj:
+        subj = subj.replace("{w}", rng.choice(WORDS), 1)
+    token = SEARCH_BODY if rng.random() < 0.12 else None
+    sent = datetime.datetime(2026, 8, 1) + datetime.timedelta(seconds=rng.randrange(90 * 86400))
+    date = "%s, %d %s %s +0100" % (("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")[sent.weekday()],
+                                   sent.day, ("Aug", "Sep", "Oct", "Nov")[sent.month - 8],
+                                   sent.strftime("%Y %H:%M:%S"))
+    hdr = ["From: %s <%s>" % (header_text(sender[0], rng), sender[1]),
+           "To: <%s>" % user,
+           "Subject: %s" % header_text(subj, rng),
+           "Date: %s" % date,
+           "Message-ID: <%d.%s.%d@corpus.bench.example>" % (READ_SEED, user.split("@")[0], index),
+           "MIME-Version: 1.0"]
+    text_size = int(min(40000, max(300, rng.lognormvariate(8.0, 0.8))))
+    body_text = text_lines(rng, text_size, token)
+    kind = rng.random()
+    boundary = "=_bench_%d_%d" % (index, rng.randrange(1 << 30))
+    if kind < 0.60:
+        hdr += ["Content-Type: text/plain; charset=us-ascii", "Content-Transfer-Encoding: 7bit"]
+        body = body_text
+    elif kind < 0.85:
+        hdr.append('Content-Type: multipart/alternative; boundary="%s"' % boundary)
+        body = (["This is a multi-part message in MIME format.", "",
+                 "--" + boundary, "Content-Type: text/plain; charset=us-ascii",
+                 "Content-Transfer-Encoding: 7bit", ""] + body_text +
+                ["--" + boundary, "Content-Type: text/html; charset=utf-8",
+                 "Content-Transfer-Encoding: quoted-printable", ""] + html_lines(body_text) +
+                ["--" + boundary + "--", ""])
+    else:
+        att = rng.randbytes(int(min(400000, max(4000, rng.lognormvariate(10.6, 0.7)))))
+        ctype, name = rng.choice((("application/pdf", "report.pdf"), ("image/jpeg", "photo.jpg"),
+                                  ("application/pdf", "r\u00e9sum\u00e9.pdf")))
+        try:
+            name.encode("ascii")
+            disp = 'attachment; filename="%s"' % name
+        except UnicodeEncodeError:
+            disp = "attachment; filename*=utf-8''%s" % urllib.parse.quote(name)
+        hdr.append('Content-Type: multipart/mixed; boundary="%s"' % boundary)
+        body = ["--" + boundary, "Content-Type: text/plain; charset=us-ascii",
+                "Content-Transfer-Encoding: 7bit", ""] + body_text
+        body += ["--" + boundary, "Content-Type: %s; name=\"%s\"" % (ctype, name.encode(
+            "ascii", "replace").decode()), "Content-Transfer-Encoding: base64",
+                 "Content-Disposition: " + disp, ""] + base64_lines(att)
+        body += ["--" + boundary + "--", ""]
+    data = ("\r\n".join(hdr + [""] + body) + "\r\n").encode("ascii")
+    facts = {"from": SEARCH_FROM in sender[1], "subject": SEARCH_SUBJECT in subj.lower(),
+             "body": token is not None, "seen": rng.randrange(100) < SEEN_PERCENT,
+             "kind": "text" if kind < 0.60 else "alternative" if kind < 0.85 else "attachment"}
+    return data, facts
+
+
+def read_user(i):
+    return "%s%0*d@%s" % (PREFIX, READ_WIDTH, i, DOMAIN)
+
+
+def make_corpus():
+    """{user: [(bytes, facts), ...]}, the same on every run (seeded)."""
+    corpus = {}
+    for u in range(READ_USERS):
+        rng = random.Random(READ_SEED * 1000 + u)
+        user = read_user(u)
+        corpus[user] = [corpus_message(rng, user, i) for i in range(READ_PER_USER)]
+    return corpus
+
+
+def corpus_stats(corpus):
+    sizes = sorted(len(m) for msgs in corpus.values() for m, _ in msgs)
+    kinds = {}
+    for msgs in corpus.values():
+        for _, f in msgs:
+            kinds[f["kind"]] = kinds.get(f["kind"], 0) + 1
+    expect = {k: sum(1 for msgs in corpus.values() for _, f in msgs if f[k])
+              for k in ("from", "subject", "body")}
+    expect["unseen"] = sum(1 for msgs in corpus.values() for _, f in msgs if not f["seen"])
+    return {"messages": len(sizes), "users": len(corpus), "bytes": sum(sizes),
+            "size_p50": sizes[len(sizes) // 2], "size_mean": sum(sizes) // len(sizes),
+            "size_p99": sizes[int(len(sizes) * 0.99)], "size_max": sizes[-1], "kinds": kinds,
+            "expect_per_pass": {"FROM": expect["from"], "SUBJECT": expect["subject"],
+                                "BODY": expect["body"], "UNSEEN": expect["unseen"],
+                                "SINCE": len(sizes)}}
+
+
+class ReadStrata(Strata):
+    """Strata with IMAP and POP3 listeners and the read corpus's accounts."""
+
+    def setup(self):
+        os.makedirs(self.state, mode=0o750)
+        users = os.path.join(os.path.dirname(self.state), "strata-read-users.csv")
+        with open(users, "w") as f:
+            for i in range(READ_USERS):
+                f.write("%s,{SHA512-CRYPT}%s\n" % (read_user(i), PASSWORD_HASH))
+        run_cmd([self.binary] + self._opts() + ["user", "import", users, "--create-domains"],
+                timeout=300)
+
+    def start(self):
+        for port in (PORT_STRATA_SMTP, PORT_STRATA_ADMIN, PORT_STRATA_IMAP, PORT_STRATA_POP3):
+            if not port_free(port):
+                raise BenchError("port %d is in use" % port)
+        self.log_fh = open(self.logfile, "ab")
+        # The connection guard would rate-limit the benchmark's own logins
+        # from 127.0.0.1 (Dovecot has no such limit): loopback bypasses it.
+        args = [self.binary, "serve"] + self._opts() + [
+            "-o", "smtp.listen=127.0.0.1:%d" % PORT_STRATA_SMTP,
+            "-o", "admin.listen=127.0.0.1:%d" % PORT_STRATA_ADMIN,
+            "-o", "imap.listen=127.0.0.1:%d" % PORT_STRATA_IMAP,
+            "-o", "pop3.listen=127.0.0.1:%d" % PORT_STRATA_POP3,
+            "-o", "guard.allow=127.0.0.0/8", "-o", "threads=2"]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.log_fh,
+                                     stderr=subprocess.STDOUT, preexec_fn=self.cpu.enter)
+        wait_smtp_banner(PORT_STRATA_SMTP, START_WAIT_S, lambda: self.proc.poll() is None)
+        wait_banner(PORT_STRATA_IMAP, b"* OK", START_WAIT_S, lambda: self.proc.poll() is None)
+
+    def load(self, corpus):
+        """Delivers the corpus over SMTP (a few persistent connections, each
+        mailbox in order on one of them), then sets the corpus's \\Seen flags."""
+        users = sorted(corpus)
+        errors = []
+
+        def deliver(part):
+            try:
+                with smtplib.SMTP("127.0.0.1", PORT_STRATA_SMTP, timeout=60) as s:
+                    for user in part:
+                        for data, _ in corpus[user]:
+                            s.sendmail("sender@corpus.bench.example", [user], data)
+            except (OSError, smtplib.SMTPException) as e:
+                errors.append("%s: %s" % (part[0] if part else "?", e))
+
+        threads = [threading.Thread(target=deliver, args=(users[t::4],)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+        if errors or any(t.is_alive() for t in threads):
+            raise BenchError("loading the corpus into Strata failed: %s"
+                             % ("; ".join(errors[:3]) or "timed out"))
+        visible = self.visible()
+        if visible != sum(len(v) for v in corpus.values()):
+            raise BenchError("Strata holds %d messages after loading %d"
+                             % (visible, sum(len(v) for v in corpus.values())))
+        for user in users:
+            seen = [str(i + 1) for i, (_, f) in enumerate(corpus[user]) if f["seen"]]
+            imap_set_seen(PORT_STRATA_IMAP, user, seen)
+
+
+def wait_banner(port, prefix, seconds, alive=lambda: True):
+    """Waits until 127.0.0.1:port greets with a line starting with prefix."""
+    deadline = time.monotonic() + seconds
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if not alive():
+            raise BenchError("server on port %d exited during start-up" % port)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                line = s.recv(512)
+                if line.startswith(prefix):
+                    return
+                last = line.decode("ascii", "replace").strip()
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.1)
+    raise BenchError("no greeting on port %d within %ds (%s)" % (port, seconds, last))
+
+
+def imap_set_seen(port, user, uids):
+    """Sets \\Seen on the given UIDs of user's INBOX (untimed set-up)."""
+    if not uids:
+        return
+    try:
+        m = imaplib.IMAP4("127.0.0.1", port, timeout=60)
+        try:
+            m.login(user, PASSWORD)
+            m.select("INBOX")
+            typ, data = m.uid("STORE", ",".join(uids), "+FLAGS.SILENT", "(\\Seen)")
+            if typ != "OK":
+                raise BenchError("STORE \\Seen for %s: %s" % (user, data))
+        finally:
+            m.logout()
+    except (OSError, imaplib.IMAP4.error) as e:
+        raise BenchError("setting \\Seen for %s failed: %s" % (user, e))
+
+
+class ReadDovecot:
+    """Dovecot with IMAP and POP3 on loopback over Maildirs written here."""
+
+    def __init__(self, workdir):
+        self.dir = workdir
+        self.base = os.path.join(workdir, "dovecot-run")
+        self.state = os.path.join(workdir, "dovecot-state")
+        self.conf = os.path.join(workdir, "dovecot.conf")
+        self.mail = os.path.join(workdir, "mail")
+        self.users = os.path.join(workdir, "dovecot-users")
+        self.started = False
+        try:
+            self.uid = pwd.getpwnam("mail").pw_uid
+            self.gid = grp.getgrnam("mail").gr_gid
+        except KeyError:
+            raise BenchError("the system has no 'mail' user and group for Dovecot's Maildirs")
+        self.cpu = CpuGroup("strata-bench-dovecot-read")
+
+    def setup(self, corpus):
+        for d in (self.state, self.mail):
+            os.makedirs(d, mode=0o755)
+        os.chown(self.mail, self.uid, self.gid)
+        dom = os.path.join(self.mail, DOMAIN)
+        self._mkdir(dom)
+        with open(self.users, "w") as f:
+            for user in sorted(corpus):
+                home = os.path.join(dom, user.split("@")[0])
+                f.write("%s:{SHA512-CRYPT}%s:%d:%d::%s::\n"
+                        % (user, PASSWORD_HASH, self.uid, self.gid, home))
+                self._write_maildir(home, user, corpus[user])
+        os.chmod(self.users, 0o644)
+        with open(self.conf, "w") as f:
+            f.write(fill_template("dovecot-read.conf.in", {
+                "BASE_DIR": self.base, "STATE_DIR": self.state,
+                "LOG_FILE": os.path.join(self.dir, "dovecot.log"), "MAIL_DIR": self.mail,
+                "UID": self.uid, "GID": self.gid, "USERS_FILE": self.users,
+                "IMAP_PORT": PORT_DOVECOT_IMAP, "POP3_PORT": PORT_DOVECOT_POP3,
+                "CORES": os.cpu_count() or 1}))
+
+    def _mkdir(self, path):
+        os.mkdir(path, 0o700)
+        os.chown(path, self.uid, self.gid)
+
+    def _write_maildir(self, home, user, msgs):
+        """Stores msgs as Dovecot's LMTP delivery would have: LF line ends,
+        Return-Path, Delivered-To and Received first, S= (file) and W=
+        (CRLF) sizes in the name; \\Seen as the S flag."""
+        for sub in ("", "cur", "new", "tmp"):
+            self._mkdir(os.path.join(home, sub))
+        t0 = int(time.time()) - len(msgs)
+        stamp = email_date()
+        for i, (data, facts) in enumerate(msgs):
+            head = ("Return-Path: <sender@corpus.bench.example>\r\nDelivered-To: %s\r\n"
+                    "Received: from corpus.bench.example\r\n\tby bench.example with LMTP\r\n"
+                    "\tid %08x%08x\r\n\tfor <%s>; %s\r\n" % (user, i, t0 + i, user, stamp))
+            crlf = head.encode("ascii") + data
+            lf = crlf.replace(b"\r\n", b"\n")
+            name = "%d.M%dP%d.bench,S=%d,W=%d:2,%s" % (t0 + i, i, os.getpid(), len(lf),
+                                                       len(crlf), "S" if facts["seen"] else "")
+            path = os.path.join(home, "cur", name)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, lf)
+            finally:
+                os.close(fd)
+            os.chown(path, self.uid, self.gid)
+
+    def start(self):
+        for port in (PORT_DOVECOT_IMAP, PORT_DOVECOT_POP3):
+            if not port_free(port):
+                raise BenchError("port %d is in use" % port)
+        self.started = True  # before: a failed start may still leave a master
+        p = run_cmd(["dovecot", "-c", self.conf], timeout=120, check=False,
+                    preexec_fn=self.cpu.enter)
+        if p.returncode != 0:
+            raise BenchError("dovecot failed (%d): %s %s" % (p.returncode, p.stdout.strip(),
+                                                            log_tail(self.dir, "dovecot.log")))
+        wait_banner(PORT_DOVECOT_IMAP, b"* OK", START_WAIT_S)
+        wait_banner(PORT_DOVECOT_POP3, b"+OK", START_WAIT_S)
+
+    def stop(self):
+        if self.started:
+            pid = read_pid(os.path.join(self.base, "master.pid"))
+            run_cmd(["doveadm", "-c", self.conf, "stop"], check=False)
+            if pid and not wait_pid_gone(pid, STOP_WAIT_S):
+                os.kill(pid, signal.SIGKILL)
+                wait_pid_gone(pid, 5)
+            self.started = False
+        self.cpu.remove()
+
+
+def email_date():
+    return time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime())
+
+
+def log_tail(directory, name, lines=5):
+    try:
+        with open(os.path.join(directory, name), errors="replace") as f:
+            return "".join(f.readlines()[-lines:]).strip()
+    except OSError:
+        return ""
+
+
+class ReadLoad:
+    """Runs bench/imap_load for one scenario and returns its JSON result."""
+
+    def __init__(self, binary):
+        self.binary = binary
+
+    def run(self, scenario, port, iterations):
+        since = time.strftime("%d-%b-%Y", time.gmtime(time.time() - 2 * 86400)).lstrip("0")
+        args = [self.binary, "--host", "127.0.0.1", "--port", str(port),
+                "--scenario", scenario, "--clients", str(READ_USERS),
+                "--iterations", str(iterations), "--duration-max", str(READ_RUN_MAX_S),
+                "--timeout", "60", "--prefix", PREFIX, "--width", str(READ_WIDTH),
+                "--domain", DOMAIN, "--accounts", str(READ_USERS), "--password", PASSWORD,
+                "--expect-messages", str(READ_PER_USER), "--store-max", str(READ_STORE_MAX),
+                "--search-from", SEARCH_FROM,
+                "--search-subject", SEARCH_SUBJECT, "--search-body", SEARCH_BODY,
+                "--search-since", since]
+        load_before = os.getloadavg()[0]
+        cpu0 = cpu_times()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           timeout=READ_RUN_MAX_S + 120)
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if p.returncode != 0:
+            raise BenchError("imap_load failed (%d): %s %s" % (p.returncode, p.stdout, p.stderr))
+        res = json.loads(p.stdout.splitlines()[0])
+        res["cpu_busy_pct"], res["cpu_iowait_pct"] = cpu_delta(cpu0, cpu_times())
+        res["loadavg_before"] = round(load_before, 2)
+        used = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+        res["client_cpu_pct"] = round(100.0 * used / max(res["elapsed"], 1e-9), 1)
+        return res
+
+
+def read_measure(load, server, scenario, port, iterations):
+    """One timed run with the server's CPU time."""
+    quiet = wait_quiet(READ_QUIET_WAIT_S)
+    cpu0 = server.cpu.seconds()
+    res = load.run(scenario, port, iterations)
+    res["busy_before_pct"], res["quiet_wait_s"] = quiet
+    res["server_cpu_pct"], used = cpu_used(server.cpu, cpu0, res["elapsed"])
+    res["cpu_ms_per_msg"] = round(1000.0 * used / res["messages"], 4) \
+        if used is not None and res["messages"] else None
+    return res
+
+
+def read_problems(res, expect):
+    """Why a run cannot be taken at face value (empty when it can)."""
+    out = []
+    if res["errors"]:
+        out.append("%d error(s) in %d session(s), e.g. %s"
+                   % (res["errors"], res["failed_sessions"], res["last_error"]))
+    if res["truncated"]:
+        out.append("stopped at the %d s limit before finishing" % READ_RUN_MAX_S)
+    if "matches" in res and not res["errors"] and not res["truncated"]:
+        for form, n in sorted(res["matches"].items()):
+            want = expect[form] * res["iterations"]
+            if n != want:
+                out.append("SEARCH %s matched %d messages, the corpus has %d" % (form, n, want))
+    return out
+
+
+def median_round(runs):
+    """The run with the median messages/s (the lower middle one of an even count)."""
+    ordered = sorted(runs, key=lambda r: r["messages_per_s"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def read_profile(load, strata, scenario, iterations, datafile):
+    """A separate Strata run of one scenario under perf: self time by symbol."""
+    perf = subprocess.Popen(["perf", "record", "-F", "499", "-g", "-p", str(strata.pid),
+                             "-o", datafile], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        res = load.run(scenario, PORT_STRATA_IMAP if scenario != "pop3-retr"
+                       else PORT_STRATA_POP3, iterations)
+    finally:
+        perf.send_signal(signal.SIGINT)
+        try:
+            perf.wait(60)
+        except subprocess.TimeoutExpired:
+            perf.kill()
+            perf.wait(10)
+    return {"messages_per_s": res["messages_per_s"],
+            "objects": perf_lines(datafile, ["--no-children", "--sort", "dso",
+                                             "--percent-limit", "2"])[:8],
+            "symbols": perf_lines(datafile, ["--no-children", "--sort", "dso,symbol",
+                                             "--percent-limit", "1.5"])[:16]}
+
+
+def run_read(strata_bin, load_bin, workroot, profile=True):
+    """The whole read phase; returns its results."""
+    work = tempfile.mkdtemp(prefix="read-", dir=workroot)
+    os.chmod(work, 0o755)
+    log("read: building the corpus (%d mailboxes x %d messages)" % (READ_USERS, READ_PER_USER))
+    corpus = make_corpus()
+    stats = corpus_stats(corpus)
+    load = ReadLoad(load_bin)
+    st = ReadStrata(strata_bin, os.path.join(work, "s"))
+    os.makedirs(os.path.join(work, "s"), mode=0o755)
+    dv = ReadDovecot(os.path.join(work, "d"))
+    os.makedirs(dv.dir, mode=0o755)
+    out = {"corpus": stats, "runs": {}, "warmup": {}, "problems": {}, "profiles": {},
+           "rounds": READ_ROUNDS, "iterations": READ_ITERATIONS, "clients": READ_USERS}
+    try:
+        st.setup()
+        st.start()
+        t = time.monotonic()
+        st.load(corpus)
+        out["strata_load_s"] = round(time.monotonic() - t, 1)
+        log("read: Strata loaded over SMTP in %.0f s" % out["strata_load_s"])
+        t = time.monotonic()
+        dv.setup(corpus)
+        dv.start()
+        out["dovecot_load_s"] = round(time.monotonic() - t, 1)
+        del corpus
+        servers = {"strata": (st, PORT_STRATA_IMAP, PORT_STRATA_POP3),
+                   "dovecot": (dv, PORT_DOVECOT_IMAP, PORT_DOVECOT_POP3)}
+        for sc in READ_SCENARIOS:
+            it = READ_ITERATIONS[sc]
+            out["runs"][sc] = {"strata": [], "dovecot": []}
+            for name, (srv, imap_port, pop3_port) in servers.items():
+                port = pop3_port if sc == "pop3-retr" else imap_port
+                w = load.run(sc, port, 1)
+                out["warmup"].setdefault(sc, {})[name] = w
+                probs = read_problems(w, stats["expect_per_pass"])
+                if probs:
+                    out["problems"].setdefault(sc, {}).setdefault(name, []).append(
+                        "warm-up: " + "; ".join(probs))
+            for r in range(READ_ROUNDS):
+                order = ("strata", "dovecot") if r % 2 == 0 else ("dovecot", "strata")
+                for name in order:
+                    srv, imap_port, pop3_port = servers[name]
+                    port = pop3_port if sc == "pop3-retr" else imap_port
+                    res = read_measure(load, srv, sc, port, it)
+                    res["round"] = r + 1
+                    out["runs"][sc][name].append(res)
+                    probs = read_problems(res, stats["expect_per_pass"])
+                    if probs:
+                        out["problems"].setdefault(sc, {}).setdefault(name, []).append(
+                            "round %d: %s" % (r + 1, "; ".join(probs)))
+                    log("  read %-12s %-7s round %d: %8.0f msg/s, p50 %.1f ms, p99 %.1f ms%s"
+                        % (sc, name, r + 1, res["messages_per_s"], res["latency_ms"]["p50"],
+                           res["latency_ms"]["p99"], " (FLAGGED)" if probs else ""))
+        if profile and shutil.which("perf"):
+            for sc in READ_SCENARIOS:
+                s = median_round(out["runs"][sc]["strata"])
+                d = median_round(out["runs"][sc]["dovecot"])
+                if s["messages_per_s"] >= READ_TARGET_RATIO * d["messages_per_s"] and \
+                        s["latency_ms"]["p99"] <= d["latency_ms"]["p99"]:
+                    continue
+                log("read: profiling Strata on %s (target missed)" % sc)
+                out["profiles"][sc] = read_profile(load, st, sc, READ_ITERATIONS[sc],
+                                                   os.path.join(work, "perf-%s.data" % sc))
+        return out
+    finally:
+        st.stop()
+        dv.stop()
+
+
+# ---- read phase: report -------------------------------------------------
+
+READ_HEADING = "## Reading mail: IMAP and POP3"
+
+
+def read_meta(strata_bin):
+    pk = {}
+    for pkg in ("dovecot-core", "dovecot-imapd", "dovecot-pop3d"):
+        p = run_cmd(["dpkg-query", "-W", "-f=${Version}", pkg], check=False)
+        pk[pkg] = p.stdout.strip() if p.returncode == 0 else "not installed"
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "loadavg": round(os.getloadavg()[0], 2), "nproc": os.cpu_count(),
+            "packages": pk, "strata_version": strata_version(strata_bin),
+            "revision": source_revision(), "command": command_line()}
+
+
+def read_lines(read):
+    """The "Reading mail" section of docs/BENCHMARKS.md, as a list of lines."""
+    L = []
+    add = L.append
+    meta, corpus = read["meta"], read["corpus"]
+    add(READ_HEADING)
+    add("")
+    add("Generated by `%s` on %s (the read phase of `make bench`; `bench/run.py --only read` "
+        "runs it alone and rewrites only this section)." % (meta["command"], meta["date"]))
+    add("")
+    kinds = corpus["kinds"]
+    add("Corpus: %s mailboxes x %s messages (%s messages, %.0f MB), the same seeded set in "
+        "both servers: %s plain text, %s multipart/alternative (text + quoted-printable "
+        "HTML), %s multipart/mixed with a base64 attachment; RFC 2047 encoded subjects and "
+        "sender names, RFC 2231 file names. Size p50 %s bytes, mean %s, p99 %s, max %s. "
+        "Strata received it over SMTP (it adds a Received: header); Dovecot's Maildirs were "
+        "written as its LMTP delivery stores mail (LF line ends, Return-Path, Delivered-To "
+        "and Received: added, sizes in the file names) and indexed by Dovecot during the "
+        "warm-up. %d%% of the messages are \\Seen on both."
+        % (fmt(corpus["users"]), fmt(corpus["messages"] // max(corpus["users"], 1)),
+           fmt(corpus["messages"]), corpus["bytes"] / 1e6, fmt(kinds.get("text", 0)),
+           fmt(kinds.get("alternative", 0)), fmt(kinds.get("attachment", 0)),
+           fmt(corpus["size_p50"]), fmt(corpus["size_mean"]), fmt(corpus["size_p99"]),
+           fmt(corpus["size_max"]), SEEN_PERCENT))
+    add("")
+    add("Load: `bench/imap_load`, %d clients at once, each logged in as its own account "
+        "and running its scenario several times, a new session each time (%s); a FETCH or RETR counts as many "
+        "messages as it returns, a SEARCH as many as the mailbox holds, a STORE as one. "
+        "For each scenario: one untimed warm-up pass against each server, then %d timed "
+        "rounds, alternating which server goes first; the figures are each server's median "
+        "round by messages/s. Latency is per command, from sending it to reading the last "
+        "byte of its reply. Server CPU is the CPU time of all the server's processes "
+        "(its cgroup) during the run, divided by the messages."
+        % (read["clients"], ", ".join("%s %dx" % (sc, read["iterations"][sc])
+                                      for sc in READ_SCENARIOS if sc in read["iterations"]),
+           read["rounds"]))
+    add("")
+    add("Scenarios: `fetch-bodies` = connect, LOGIN, SELECT INBOX, `UID FETCH 1:* "
+        "(RFC822.SIZE BODY.PEEK[])` (each body's literal must be exactly its RFC822.SIZE), "
+        "LOGOUT; `fetch-meta` = `FETCH 1:* (FLAGS ENVELOPE BODYSTRUCTURE)`; `search` = SEARCH "
+        "FROM \"%s\", SUBJECT \"%s\", BODY \"%s\", UNSEEN, SINCE (two days ago), each checked "
+        "against the corpus; `store` = `STORE n +FLAGS (\\Flagged)` then `-FLAGS` for each of "
+        "the first %d messages, one command each, each answered by a FETCH with the new "
+        "flags; `pop3-retr` = USER, PASS, STAT, RETR every message (the bytes must add up to "
+        "STAT's), QUIT."
+        % (SEARCH_FROM, SEARCH_SUBJECT, SEARCH_BODY, READ_STORE_MAX))
+    add("")
+    rows, verdicts = [], []
+    for sc in READ_SCENARIOS:
+        runs = read["runs"].get(sc)
+        if not runs or not runs["strata"] or not runs["dovecot"]:
+            rows.append("| %s | did not run | | | | | | | | |" % sc)
+            verdicts.append(False)
+            continue
+        s, d = median_round(runs["strata"]), median_round(runs["dovecot"])
+        rate = ratio(s["messages_per_s"], d["messages_per_s"]) or 0.0
+        ok = rate >= READ_TARGET_RATIO and s["latency_ms"]["p99"] <= d["latency_ms"]["p99"] \
+            and sc not in read["problems"]
+        verdicts.append(ok)
+        rows.append("| %s | %s | %s | **%.2fx** | %s | %s | %s | %s | %s / %s | %s |"
+                    % (sc, fmt(s["messages_per_s"]), fmt(d["messages_per_s"]), rate,
+                       p50_p99(s["latency_ms"]), p50_p99(d["latency_ms"]),
+                       p50_p99(s["commands_ms"].get("session")),
+                       p50_p99(d["commands_ms"].get("session")),
+                       fmt(s.get("cpu_ms_per_msg"), 3), fmt(d.get("cpu_ms_per_msg"), 3),
+                       "met" if ok else "**missed**"))
+    met = sum(verdicts)
+    add("**Target %s.** The target is at least %.0fx Dovecot's messages/s on every line, "
+        "with a p99 at or under Dovecot's: met on %d of %d lines%s."
+        % ("met" if met == len(verdicts) else "missed", READ_TARGET_RATIO, met, len(verdicts),
+           "" if not read["problems"] else "; a line with errors or wrong results counts as "
+           "missed"))
+    add("")
+    add("| scenario | Strata msg/s | Dovecot msg/s | ratio | Strata p50 / p99 ms | "
+        "Dovecot p50 / p99 ms | Strata session p50 / p99 ms | Dovecot session p50 / p99 ms | "
+        "server CPU ms/msg Strata / Dovecot | target |")
+    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    L.extend(rows)
+    add("")
+    add("The first p50 / p99 columns are those of each scenario's main command (%s); the "
+        "session columns time a whole session, connect to LOGOUT or QUIT, login included. "
+        "The target compares the main command's p99."
+        % "; ".join("%s: %s" % (sc, READ_MAIN[sc]) for sc in READ_SCENARIOS))
+    add("")
+    read_problem_lines(L, read)
+    read_reading_lines(L, read)
+    read_detail_lines(L, read)
+    read_profile_lines(L, read)
+    pk = meta["packages"]
+    add("Versions and conditions: %s (source %s) with `threads=2`, IMAP and POP3 listeners on "
+        "loopback, `guard.allow=127.0.0.0/8` (the connection guard would otherwise "
+        "rate-limit the benchmark's own logins); Dovecot %s (imapd %s, pop3d %s) from Debian, "
+        "bench/reference/dovecot-read.conf.in: Debian defaults, plaintext logins, "
+        "passwd-file with the same SHA512-CRYPT hashes, login services in Dovecot's "
+        "high-performance mode. %d cores shared with other work: the 1-minute load average "
+        "was %s when the phase started; compare ratios, not absolute figures."
+        % (meta["strata_version"], meta["revision"], pk.get("dovecot-core"),
+           pk.get("dovecot-imapd"), pk.get("dovecot-pop3d"), meta["nproc"], meta["loadavg"]))
+    add("")
+    return L
+
+
+def p50_p99(lat):
+    return "n/a" if not lat else "%s / %s" % (fmt(lat["p50"], 1), fmt(lat["p99"], 1))
+
+
+def read_problem_lines(L, read):
+    if not read["problems"]:
+        L.append("Every run completed without a protocol error, every body had its announced "
+                 "size, and every SEARCH matched exactly the corpus's messages.")
+        L.append("")
+        return
+    L.append("**Runs flagged** (errors, wrong results or a run cut short; these lines do not "
+             "count as met):")
+    L.append("")
+    for sc in [x for x in READ_SCENARIOS if x in read["problems"]]:
+        for name, probs in sorted(read["problems"][sc].items()):
+            for p in probs:
+                L.append("* %s, %s: %s" % (sc, name, p))
+    L.append("")
+
+
+def read_reading_lines(L, read):
+    """Facts from this run that explain the table."""
+    facts = []
+    for sc in READ_SCENARIOS:
+        runs = read["runs"].get(sc)
+        if not runs or not runs["strata"] or not runs["dovecot"]:
+            continue
+        s, d = median_round(runs["strata"]), median_round(runs["dovecot"])
+        sc_cpu, dc_cpu = s.get("cpu_ms_per_msg"), d.get("cpu_ms_per_msg")
+        if sc_cpu and dc_cpu:
+            facts.append("%s: Strata used %.3f ms of CPU per message, Dovecot %.3f (%.1fx as "
+                         "much); server CPU during the run %s of a core against %s; load "
+                         "generator %s and %s of a core."
+                         % (sc, sc_cpu, dc_cpu, dc_cpu / sc_cpu, pct(s.get("server_cpu_pct")),
+                            pct(d.get("server_cpu_pct")), pct(s.get("client_cpu_pct")),
+                            pct(d.get("client_cpu_pct"))))
+    facts.extend(read_login_facts(read))
+    facts.extend(read_stall_facts(read))
+    if read["runs"].get("store", {}).get("strata") and read["runs"]["store"].get("dovecot"):
+        facts.append("store: the two servers do not promise the same thing. Strata commits "
+                     "every STORE to its index with an fsync before the tagged OK (a flag "
+                     "change survives a power loss once acknowledged); Dovecot with "
+                     "mail_fsync=optimized writes flag changes to its transaction log "
+                     "without an fsync, so an acknowledged change can be lost in a crash.")
+    loads = [x["loadavg_before"] for sc in read["runs"].values() for runs in sc.values()
+             for x in runs]
+    if loads and max(loads) > read["meta"]["nproc"]:
+        facts.append("The 1-minute load average reached %.1f on %d cores before some runs: "
+                     "other work competed for the CPUs, so absolute figures are low and noisy; "
+                     "the rounds alternate servers so that the ratios suffer less."
+                     % (max(loads), read["meta"]["nproc"]))
+    if facts:
+        L.append("### Reading the numbers")
+        L.append("")
+        L.extend("* " + f for f in facts)
+        L.append("")
+
+
+def read_login_facts(read):
+    """Where each server's sessions spend their time, for the fetch scenarios."""
+    out = []
+    for sc in ("fetch-bodies", "fetch-meta"):
+        runs = read["runs"].get(sc)
+        if not runs or not runs["strata"] or not runs["dovecot"]:
+            continue
+        share = {}
+        for name in ("strata", "dovecot"):
+            cm = median_round(runs[name])["commands_ms"]
+            total = sum(v["mean"] * v["count"] for k, v in cm.items() if k != "session")
+            login = cm.get("LOGIN", {})
+            share[name] = (100.0 * login.get("mean", 0) * login.get("count", 0) / total
+                           if total else 0.0, login.get("p50", 0.0))
+        out.append("%s: LOGIN took %.0f%% of Strata's session time (p50 %.1f ms) and %.0f%% "
+                   "of Dovecot's (p50 %.1f ms). With 50 clients starting together, Dovecot's "
+                   "logins go through its one auth process and each session starts a new "
+                   "imap process (Debian's defaults: auth process_limit 1, imap "
+                   "service_count 1), so its logins queue and fewer of its clients FETCH at "
+                   "the same moment: that keeps its FETCH latency low while its sessions "
+                   "take longer; compare the session columns."
+                   % (sc, share["strata"][0], share["strata"][1], share["dovecot"][0],
+                      share["dovecot"][1]))
+    return out
+
+
+# imap_load's command names, in the order a session sends them.
+READ_COMMAND_ORDER = ("connect", "LOGIN", "USER", "PASS", "SELECT", "STAT", "FETCH",
+                      "SEARCH FROM", "SEARCH SUBJECT", "SEARCH BODY", "SEARCH UNSEEN",
+                      "SEARCH SINCE", "STORE +FLAGS", "STORE -FLAGS", "RETR", "LOGOUT", "QUIT",
+                      "session")
+
+
+def read_stall_facts(read):
+    """Commands whose latency is bimodal with a slow mode near 40 ms."""
+    out = []
+    for sc, cmd in (("pop3-retr", "RETR"), ("store", "STORE +FLAGS")):
+        runs = read["runs"].get(sc)
+        for name in ("strata", "dovecot"):
+            if not runs or not runs.get(name):
+                continue
+            lat = median_round(runs[name])["commands_ms"].get(cmd)
+            if lat and lat["p50"] < 5 and 35 <= lat["p90"] <= 60 and lat["mean"] > 4 * lat["p50"]:
+                out.append("%s, %s: %s is bimodal, p50 %.1f ms but p90 %.1f ms and mean %.1f "
+                           "ms. A slow mode at 40-50 ms is the signature of Nagle's algorithm "
+                           "holding back a reply's last small segment until the client's "
+                           "delayed ACK (40 ms on Linux); those stalls, not CPU, set the "
+                           "session's pace."
+                           % (sc, "Strata" if name == "strata" else "Dovecot", cmd, lat["p50"],
+                              lat["p90"], lat["mean"]))
+    return out
+
+
+def read_detail_lines(L, read):
+    L.append("### Every command (median rounds) and every round")
+    L.append("")
+    L.append("| scenario | command | Strata count | Strata p50 / p99 ms | Dovecot count | "
+             "Dovecot p50 / p99 ms |")
+    L.append("|---|---|---:|---:|---:|---:|")
+    for sc in READ_SCENARIOS:
+        runs = read["runs"].get(sc)
+        if not runs or not runs["strata"] or not runs["dovecot"]:
+            continue
+        s, d = median_round(runs["strata"]), median_round(runs["dovecot"])
+        names = sorted(set(s["commands_ms"]) | set(d["commands_ms"]),
+                       key=lambda n: (READ_COMMAND_ORDER.index(n)
+                                      if n in READ_COMMAND_ORDER else len(READ_COMMAND_ORDER), n))
+        for n in names:
+            a, b = s["commands_ms"].get(n), d["commands_ms"].get(n)
+            L.append("| %s | %s | %s | %s | %s | %s |"
+                     % (sc, n, fmt(a["count"]) if a else "-",
+                        "%s / %s" % (fmt(a["p50"], 1), fmt(a["p99"], 1)) if a else "-",
+                        fmt(b["count"]) if b else "-",
+                        "%s / %s" % (fmt(b["p50"], 1), fmt(b["p99"], 1)) if b else "-"))
+    L.append("")
+    L.append("`session` is a whole session, connect to LOGOUT or QUIT; `connect` is the TCP "
+             "connection up to the greeting.")
+    L.append("")
+    L.append("| scenario | server | msg/s by round | errors | machine CPU busy before each "
+             "round | 1-min load before each round |")
+    L.append("|---|---|---|---:|---|---|")
+    for sc in READ_SCENARIOS:
+        for name in ("strata", "dovecot"):
+            runs = read["runs"].get(sc, {}).get(name) or []
+            if not runs:
+                continue
+            L.append("| %s | %s | %s | %d | %s | %s |"
+                     % (sc, "Strata" if name == "strata" else "Dovecot",
+                        ", ".join(fmt(r["messages_per_s"]) for r in runs),
+                        sum(r["errors"] for r in runs),
+                        ", ".join(pct(r.get("busy_before_pct")) for r in runs),
+                        ", ".join("%.1f" % r["loadavg_before"] for r in runs)))
+    L.append("")
+
+
+def read_profile_lines(L, read):
+    if not read["profiles"]:
+        return
+    L.append("### Where Strata spends its time on the lines that miss")
+    L.append("")
+    L.append("`perf record -g -F 499` on the daemon during one more run of the scenario "
+             "(not used for the figures); self time by object, then by symbol:")
+    L.append("")
+    for sc in [x for x in READ_SCENARIOS if x in read["profiles"]]:
+        prof = read["profiles"][sc]
+        L.append("%s (%s msg/s under the profiler):" % (sc, fmt(prof["messages_per_s"])))
+        L.append("")
+        for key in ("objects", "symbols"):
+            L.append("```")
+            L.extend(prof.get(key) or ["(no samples)"])
+            L.append("```")
+            L.append("")
+
+
+def splice_read_section(path, lines):
+    """Replaces (or adds, before "## Machine and versions") the read section
+    of an existing report, leaving the rest of the page as it is."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = "# Benchmarks\n"
+    section = "\n".join(lines).rstrip("\n") + "\n\n"
+    start = text.find("\n" + READ_HEADING + "\n")
+    if start >= 0:
+        end = text.find("\n## ", start + 1)
+        text = text[:start + 1] + section + (text[end + 1:] if end >= 0 else "")
+    else:
+        at = text.find("\n## Machine and versions")
+        if at >= 0:
+            text = text[:at + 1] + section + text[at + 1:]
+        else:
+            text = text.rstrip("\n") + "\n\n" + section
+    with open(path, "w") as f:
+        f.write(text.rstrip("\n") + "\n")
+
+
 # ---- machine ------------------------------------------------------------
 
 def fsync_latency_ms(directory, rounds=200):
@@ -992,6 +1920,8 @@ def report_md(results, meta):
         detail_table(L, c, results["strata"].get(c), results["reference"].get(c))
     durability_section(L, results)
     profile_section(L, results)
+    if results.get("read"):
+        L.extend(read_lines(results["read"]))
     machine_section(L, meta)
     return "\n".join(L) + "\n"
 
@@ -1208,16 +2138,21 @@ def machine_section(L, meta):
 # ---- main ---------------------------------------------------------------
 
 def parse_args():
-    ap = argparse.ArgumentParser(description="SMTP ingest benchmark: Strata vs Postfix + Dovecot")
+    ap = argparse.ArgumentParser(description="Strata vs Postfix + Dovecot: SMTP ingest, then "
+                                 "IMAP and POP3 reading")
     ap.add_argument("--strata", required=True, help="path to the strata binary")
     ap.add_argument("--load", help="path to smtp_load (default: bench/smtp_load beside --strata)")
+    ap.add_argument("--imap-load",
+                    help="path to imap_load (default: bench/imap_load beside --strata)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCHMARKS.md"))
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     ap.add_argument("--workdir", default=os.environ.get("STRATA_BENCH_DIR", "/var/tmp"),
                     help="where the stacks keep their state (must be a real disk, not tmpfs)")
-    ap.add_argument("--only", choices=("strata", "reference"),
-                    help="run one stack only (no report is written)")
-    ap.add_argument("--no-profile", action="store_true", help="skip the perf run")
+    ap.add_argument("--only", choices=("strata", "reference", "read"),
+                    help="strata, reference: one stack of the ingest phase only (no report is "
+                    "written); read: the IMAP/POP3 read phase only (rewrites its section of "
+                    "the report and results/read.json)")
+    ap.add_argument("--no-profile", action="store_true", help="skip the perf runs")
     ap.add_argument("--from-json", metavar="FILE",
                     help="only rewrite the report and plot from a saved results/ingest.json")
     return ap.parse_args()
@@ -1226,12 +2161,15 @@ def parse_args():
 def check_environment(args):
     if os.geteuid() != 0:
         raise BenchError("run as root: Postfix and Dovecot must be started as root")
-    for path in (args.strata, args.load):
-        if path == args.strata and args.only == "reference":
-            continue
+    paths = {"strata": (args.strata, args.load), "reference": (args.load,),
+             "read": (args.strata, args.imap_load)}.get(args.only,
+                                                        (args.strata, args.load, args.imap_load))
+    for path in paths:
         if not os.access(path, os.X_OK):
             raise BenchError("%s is not an executable (build with `make build`)" % path)
-    for tool in ("postfix", "postmap", "dovecot", "doveadm"):
+    tools = ("dovecot", "doveadm") if args.only == "read" else \
+        ("postfix", "postmap", "dovecot", "doveadm")
+    for tool in tools:
         if shutil.which(tool) is None:
             raise BenchError("%s is not installed (scripts/deps bench)" % tool)
     p = run_cmd(["df", "--output=fstype", args.workdir], check=False)
@@ -1250,6 +2188,10 @@ def rewrite_from_json(args):
     results = saved["results"]
     for stack in ("strata", "reference"):
         results[stack] = {int(c): v for c, v in results[stack].items()}
+    read_json = os.path.join(os.path.dirname(os.path.abspath(args.from_json)), "read.json")
+    if os.path.exists(read_json):
+        with open(read_json) as f:
+            results["read"] = json.load(f)
     write_outputs(args, results, saved["meta"])
 
 
@@ -1261,9 +2203,14 @@ def main():
     args.strata = os.path.abspath(args.strata)
     if not args.load:
         args.load = os.path.join(os.path.dirname(args.strata), "bench", "smtp_load")
+    if not args.imap_load:
+        args.imap_load = os.path.join(os.path.dirname(args.strata), "bench", "imap_load")
+    ingest = args.only != "read"
+    read = args.only in (None, "read")
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGALRM, on_signal)
-    signal.alarm(TOTAL_BUDGET_S)  # a hard stop for the whole run; finally blocks still tear down
+    # A hard stop for the whole run; finally blocks still tear down.
+    signal.alarm((TOTAL_BUDGET_S if ingest else 0) + (READ_BUDGET_S if read else 0))
     check_environment(args)
     stop_system_instances()
     workroot = tempfile.mkdtemp(prefix="strata-bench-", dir=args.workdir)
@@ -1280,7 +2227,7 @@ def main():
         # on ext4 without a journal, creating files right after many were
         # deleted is slow (recently freed inodes are skipped for 1-5 min),
         # so each stack only ever pays for its own deletions.
-        if args.only != "reference":
+        if ingest and args.only != "reference":
             for c in CONCURRENCY:
                 log("Strata, %d connection(s)" % c)
                 results["strata"][c] = run_strata(args.strata, load, workroot, c)
@@ -1295,13 +2242,20 @@ def main():
                 prof = run_strata(args.strata, load, workroot, 50, profile=data)
                 prof["perf"] = perf_summary(data)
                 results["profile"] = prof
-        if args.only != "strata":
+        if ingest and args.only != "strata":
             for c in CONCURRENCY:
                 log("Postfix + Dovecot, %d connection(s)" % c)
                 results["reference"][c] = run_reference(load, workroot, c)
                 summary("Postfix + Dovecot", results["reference"][c])
+        if read:
+            log("read phase: Strata vs Dovecot over IMAP and POP3")
+            results["read"] = run_read(args.strata, args.imap_load, workroot,
+                                       profile=not args.no_profile)
+            results["read"]["meta"] = read_meta(args.strata)
         if args.only is None:
             write_outputs(args, results, meta)
+        elif args.only == "read":
+            write_read_outputs(args, results["read"])
         log("done in %.0f s" % (time.monotonic() - t0))
     finally:
         signal.alarm(0)
@@ -1315,15 +2269,52 @@ def summary(name, r):
            r["latency_ms"]["p99"]))
 
 
+def keep_other_sections(path, text):
+    """Appends to the generated page the "## " sections of the current page
+    that this script does not generate (other benchmarks document
+    themselves there), so that a run does not erase them."""
+    try:
+        with open(path) as f:
+            old = f.read()
+    except FileNotFoundError:
+        return text
+    made = set(re.findall(r"^## .*$", text, re.M))
+    kept = [sec for sec in re.split(r"\n(?=## )", old)[1:]
+            if sec.startswith("## ") and sec.splitlines()[0] not in made and
+            not sec.startswith(("## SMTP ingest", "## Where Strata spends", "## What durability"))]
+    if not kept:
+        return text
+    return text.rstrip("\n") + "\n\n" + "\n".join(k.rstrip("\n") + "\n" for k in kept)
+
+
+def write_read_outputs(args, read):
+    """The read phase alone: results/read.json and its section of the report."""
+    os.makedirs(args.results, exist_ok=True)
+    with open(os.path.join(args.results, "read.json"), "w") as f:
+        json.dump(read, f, indent=1, sort_keys=True, default=str)
+        f.write("\n")
+    splice_read_section(args.out, read_lines(read))
+    log("wrote the read section of %s, %s" % (os.path.relpath(args.out, ROOT),
+                                               os.path.relpath(os.path.join(
+                                                   args.results, "read.json"), ROOT)))
+
+
 def write_outputs(args, results, meta):
+    """The whole report; the read phase's raw results go to their own file."""
+    ingest = {k: v for k, v in results.items() if k != "read"}
     os.makedirs(args.results, exist_ok=True)
     png = os.path.join(args.results, "ingest.png")
-    plot(results, png)
+    plot(ingest, png)
     with open(os.path.join(args.results, "ingest.json"), "w") as f:
-        json.dump({"meta": meta, "results": results}, f, indent=1, sort_keys=True, default=str)
+        json.dump({"meta": meta, "results": ingest}, f, indent=1, sort_keys=True, default=str)
         f.write("\n")
+    if results.get("read"):
+        with open(os.path.join(args.results, "read.json"), "w") as f:
+            json.dump(results["read"], f, indent=1, sort_keys=True, default=str)
+            f.write("\n")
+    text = keep_other_sections(args.out, report_md(results, meta))  # before truncating
     with open(args.out, "w") as f:
-        f.write(report_md(results, meta))
+        f.write(text)
     log("wrote %s, %s" % (os.path.relpath(args.out, ROOT), os.path.relpath(png, ROOT)))
 
 

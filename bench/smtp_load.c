@@ -14,6 +14,13 @@
  * <prefix><n>@<domain>, n in [0, accounts).  Random choices come from a
  * per-thread xorshift generator seeded from `--seed`, so a run is repeatable.
  *
+ * `--mix realistic` replaces the fixed size with a mail-like mix (the
+ * scale benchmark's load): sizes log-normal with a median of 8 KiB,
+ * clamped to [2 KiB, 2 MiB] (a mean near 20 KiB); 55% text/plain, 25%
+ * multipart/alternative (text and HTML), 20% multipart/mixed with a short
+ * text part and a base64 attachment carrying the bulk.  Sizes are those
+ * drawn, to within a line; the report gives the bytes actually sent.
+ *
  * Accept latency is the time from the moment the final "." has been handed
  * to the kernel to the moment the reply to it has been read.  A message
  * counts as accepted only on a 2xx reply to the final ".".
@@ -42,6 +49,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -70,6 +78,11 @@
 #define LOAD_RECONNECT_PAUSE_MS 100
 #define LOAD_ERR_TEXT 200
 #define LOAD_BODY_LINE 76
+#define LOAD_MIX_MIN 2048ull
+#define LOAD_MIX_MAX (2ull << 20)
+#define LOAD_MIX_MEDIAN 8192.0
+#define LOAD_MIX_SIGMA 1.2
+#define LOAD_MIX_HEADROOM 4096      /* headers and MIME framing past the drawn size */
 
 struct load_opts {
 	char host[INET_ADDRSTRLEN];
@@ -84,6 +97,7 @@ struct load_opts {
 	uint64_t accounts;
 	uint64_t seed;
 	uint64_t timeout_s;
+	bool mix;                       /* --mix realistic */
 };
 
 /* State shared by every worker. */
@@ -109,6 +123,7 @@ struct load_worker {
 	uint64_t rng;
 	/* results */
 	uint64_t attempted, sent, accepted, rejected, io_errors, connect_errors;
+	uint64_t bytes_sent;            /* message bytes of sent transactions */
 	uint64_t begin_ns;              /* when this worker passed the start barrier */
 	uint64_t last_done_ns;
 	uint32_t *lat_us;
@@ -358,9 +373,10 @@ static void load_body_make(struct load_worker *w, size_t len)
 }
 
 /* Formats the header block of message `tx` (ending with the empty line)
- * into out, snprintf-style: returns the length it needs. */
-static int load_headers(char *out, size_t outlen, const struct load_opts *o, uint64_t tx,
-			unsigned index, const char *rcpt)
+ * into out, snprintf-style: returns the length it needs.  ctype NULL:
+ * text/plain. */
+static int load_headers_ct(char *out, size_t outlen, const struct load_opts *o, uint64_t tx,
+			   unsigned index, const char *rcpt, const char *ctype)
 {
 	char date[64];
 	time_t now = time(NULL);
@@ -375,9 +391,116 @@ static int load_headers(char *out, size_t outlen, const struct load_opts *o, uin
 			"To: <%s>\r\n"
 			"Subject: bench message %" PRIu64 "\r\n"
 			"MIME-Version: 1.0\r\n"
-			"Content-Type: text/plain; charset=us-ascii\r\n"
+			"Content-Type: %s\r\n"
 			"\r\n",
-			o->seed, tx, index, date, o->from, rcpt, tx);
+			o->seed, tx, index, date, o->from, rcpt, tx,
+			ctype ? ctype : "text/plain; charset=us-ascii");
+}
+
+static int load_headers(char *out, size_t outlen, const struct load_opts *o, uint64_t tx,
+			unsigned index, const char *rcpt)
+{
+	return load_headers_ct(out, outlen, o, tx, index, rcpt, NULL);
+}
+
+/* ---- the realistic mix --------------------------------------------------- */
+
+/* A uniform double in (0, 1). */
+static double load_uniform(uint64_t *rng)
+{
+	return ((double)(load_rand(rng) >> 11) + 0.5) / 9007199254740992.0;
+}
+
+/* Log-normal (Box-Muller), clamped to [LOAD_MIX_MIN, LOAD_MIX_MAX]. */
+static size_t load_mix_size(uint64_t *rng)
+{
+	double u1 = load_uniform(rng), u2 = load_uniform(rng);
+	double z = sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
+	double v = LOAD_MIX_MEDIAN * exp(LOAD_MIX_SIGMA * z);
+	if (v < (double)LOAD_MIX_MIN)
+		v = (double)LOAD_MIX_MIN;
+	if (v > (double)LOAD_MIX_MAX)
+		v = (double)LOAD_MIX_MAX;
+	return (size_t)v;
+}
+
+struct load_out {
+	char *p;
+	size_t len, cap;
+};
+
+static void load_put(struct load_out *b, const char *s, size_t n)
+{
+	if (n > b->cap - b->len)
+		n = b->cap - b->len;   /* cannot happen: the buffer has LOAD_MIX_HEADROOM */
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+}
+
+static void load_puts(struct load_out *b, const char *s)
+{
+	load_put(b, s, strlen(s));
+}
+
+/* About `bytes` of whole body lines from the worker's pool (at least one). */
+static void load_put_lines(struct load_worker *w, struct load_out *b, size_t bytes)
+{
+	size_t line = LOAD_BODY_LINE + 2, lines = bytes / line;
+	if (lines == 0)
+		lines = 1;
+	if (lines * line > w->body_len)
+		lines = w->body_len / line;
+	size_t start = (size_t)(load_rand(&w->rng) % (w->body_len / line - lines + 1)) * line;
+	load_put(b, w->body + start, lines * line);
+}
+
+static size_t load_message_mix(struct load_worker *w, uint64_t tx, const char *rcpt)
+{
+	const struct load_opts *o = w->sh->opts;
+	if (w->body == NULL)
+		load_body_make(w, (size_t)LOAD_MIX_MAX - (size_t)LOAD_MIX_MAX % (LOAD_BODY_LINE + 2));
+	size_t size = load_mix_size(&w->rng);
+	unsigned kind = (unsigned)(load_rand(&w->rng) % 100);
+	char ctype[128], bnd[64];
+	snprintf(bnd, sizeof(bnd), "=_strata_bench_%" PRIu64, tx);
+	if (kind < 55)
+		snprintf(ctype, sizeof(ctype), "text/plain; charset=us-ascii");
+	else
+		snprintf(ctype, sizeof(ctype), "multipart/%s; boundary=\"%s\"", kind < 80 ? "alternative" : "mixed",
+			 bnd);
+	struct load_out b = { w->msg, 0, (size_t)LOAD_MIX_MAX + LOAD_MIX_HEADROOM };
+	int h = load_headers_ct(b.p, b.cap, o, tx, w->index, rcpt, ctype);
+	if (h < 0 || (size_t)h >= LOAD_MIX_HEADROOM / 2)
+		return 0;
+	b.len = (size_t)h;
+	size_t body = size > (size_t)h ? size - (size_t)h : 0;
+	char part[256];
+	if (kind < 55) {
+		load_put_lines(w, &b, body);
+	} else if (kind < 80) {
+		snprintf(part, sizeof(part), "--%s\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n", bnd);
+		load_puts(&b, part);
+		load_put_lines(w, &b, body / 3);
+		snprintf(part, sizeof(part), "--%s\r\nContent-Type: text/html; charset=us-ascii\r\n\r\n"
+			 "<html><body>\r\n", bnd);
+		load_puts(&b, part);
+		load_put_lines(w, &b, body - body / 3);
+		snprintf(part, sizeof(part), "</body></html>\r\n--%s--\r\n", bnd);
+		load_puts(&b, part);
+	} else {
+		snprintf(part, sizeof(part), "--%s\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n", bnd);
+		load_puts(&b, part);
+		load_put_lines(w, &b, 800);
+		snprintf(part, sizeof(part), "--%s\r\nContent-Type: application/pdf; name=\"doc%" PRIu64 ".pdf\"\r\n"
+			 "Content-Disposition: attachment; filename=\"doc%" PRIu64 ".pdf\"\r\n"
+			 "Content-Transfer-Encoding: base64\r\n\r\n", bnd, tx, tx);
+		load_puts(&b, part);
+		load_put_lines(w, &b, body > 800 ? body - 800 : 1);
+		snprintf(part, sizeof(part), "--%s--\r\n", bnd);
+		load_puts(&b, part);
+	}
+	load_put(&b, ".\r\n", 3);
+	return b.len;
 }
 
 /* Builds message number `tx` for `rcpt` in w->msg, followed by ".\r\n".
@@ -386,6 +509,8 @@ static int load_headers(char *out, size_t outlen, const struct load_opts *o, uin
 static size_t load_message_build(struct load_worker *w, uint64_t tx, const char *rcpt)
 {
 	const struct load_opts *o = w->sh->opts;
+	if (o->mix)
+		return load_message_mix(w, tx, rcpt);
 	int h = load_headers(w->msg, (size_t)o->size + 1, o, tx, w->index, rcpt);
 	/* The body needs at least one line ("x\r\n" or "\r\n"): keep 2 bytes. */
 	if (h < 0 || (uint64_t)h + 2 > o->size)
@@ -472,6 +597,7 @@ static enum load_tx load_transaction(struct load_worker *w, struct load_conn *c,
 	if (len == 0 || !load_send_all(c, w->msg, len))
 		return load_tx_lost(w, "message");
 	w->sent++;
+	w->bytes_sent += len - 3;
 	uint64_t t_dot = load_now_ns();
 	code = load_read_reply(c, line, sizeof(line));
 	uint64_t t_reply = load_now_ns();
@@ -495,7 +621,7 @@ static void *load_worker_main(void *arg)
 	bool up;
 
 	c->fd = -1;
-	w->msg = load_xmalloc((size_t)sh->opts->size + 3);
+	w->msg = load_xmalloc(sh->opts->mix ? (size_t)LOAD_MIX_MAX + LOAD_MIX_HEADROOM : (size_t)sh->opts->size + 3);
 	up = load_conn_open(w, c);
 	if (!up)
 		w->connect_errors++;
@@ -548,8 +674,10 @@ static void load_usage(FILE *f)
 		"usage: smtp_load --port P [--host 127.0.0.1] [--concurrency C] [--messages N]\n"
 		"                 [--duration-max S] [--size BYTES] [--domain D] [--accounts A]\n"
 		"                 [--prefix user] [--from ADDR] [--seed N] [--timeout S]\n"
-		"Sends N messages of BYTES bytes over C SMTP connections to random recipients\n"
-		"<prefix><0..A-1>@D and prints a JSON summary.  Loopback (127.0.0.0/8) only.\n");
+		"                 [--mix fixed|realistic]\n"
+		"Sends N messages of BYTES bytes (or of a realistic size and MIME mix) over C\n"
+		"SMTP connections to random recipients <prefix><0..A-1>@D and prints a JSON\n"
+		"summary.  Loopback (127.0.0.0/8) only.\n");
 }
 
 static bool load_parse_u64(const char *name, const char *s, uint64_t min, uint64_t max,
@@ -616,6 +744,7 @@ static bool load_parse_args(int argc, char **argv, struct load_opts *o)
 		{ "from", required_argument, NULL, 'f' },
 		{ "seed", required_argument, NULL, 'S' },
 		{ "timeout", required_argument, NULL, 't' },
+		{ "mix", required_argument, NULL, 'm' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -659,6 +788,12 @@ static bool load_parse_args(int argc, char **argv, struct load_opts *o)
 			break;
 		case 'S': ok = load_parse_u64("seed", optarg, 0, UINT64_MAX, &o->seed); break;
 		case 't': ok = load_parse_u64("timeout", optarg, 1, LOAD_MAX_TIMEOUT_S, &o->timeout_s); break;
+		case 'm':
+			ok = strcmp(optarg, "fixed") == 0 || strcmp(optarg, "realistic") == 0;
+			o->mix = strcmp(optarg, "realistic") == 0;
+			if (!ok)
+				fprintf(stderr, "smtp_load: --mix is fixed or realistic\n");
+			break;
 		case 'h': load_usage(stdout); exit(0);
 		default: ok = false; break;
 		}
@@ -744,9 +879,13 @@ static void load_report(const struct load_opts *o, struct load_worker *w, double
 	qsort(lat, n_lat, sizeof(*lat), load_cmp_u32);
 
 	double elapsed = (double)(end_ns - start_ns) / 1e9;
+	uint64_t bytes = 0;
+	for (unsigned i = 0; i < o->concurrency; i++)
+		bytes += w[i].bytes_sent;
 	printf("{\"host\": \"%s\", \"port\": %u, \"concurrency\": %u, \"size\": %" PRIu64
-	       ", \"accounts\": %" PRIu64 ", \"seed\": %" PRIu64 ",\n",
-	       o->host, (unsigned)ntohs(o->addr.sin_port), o->concurrency, o->size, o->accounts, o->seed);
+	       ", \"mix\": \"%s\", \"bytes_sent\": %" PRIu64 ", \"accounts\": %" PRIu64 ", \"seed\": %" PRIu64 ",\n",
+	       o->host, (unsigned)ntohs(o->addr.sin_port), o->concurrency, o->size, o->mix ? "realistic" : "fixed",
+	       bytes, o->accounts, o->seed);
 	printf(" \"attempted\": %" PRIu64 ", \"sent\": %" PRIu64 ", \"accepted\": %" PRIu64
 	       ", \"failed\": %" PRIu64 ", \"rejected\": %" PRIu64 ", \"io_errors\": %" PRIu64
 	       ", \"connect_errors\": %" PRIu64 ",\n",

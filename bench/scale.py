@@ -1,0 +1,499 @@
+#!/usr/bin/python3
+"""bench/scale.py - one node at full size (`make bench-scale`).
+
+Owns: the scale benchmark: 50,000 accounts and 1,000,000 messages on one
+node with the embedded default (SQLite + local directories), measured
+against the same node at 1,000 accounts with the same mail per account.
+
+For each size (the baseline first, then the full size), from fresh state:
+
+  1. `strata user import` of the accounts (one shared SHA512-CRYPT hash, so
+     logins cost the same at both sizes);
+  2. the messages, over SMTP, by bench/smtp_load --mix realistic (sizes
+     log-normal 2 KiB..2 MiB, median 8 KiB; text, alternative and mixed
+     MIME with base64 attachments) at 32 connections, to random accounts;
+     the last `--window` messages are timed on their own: "delivery
+     throughput at that size";
+  3. the daemon is stopped, the index checkpointed, and measured: bytes
+     of index.db per message (the WAL folded in);
+  4. start-up time: from exec to the SMTP banner and /health answering;
+  5. idle RSS after start;
+  6. 10,000 idle IMAP connections (logged in, INBOX selected, in IDLE;
+     from 100 loopback source addresses): RSS per connection;
+  7. IMAP latency over random accounts: LOGIN, SELECT INBOX and UID FETCH
+     of one random message's body, 2,000 sessions, 8 at a time, p50/p99 of
+     each step;
+  8. `strata tier rebuild` (when the build has it) and `strata store
+     verify`, timed.
+
+Targets (the issue's): start in 2 s or less, idle RSS at or under 200 MB,
+at or under 10 KB per idle IMAP connection, index at or under 300 bytes per
+message, and no figure more than 20% worse than at 1,000 accounts.
+
+Safety and bounds: loopback only (127.0.0.1 and 127.77.x.y sources); every
+phase has a count and a deadline; the daemon is stopped in a finally block.
+Disk: about 20 KB per message (17 GB at the full size): --messages and
+--accounts scale it down (the report says what was run).  Run as root (the
+daemon drops to the strata user) or as any user (then it stays that user).
+
+Output: JSON in bench/results/scale-<date>.json and a Markdown table on
+stdout for docs/BENCHMARKS.md.
+"""
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DOMAIN = "scale.example"
+PASSWORD = "scalepass"
+SEED = 20261129
+START_WAIT_S = 120
+
+
+def log(msg):
+    print("scale: %s" % msg, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sha512_crypt(password):
+    out = subprocess.run(["openssl", "passwd", "-6", "-salt", "strataScale", password],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    return "{SHA512-CRYPT}" + out
+
+
+def rss_kib(pid, field="VmRSS"):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+class Node:
+    """One strata serve on its own state directory."""
+
+    def __init__(self, binary, workdir, name):
+        self.binary = binary
+        self.dir = os.path.join(workdir, name)
+        os.makedirs(self.dir)
+        os.chmod(self.dir, 0o755)
+        self.state = os.path.join(self.dir, "state")
+        self.smtp = free_port()
+        self.imap = free_port()
+        self.admin = free_port()
+        self.proc = None
+        self.opts = {
+            "state_dir": self.state,
+            "smtp.listen": "127.0.0.1:%d" % self.smtp,
+            "imap.listen": "127.0.0.1:%d" % self.imap,
+            "admin.listen": "127.0.0.1:%d" % self.admin,
+            "threads": "2",
+            "log.level": "warning",
+            "hostname": "mx.scale.example",
+            "imap.max_connections": "20000",
+            "guard.user.max_connections": "20000",
+            "guard.allow": "127.0.0.0/8",   # this benchmark measures size, not the guard
+            "store.backup_interval": "0",
+            "tier.interval": "1h",
+        }
+
+    def args(self):
+        out = []
+        for k, v in self.opts.items():
+            out += ["-o", "%s=%s" % (k, v)]
+        return out
+
+    def cli(self, *args, timeout=3600, input=None):
+        p = subprocess.run([self.binary] + self.args() + list(args), capture_output=True, timeout=timeout,
+                           input=input)
+        if p.returncode != 0:
+            raise RuntimeError("strata %s: %s" % (" ".join(args), p.stderr.decode(errors="replace")[-2000:]))
+        return p
+
+    def start(self):
+        t0 = time.monotonic()
+        self.log = open(os.path.join(self.dir, "serve.log"), "ab")
+        self.proc = subprocess.Popen([self.binary] + self.args() + ["serve"], stdout=self.log,
+                                     stderr=subprocess.STDOUT, preexec_fn=raise_nofile)
+        deadline = t0 + START_WAIT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("strata serve exited %d during start-up" % self.proc.returncode)
+            if self.ready():
+                return time.monotonic() - t0
+            time.sleep(0.01)
+        raise RuntimeError("strata serve not ready after %d s" % START_WAIT_S)
+
+    def ready(self):
+        try:
+            with socket.create_connection(("127.0.0.1", self.smtp), timeout=1) as s:
+                if not s.recv(512).startswith(b"220"):
+                    return False
+            with urllib.request.urlopen("http://127.0.0.1:%d/health" % self.admin, timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        self.log.close()
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def import_accounts(node, n):
+    path = os.path.join(node.dir, "accounts.csv")
+    h = sha512_crypt(PASSWORD)
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write("user%d@%s,%s\n" % (i, DOMAIN, h))
+    node.cli("domain", "add", DOMAIN)
+    t0 = time.monotonic()
+    node.cli("user", "import", path)
+    return time.monotonic() - t0
+
+
+def smtp_load(node, accounts, messages, seed, concurrency=32):
+    exe = os.path.join(ROOT, "build", "bench", "smtp_load")
+    out = subprocess.run([exe, "--port", str(node.smtp), "--concurrency", str(concurrency),
+                          "--messages", str(messages), "--accounts", str(accounts), "--domain", DOMAIN,
+                          "--mix", "realistic", "--seed", str(seed), "--duration-max", "3600",
+                          "--timeout", "120"], capture_output=True, text=True, timeout=3700)
+    if out.returncode != 0:
+        raise RuntimeError("smtp_load: %s" % out.stderr[-2000:])
+    return json.loads(out.stdout)
+
+
+def index_bytes(node):
+    db = os.path.join(node.state, "index.db")
+    con = sqlite3.connect(db)
+    try:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        n = con.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+        tables = {}
+        try:
+            for name, size in con.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name"):
+                tables[name] = size
+        except sqlite3.OperationalError:
+            pass        # no dbstat in this SQLite build
+    finally:
+        con.close()
+    size = os.path.getsize(db)
+    return n, size, tables
+
+
+# ---- IMAP -------------------------------------------------------------------------
+
+class ImapError(Exception):
+    pass
+
+
+async def imap_cmd(reader, writer, tag, text):
+    writer.write(("%s %s\r\n" % (tag, text)).encode())
+    await writer.drain()
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise ImapError("connection closed after %s" % text)
+        if line.startswith(tag.encode() + b" "):
+            if not line.startswith(tag.encode() + b" OK"):
+                raise ImapError(line.decode(errors="replace").strip())
+            return
+
+
+async def idle_session(port, user, src, started, stop, sem):
+    async with sem:     # at most so many logging in at once; released once idling
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(src, 0), limit=1 << 16)
+        await reader.readline()
+        await imap_cmd(reader, writer, "a", "LOGIN %s %s" % (user, PASSWORD))
+        await imap_cmd(reader, writer, "b", "SELECT INBOX")
+        writer.write(b"c IDLE\r\n")
+        await writer.drain()
+        line = await reader.readline()
+        if not line.startswith(b"+"):
+            raise ImapError("IDLE: %r" % line)
+    started.append(1)
+    try:
+        await stop.wait()
+        writer.write(b"DONE\r\n")
+        await writer.drain()
+    finally:
+        writer.close()
+
+
+async def hold_idle(node, accounts, n, settle_s=5):
+    """Opens n IDLE sessions; returns (RSS before, RSS with them) in KiB."""
+    before = rss_kib(node.proc.pid)
+    stop = asyncio.Event()
+    started = []
+    sem = asyncio.Semaphore(200)
+    rnd = random.Random(SEED)
+
+    async def one(i):
+        src = "127.77.%d.%d" % (i // 100 % 250, 1 + i % 100)
+        await idle_session(node.imap, "user%d@%s" % (rnd.randrange(accounts), DOMAIN), src, started, stop, sem)
+
+    tasks = [asyncio.create_task(one(i)) for i in range(n)]
+    deadline = time.monotonic() + 600
+    while len(started) < n and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        failed = [t for t in tasks if t.done() and t.exception() is not None]
+        if failed:
+            stop.set()
+            raise failed[0].exception()
+    if len(started) < n:
+        stop.set()
+        raise RuntimeError("only %d of %d IDLE sessions started" % (len(started), n))
+    await asyncio.sleep(settle_s)
+    during = rss_kib(node.proc.pid)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return before, during
+
+
+def percentile(v, p):
+    if not v:
+        return 0.0
+    v = sorted(v)
+    return v[min(len(v) - 1, int(p / 100.0 * len(v)))]
+
+
+def imap_latency(node, accounts, sessions=2000, concurrency=8):
+    """LOGIN / SELECT / UID FETCH one random body, over random accounts."""
+    import imaplib
+    rnd = random.Random(SEED + 1)
+    users = ["user%d@%s" % (rnd.randrange(accounts), DOMAIN) for _ in range(sessions)]
+    lat = {"login": [], "select": [], "fetch": [], "session": []}
+    lock = threading.Lock()
+    errors = []
+    it = iter(range(sessions))
+
+    def worker():
+        r = random.Random(threading.get_ident())
+        while True:
+            with lock:
+                i = next(it, None)
+            if i is None:
+                return
+            try:
+                t0 = time.monotonic()
+                m = imaplib.IMAP4("127.0.0.1", node.imap, timeout=60)
+                m.login(users[i], PASSWORD)
+                t1 = time.monotonic()
+                typ, data = m.select("INBOX", readonly=True)
+                t2 = time.monotonic()
+                n = int(data[0])
+                t3 = t2
+                if n > 0:
+                    typ, data = m.fetch(str(r.randrange(1, n + 1)), "(BODY.PEEK[])")
+                    if typ != "OK":
+                        raise ImapError("FETCH %s" % typ)
+                    t3 = time.monotonic()
+                m.logout()
+                with lock:
+                    lat["login"].append((t1 - t0) * 1000)
+                    lat["select"].append((t2 - t1) * 1000)
+                    if n > 0:
+                        lat["fetch"].append((t3 - t2) * 1000)
+                    lat["session"].append((time.monotonic() - t0) * 1000)
+            except Exception as e:   # noqa: BLE001 - counted and reported
+                with lock:
+                    errors.append(repr(e))
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(1800)
+    out = {k: {"p50": percentile(v, 50), "p99": percentile(v, 99), "n": len(v)} for k, v in lat.items()}
+    out["errors"] = len(errors)
+    out["first_error"] = errors[0] if errors else ""
+    out["sessions_per_s"] = sessions / (time.monotonic() - t0)
+    return out
+
+
+def has_tier_rebuild(binary):
+    p = subprocess.run([binary, "tier"], capture_output=True, text=True)
+    return "tier rebuild" in (p.stdout + p.stderr)
+
+
+def measure(binary, workdir, name, accounts, messages, window, idle_conns):
+    node = Node(binary, workdir, name)
+    res = {"accounts": accounts, "messages": messages}
+    try:
+        res["import_s"] = import_accounts(node, accounts)
+        log("%s: %d accounts imported in %.1f s" % (name, accounts, res["import_s"]))
+        node.start()
+        bulk = max(0, messages - window)
+        if bulk:
+            t0 = time.monotonic()
+            r = smtp_load(node, accounts, bulk, SEED)
+            log("%s: %d messages loaded in %.0f s (%.0f/s), %d failed" %
+                (name, r["accepted"], time.monotonic() - t0, r["rate"], r["failed"]))
+            res["bulk"] = r
+        r = smtp_load(node, accounts, messages - bulk, SEED + 7)
+        res["delivery"] = {"rate": r["rate"], "p50_ms": r["latency_ms"]["p50"],
+                           "p99_ms": r["latency_ms"]["p99"], "failed": r["failed"],
+                           "bytes_sent": r["bytes_sent"], "messages": r["accepted"]}
+        log("%s: timed window %d messages at %.0f/s" % (name, r["accepted"], r["rate"]))
+        node.stop()
+        n, size, tables = index_bytes(node)
+        res["index"] = {"messages": n, "bytes": size, "bytes_per_message": size / max(n, 1),
+                        "tables": tables}
+        log("%s: index %d bytes for %d messages (%.0f B/msg)" % (name, size, n, size / max(n, 1)))
+        starts = []
+        for _ in range(3):
+            starts.append(node.start())
+            node.stop()
+        res["start_s"] = {"runs": starts, "median": sorted(starts)[1]}
+        node.start()
+        time.sleep(3)
+        res["idle_rss_kib"] = rss_kib(node.proc.pid)
+        log("%s: start %.2f s, idle RSS %d KiB" % (name, res["start_s"]["median"], res["idle_rss_kib"]))
+        before, during = asyncio.run(hold_idle(node, accounts, idle_conns))
+        res["idle_imap"] = {"connections": idle_conns, "rss_before_kib": before, "rss_during_kib": during,
+                            "kib_per_connection": (during - before) / idle_conns}
+        log("%s: %d IDLE sessions: %.2f KiB each" % (name, idle_conns, (during - before) / idle_conns))
+        res["imap_latency"] = imap_latency(node, accounts)
+        log("%s: IMAP session p50 %.1f ms p99 %.1f ms, %d errors" %
+            (name, res["imap_latency"]["session"]["p50"], res["imap_latency"]["session"]["p99"],
+             res["imap_latency"]["errors"]))
+        node.stop()
+        t0 = time.monotonic()
+        node.cli("store", "verify")
+        res["store_verify_s"] = time.monotonic() - t0
+        if has_tier_rebuild(binary):
+            t0 = time.monotonic()
+            node.cli("tier", "rebuild")
+            res["tier_rebuild_s"] = time.monotonic() - t0
+            log("%s: tier rebuild %.1f s" % (name, res["tier_rebuild_s"]))
+    finally:
+        node.stop()
+    return res
+
+
+def verdict(small, full):
+    checks = []
+
+    def check(label, value, target, ok):
+        checks.append({"check": label, "value": value, "target": target, "ok": bool(ok)})
+
+    check("start-up (s)", full["start_s"]["median"], "<= 2", full["start_s"]["median"] <= 2.0)
+    check("idle RSS (MiB)", full["idle_rss_kib"] / 1024, "<= 200", full["idle_rss_kib"] <= 200 * 1024)
+    check("RSS per idle IMAP connection (KiB)", full["idle_imap"]["kib_per_connection"], "<= 10",
+          full["idle_imap"]["kib_per_connection"] <= 10)
+    check("index bytes per message", full["index"]["bytes_per_message"], "<= 300",
+          full["index"]["bytes_per_message"] <= 300)
+    for label, f in (("start-up", lambda r: r["start_s"]["median"]),
+                     ("IMAP session p99", lambda r: r["imap_latency"]["session"]["p99"]),
+                     ("delivery p99", lambda r: r["delivery"]["p99_ms"])):
+        a, b = f(small), f(full)
+        check("%s vs 1,000 accounts" % label, b / a if a else 0, "<= 1.2", a == 0 or b / a <= 1.2)
+    a, b = small["delivery"]["rate"], full["delivery"]["rate"]
+    check("delivery rate vs 1,000 accounts", b / a if a else 0, ">= 0.8", a == 0 or b / a >= 0.8)
+    return checks
+
+
+def markdown(result):
+    s, f = result["small"], result["full"]
+    rows = [
+        ("accounts / messages", "%d / %d" % (s["accounts"], s["messages"]), "%d / %d" % (f["accounts"], f["messages"])),
+        ("start-up, median of 3 (s)", "%.2f" % s["start_s"]["median"], "%.2f" % f["start_s"]["median"]),
+        ("idle RSS (MiB)", "%.1f" % (s["idle_rss_kib"] / 1024), "%.1f" % (f["idle_rss_kib"] / 1024)),
+        ("RSS per idle IMAP connection (KiB)", "%.2f" % s["idle_imap"]["kib_per_connection"],
+         "%.2f" % f["idle_imap"]["kib_per_connection"]),
+        ("index bytes per message", "%.0f" % s["index"]["bytes_per_message"], "%.0f" % f["index"]["bytes_per_message"]),
+        ("delivery (msg/s, last window)", "%.0f" % s["delivery"]["rate"], "%.0f" % f["delivery"]["rate"]),
+        ("delivery p50 / p99 (ms)", "%.1f / %.1f" % (s["delivery"]["p50_ms"], s["delivery"]["p99_ms"]),
+         "%.1f / %.1f" % (f["delivery"]["p50_ms"], f["delivery"]["p99_ms"])),
+    ]
+    for step in ("login", "select", "fetch", "session"):
+        rows.append(("IMAP %s p50 / p99 (ms)" % step,
+                     "%.1f / %.1f" % (s["imap_latency"][step]["p50"], s["imap_latency"][step]["p99"]),
+                     "%.1f / %.1f" % (f["imap_latency"][step]["p50"], f["imap_latency"][step]["p99"])))
+    rows.append(("`strata store verify` (s)", "%.1f" % s["store_verify_s"], "%.1f" % f["store_verify_s"]))
+    if "tier_rebuild_s" in f:
+        rows.append(("`strata tier rebuild` (s)", "%.1f" % s["tier_rebuild_s"], "%.1f" % f["tier_rebuild_s"]))
+    out = ["| figure | %d accounts | %d accounts |" % (s["accounts"], f["accounts"]), "|---|---|---|"]
+    out += ["| %s | %s | %s |" % r for r in rows]
+    out += ["", "| check | value | target | met |", "|---|---|---|---|"]
+    for c in result["checks"]:
+        out.append("| %s | %.2f | %s | %s |" % (c["check"], c["value"], c["target"], "yes" if c["ok"] else "**no**"))
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--strata", default=os.path.join(ROOT, "build", "strata"))
+    ap.add_argument("--accounts", type=int, default=50000)
+    ap.add_argument("--messages", type=int, default=1000000)
+    ap.add_argument("--small-accounts", type=int, default=1000)
+    ap.add_argument("--window", type=int, default=20000, help="messages timed at the end of the load")
+    ap.add_argument("--idle", type=int, default=10000, help="idle IMAP connections")
+    ap.add_argument("--workdir", default=None, help="where the state goes (default: a new dir in /var/tmp)")
+    ap.add_argument("--keep", action="store_true", help="keep the state directories")
+    args = ap.parse_args()
+    if args.accounts < 1 or args.messages < args.accounts or args.small_accounts < 1:
+        ap.error("need accounts >= 1 and messages >= accounts")
+    per_account = args.messages / args.accounts
+    small_messages = int(args.small_accounts * per_account)
+    workdir = tempfile.mkdtemp(prefix="strata-scale-", dir=args.workdir or "/var/tmp")
+    os.chmod(workdir, 0o755)
+    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join(sys.argv), "uname": " ".join(os.uname()), "cpus": os.cpu_count()}
+    try:
+        window = min(args.window, small_messages // 2)
+        result["small"] = measure(args.strata, workdir, "small", args.small_accounts, small_messages, window,
+                                  min(args.idle, 2000))
+        result["full"] = measure(args.strata, workdir, "full", args.accounts, args.messages,
+                                 min(args.window, args.messages // 2), args.idle)
+        result["checks"] = verdict(result["small"], result["full"])
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    path = os.path.join(HERE, "results", "scale-%s.json" % result["date"][:10])
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    log("results in %s" % os.path.relpath(path, ROOT))
+    print(markdown(result))
+    return 0 if all(c["ok"] for c in result["checks"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
