@@ -897,6 +897,10 @@ static size_t strata_candidates(struct sim *x)
 		c->tier = r.tier;
 		c->size = r.size;
 		c->temp = tier_temperature(&r, x->now, half_life);
+		/* Strata's own policies rank as tier_mover.c does; the size
+		 * variants below scale the plain temperature their own way */
+		if (x->pol == P_STRATA || x->pol == P_STRATA_SEEN)
+			c->temp = tier_rank(c->temp, r.size);
 		c->pin = tier_pin_for(x->s, r.mailbox, r.special_use, r.account);
 		c->promotable = r.heat_updated != 0 &&
 				tier_heat_read_days(r.reads_days, r.heat_updated, x->now) >= x->s->tier_promote_days;

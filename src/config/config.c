@@ -237,7 +237,7 @@ static const struct config_key keys[] = {
 	  "Placement pins, comma-separated: folder:<name or role>=<tier> or account:<address>=<tier> (e.g. folder:Archive=archive)" },
 	{ "tier.half_life", CFG_DURATION, "7d", 3600000, 31536000000ull, NULL, false, OFF(tier_half_life_ms),
 	  "Half-life of a message's heat from reads and delivery (exponential decay)" },
-	{ "tier.promote_days", CFG_UINT, "2", 1, 30, NULL, false, OFF(tier_promote_days),
+	{ "tier.promote_days", CFG_UINT, "1", 1, 30, NULL, false, OFF(tier_promote_days),
 	  "Distinct days (of the last 30) a message must be read on before the mover promotes it to a faster tier" },
 	{ "tier.move_rate", CFG_SIZE, "20M", 65536, 1ull << 40, NULL, false, OFF(tier_move_bytes_per_s),
 	  "Mover I/O budget in bytes per second (token bucket), shared by the daemon's mover and `strata tier move`" },

@@ -59,6 +59,13 @@ struct tier_prior_in {
 double tier_prior(const struct tier_prior_in *in, int64_t now);
 /* Temperature of one reference: prior + decayed heat. */
 double tier_temperature(const struct store_tier_ref *r, int64_t now, uint64_t half_life_s);
+/* What placement ranks blobs by: temperature per TIER_RANK_BYTES of the
+ * blob (sizes below TIER_RANK_MIN_BYTES count as that), so the fast
+ * tier's bytes go to the mail read most per byte: a 2 MB attachment must
+ * be read far more than a 4 KB note to earn the same room. */
+#define TIER_RANK_BYTES 20480.0
+#define TIER_RANK_MIN_BYTES 2048u
+double tier_rank(double temperature, uint64_t size);
 /* The tier a pin rule forces for this reference, or -1.  Account pins win
  * over folder pins; among several matches the fastest tier wins. */
 int tier_pin_for(const struct settings *s, const char *mailbox, const char *special_use,

@@ -103,6 +103,11 @@ double tier_prior(const struct tier_prior_in *in, int64_t now)
 	return p;
 }
 
+double tier_rank(double temperature, uint64_t size)
+{
+	return temperature * TIER_RANK_BYTES / (double)(size > TIER_RANK_MIN_BYTES ? size : TIER_RANK_MIN_BYTES);
+}
+
 double tier_temperature(const struct store_tier_ref *r, int64_t now, uint64_t half_life_s)
 {
 	struct tier_prior_in in = { r->received, r->mailbox, r->special_use,

@@ -46,7 +46,7 @@ struct fold_ctx {
 static bool fold_ref(void *vctx, const struct store_tier_ref *r)
 {
 	struct fold_ctx *f = vctx;
-	double t = tier_temperature(r, f->now, f->half_life_s);
+	double t = tier_rank(tier_temperature(r, f->now, f->half_life_s), r->size);
 	int pin = tier_pin_for(f->s, r->mailbox, r->special_use, r->account);
 	struct tier_cand *last = f->n ? &f->c[f->n - 1] : NULL;
 	if (last && last->blob_id == r->blob_id) {

@@ -5,7 +5,8 @@
  * tested directly.  It simulates the moves it plans on a per-tier byte
  * account, so the plan leaves every tier but the last within its target
  * when that is possible at all, and plans nothing when all is in place.
- * Pure; thread-safe.  O(n log n) (one sort by temperature).
+ * Pure; thread-safe.  O(n log n) (one sort by temperature; each candidate
+ * is planned at most once per slot, found through plan_state.slot).
  */
 #include "tier.h"
 
@@ -34,7 +35,9 @@ struct plan_state {
 	struct tier_cand *c;
 	size_t n, n_tiers, max, count;
 	unsigned *where;          /* planned tier per candidate */
+	size_t *slot;             /* its entry in out, or SIZE_MAX */
 	uint64_t used[CONFIG_TIER_MAX];
+	size_t cold[CONFIG_TIER_MAX];   /* promotion: where the search for colder blobs stopped */
 	struct tier_plan *out;
 };
 
@@ -52,17 +55,26 @@ static void account(struct plan_state *p, size_t i, unsigned to)
 
 static bool plan(struct plan_state *p, size_t i, unsigned to)
 {
-	/* A candidate planned twice (demoted, then put back) keeps one entry. */
-	for (size_t k = 0; k < p->count; k++) {
-		if (p->out[k].cand == i) {
-			account(p, i, to);
-			p->out[k].to = to;
+	/* A candidate planned twice keeps one entry; one put back where it
+	 * started (demoted, then put back) gives its entry up, so no-op moves
+	 * never use the pass's max_moves. */
+	if (p->slot[i] != SIZE_MAX) {
+		account(p, i, to);
+		size_t at = p->slot[i];
+		if (to != p->c[i].tier) {
+			p->out[at].to = to;
 			return true;
 		}
+		p->slot[i] = SIZE_MAX;
+		p->out[at] = p->out[--p->count];
+		if (at < p->count)
+			p->slot[p->out[at].cand] = at;
+		return true;
 	}
 	if (p->count == p->max)
 		return false;
 	account(p, i, to);
+	p->slot[i] = p->count;
 	p->out[p->count++] = (struct tier_plan){ i, to };
 	return true;
 }
@@ -76,6 +88,7 @@ static void demote(struct plan_state *p, const size_t *order, size_t t, uint64_t
 	size_t n_moved = 0;
 	for (size_t k = p->n; k-- > 0 && p->used[t] > goal;) {
 		size_t i = order[k];
+		p->cold[t] = k;   /* promotion looks for colder blobs above here */
 		if (p->where[i] != t || p->c[i].pin >= 0)
 			continue;
 		if (!plan(p, i, (unsigned)t + 1))
@@ -89,14 +102,39 @@ static void demote(struct plan_state *p, const size_t *order, size_t t, uint64_t
 	}
 }
 
+/* Room on tier t for promoting candidate i (at position k of order) by
+ * demoting, one tier down, unpinned blobs of t colder than half of i's
+ * temperature, coldest first.  The search goes on where demotion (or the
+ * previous promotion) stopped: each blob is looked at once per pass.  A
+ * blob displaced for a promotion that still does not fit stays demoted:
+ * it was colder than half of something read again. */
+static bool displace(struct plan_state *p, const size_t *order, unsigned t, uint64_t cap, size_t i, size_t k)
+{
+	if (p->c[i].size > cap)
+		return false;
+	while (p->used[t] + p->c[i].size > cap && p->cold[t] > k + 1) {
+		size_t v = order[p->cold[t] - 1];
+		if (p->c[v].temp * 2 >= p->c[i].temp)
+			break;        /* hotter from here on (order is hottest first) */
+		p->cold[t]--;
+		if (p->where[v] == t && p->c[v].pin < 0 && !plan(p, v, t + 1))
+			return false;
+	}
+	return p->used[t] + p->c[i].size <= cap;
+}
+
 size_t tier_place(struct tier_cand *c, size_t n, const uint64_t *cap, size_t n_tiers, size_t max_moves,
 		  struct tier_plan *out)
 {
 	if (n_tiers == 0 || n_tiers > CONFIG_TIER_MAX)
 		panic("tier_place: %zu tiers", n_tiers);
-	struct plan_state p = { c, n, n_tiers, max_moves, 0, xcalloc(n ? n : 1, sizeof(unsigned)), { 0 }, out };
+	struct plan_state p = { c, n, n_tiers, max_moves, 0, xcalloc(n ? n : 1, sizeof(unsigned)),
+				xcalloc(n ? n : 1, sizeof(size_t)), { 0 }, { 0 }, out };
 	size_t *order = xcalloc(n ? n : 1, sizeof(size_t));
+	for (size_t t = 0; t < n_tiers; t++)
+		p.cold[t] = n;
 	for (size_t i = 0; i < n; i++) {
+		p.slot[i] = SIZE_MAX;
 		unsigned t = c[i].tier < n_tiers ? c[i].tier : (unsigned)n_tiers - 1;
 		p.where[i] = t;
 		p.used[t] += c[i].size;
@@ -115,13 +153,15 @@ size_t tier_place(struct tier_cand *c, size_t n, const uint64_t *cap, size_t n_t
 			demote(&p, order, t, cap[t], moved);
 	}
 	free(moved);
-	/* 3. promotion, hottest first, to the fastest tier with room */
+	/* 3. promotion, hottest first, to the fastest tier with room, or where
+	 * blobs colder than half its temperature can make room (a full fast
+	 * tier would otherwise never take back a message read again) */
 	for (size_t k = 0; k < n; k++) {
 		size_t i = order[k];
 		if (!c[i].promotable || c[i].pin >= 0 || p.where[i] == 0)
 			continue;
 		for (unsigned t = 0; t < p.where[i]; t++) {
-			if (cap[t] == 0 || p.used[t] + c[i].size <= cap[t]) {
+			if (cap[t] == 0 || p.used[t] + c[i].size <= cap[t] || displace(&p, order, t, cap[t], i, k)) {
 				plan(&p, i, t);
 				break;
 			}
@@ -135,5 +175,6 @@ size_t tier_place(struct tier_cand *c, size_t n, const uint64_t *cap, size_t n_t
 	}
 	free(order);
 	free(p.where);
+	free(p.slot);
 	return w;
 }

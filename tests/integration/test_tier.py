@@ -34,6 +34,9 @@ def tier_options(state_dir, fast_cap="12k", std_cap="24k", extra=None):
         "tier.fast.capacity": fast_cap,
         "tier.standard.capacity": std_cap,
         "tier.interval": "200ms",
+        # The tests read messages to check them: with the default of one
+        # read day, those reads alone would promote what they moved down.
+        "tier.promote_days": "2",
     }
     o.update(extra or {})
     return o

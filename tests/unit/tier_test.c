@@ -215,6 +215,25 @@ static void test_config_and_pins(void **state)
 
 /* ---- placement ------------------------------------------------------------------------- */
 
+static void test_rank(void **state)
+{
+	(void)state;
+	static const struct { const char *label; double temp; uint64_t size; double want; } cases[] = {
+		{ "at the reference size: the temperature", 2.0, 20480, 2.0 },
+		{ "ten times bigger: a tenth", 2.0, 204800, 0.2 },
+		{ "smaller than the floor: as the floor", 1.0, 100, 10.0 },
+		{ "at the floor", 1.0, 2048, 10.0 },
+		{ "cold stays cold", 0.0, 5000, 0.0 },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		double got = tier_rank(cases[i].temp, cases[i].size);
+		if (fabs(got - cases[i].want) > 1e-9)
+			fail_msg("%s: got %.6f want %.6f", cases[i].label, got, cases[i].want);
+	}
+	/* a 2 MB blob read as often as a 4 KB one ranks below it */
+	assert_true(tier_rank(3.0, 2u << 20) < tier_rank(3.0, 4096));
+}
+
 struct pcase {
 	const char *label;
 	size_t n;
@@ -246,8 +265,20 @@ static void test_placement(void **state)
 		  { 0, 1 } },
 		{ "promotable goes up when room", 2, { { 2, 10, 5, -1, 1 }, { 2, 10, 5, -1, 0 } }, { 100, 100, 0 },
 		  10, { 0, 2 } },
-		{ "promotion stops at target", 2, { { 0, 95, 1, -1, 0 }, { 2, 10, 5, -1, 1 } }, { 100, 100, 0 },
-		  10, { 0, 1 } },
+		{ "promotion displaces a blob colder than half its temperature", 2,
+		  { { 0, 95, 1, -1, 0 }, { 2, 10, 5, -1, 1 } }, { 100, 100, 0 }, 10, { 1, 0 } },
+		{ "promotion does not displace warm blobs: next tier with room", 2,
+		  { { 0, 95, 3, -1, 0 }, { 2, 10, 5, -1, 1 } }, { 100, 100, 0 }, 10, { 0, 1 } },
+		{ "promotion displaces the coldest first, only as much as needed", 4,
+		  { { 0, 30, 0.5, -1, 0 }, { 0, 30, 0.1, -1, 0 }, { 0, 30, 0.2, -1, 0 }, { 2, 20, 4, -1, 1 } },
+		  { 100, 100, 0 }, 10, { 0, 1, 0, 0 } },
+		{ "a blob put back frees its move for a promotion", 4,
+		  { { 0, 50, 3, -1, 0 }, { 0, 45, 2, -1, 0 }, { 0, 10, 1, -1, 0 }, { 2, 5, 9, -1, 1 } },
+		  { 100, 0, 0 }, 2, { 0, 0, 1, 0 } },
+		{ "pinned blobs are never displaced", 2, { { 0, 95, 0.1, 0, 0 }, { 2, 10, 5, -1, 1 } },
+		  { 100, 100, 0 }, 10, { 0, 1 } },
+		{ "no displacement for a blob larger than the tier", 2, { { 0, 50, 0.1, -1, 0 }, { 2, 200, 5, -1, 1 } },
+		  { 100, 0, 0 }, 10, { 0, 1 } },
 		{ "max moves respected", 4,
 		  { { 0, 50, 4, -1, 0 }, { 0, 50, 3, -1, 0 }, { 0, 50, 2, -1, 0 }, { 0, 50, 1, -1, 0 } },
 		  { 10, 0, 0 }, 2, { 0, 0, 1, 1 } },
@@ -1242,6 +1273,7 @@ int main(void)
 		cmocka_unit_test(test_priors),
 		cmocka_unit_test(test_config_and_pins),
 		cmocka_unit_test(test_placement),
+		cmocka_unit_test(test_rank),
 		cmocka_unit_test(test_budget),
 		cmocka_unit_test(test_read_shares),
 		cmocka_unit_test(test_backoff_rule),
