@@ -3,7 +3,7 @@ BUILD      ?= build
 BUILD_ASAN ?= build-asan
 PYTEST     ?= /usr/bin/python3 -m pytest
 
-.PHONY: all deps build build-asan run test unit integration bench bench-ingest bench-flood bench-tier bench-scale stress fuzz clean
+.PHONY: all deps build build-asan run test unit integration bench bench-ingest bench-flood bench-tier bench-mover bench-scale stress fuzz clean
 
 FUZZ_SECONDS ?= 60
 
@@ -47,10 +47,11 @@ integration: build
 # Every benchmark of the project, each against its reference where it has
 # one: SMTP ingest and IMAP/POP3 reading vs Postfix + Dovecot (bench/run.py
 # writes docs/BENCHMARKS.md, keeping the sections below), the flood vs
-# Postfix + postscreen, and tier placement vs age-only, LRU and Belady
-# (results and plots in bench/results/; their sections of
-# docs/BENCHMARKS.md are written from them).  About 40 minutes.
-bench: bench-ingest bench-flood bench-tier
+# Postfix + postscreen, tier placement vs age-only, LRU and Belady, and the
+# tier mover's cost to IMAP FETCH latency (results and plots in
+# bench/results/; their sections of docs/BENCHMARKS.md are written from
+# them).  About 45 minutes.
+bench: bench-ingest bench-flood bench-tier bench-mover
 
 bench-ingest: build
 	@scripts/deps bench
@@ -59,6 +60,9 @@ bench-ingest: build
 bench-flood: build
 	@scripts/deps bench
 	/usr/bin/python3 bench/flood.py --strata $(BUILD)/strata
+
+bench-mover: build
+	/usr/bin/python3 bench/mover_impact.py --strata $(BUILD)/strata
 
 bench-tier: build
 	@scripts/deps bench
