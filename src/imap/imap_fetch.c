@@ -1231,13 +1231,8 @@ static void open_job_run(struct imap_job *j, struct store *st)
 {
 	(void)st;
 	struct open_job *oj = (struct open_job *)j;
-	/* Twice: the tier mover may unlink one copy between two lookups. */
-	for (int attempt = 0; attempt < 2; attempt++) {
-		oj->fd = store_blob_open(oj->set, 0, &oj->id, NULL);
-		oj->err = errno;
-		if (oj->fd >= 0 || oj->err != ENOENT)
-			break;
-	}
+	oj->fd = store_blob_open(oj->set, 0, &oj->id, NULL);   /* any tier, moves included */
+	oj->err = errno;
 	j->status = ST_OK;
 }
 
@@ -1294,16 +1289,10 @@ static enum msg_open message_open(struct imap_session *s, struct imap_fetch *f, 
 		return MO_SKIP;
 	if (!f->need_body || f->msg_fd >= 0)
 		return MO_OK;   /* nothing to open, or opened by a job */
-	int err = 0;
-	/* Twice: the tier mover may unlink one copy between two lookups. */
-	for (int attempt = 0; attempt < 2; attempt++) {
-		f->msg_fd = store_blob_open_nowait(s->set, 0, &m->id, NULL); /* any tier (src/tier) */
-		if (f->msg_fd >= 0)
-			return MO_OK;
-		err = errno;
-		if (err != ENOENT)
-			break;
-	}
+	f->msg_fd = store_blob_open_nowait(s->set, 0, &m->id, NULL); /* any tier, moves included */
+	if (f->msg_fd >= 0)
+		return MO_OK;
+	int err = errno;
 	if (err == EWOULDBLOCK) {
 		struct open_job *oj = xcalloc(1, sizeof(*oj));
 		oj->set = s->set;

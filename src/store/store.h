@@ -593,7 +593,9 @@ void store_blob_path_for(const struct settings *s, unsigned tier, const struct m
 			 size_t outlen);
 /* Opens the blob read-only (O_CLOEXEC|O_NOFOLLOW) on `tier`, the tier the
  * index named.  When that copy is gone (ENOENT: a move committed between the
- * index read and the open) every other tier is tried once.  Returns the fd,
+ * index read and the open) every other tier is tried, and with several
+ * tiers the whole scan runs twice (a move renames the new copy in before it
+ * unlinks the old one, so one scan can miss both).  Returns the fd,
  * with *found_r (if non-NULL) the tier it was opened on; or -1 with errno.
  * A compressed blob is decompressed into an anonymous sealed memory file
  * (memfd) holding exactly the message bytes [0, size), without the trailer:

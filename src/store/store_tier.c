@@ -74,7 +74,7 @@ static int open_on(const struct settings *s, unsigned tier, const struct msgid *
 	return unpack ? store_blob_fd_plain(fd) : store_blob_fd_plain_nowait(fd);
 }
 
-static int blob_open(const struct settings *s, unsigned tier, const struct msgid *id, unsigned *found_r,
+static int blob_scan(const struct settings *s, unsigned tier, const struct msgid *id, unsigned *found_r,
 		     bool unpack)
 {
 	unsigned first = tier < s->n_tiers ? tier : 0;
@@ -98,6 +98,19 @@ static int blob_open(const struct settings *s, unsigned tier, const struct msgid
 	}
 	errno = ENOENT;
 	return -1;
+}
+
+/* Every tier, twice: a move renames the copy into its new tier before it
+ * unlinks the old one, so a reader that looked at the new tier just before
+ * the rename and at the old one just after the unlink finds it on the
+ * second scan.  ENOENT after that means the blob is gone (expunged). */
+static int blob_open(const struct settings *s, unsigned tier, const struct msgid *id, unsigned *found_r,
+		     bool unpack)
+{
+	int fd = blob_scan(s, tier, id, found_r, unpack);
+	if (fd < 0 && errno == ENOENT && s->n_tiers > 1)
+		fd = blob_scan(s, tier, id, found_r, unpack);
+	return fd;
 }
 
 int store_blob_open(const struct settings *s, unsigned tier, const struct msgid *id, unsigned *found_r)
