@@ -68,6 +68,7 @@ int cli_cmd_mail(struct cli *c);
 int cli_cmd_store(struct cli *c);
 int cli_cmd_tier(struct cli *c);
 int cli_cmd_guard(struct cli *c);
+int cli_cmd_queue(struct cli *c);
 
 /* ---- cli_admin.c ---- */
 

@@ -59,7 +59,9 @@ static const struct cli_command commands[] = {
 	  "  strata tier status\n"
 	  "  strata tier policy\n"
 	  "  strata tier move [--account ADDRESS] [--folder NAME] [--older-than AGE] --to TIER\n"
-	  "  strata tier verify            (exit 1 when the index and the tiers disagree)\n" },
+	  "  strata tier verify            (exit 1 when the index and the tiers disagree)\n"
+	  "  strata tier checkpoint        (write a heat checkpoint now)\n"
+	  "  strata tier rebuild           (tier state from the blobs on disk and the newest checkpoint)\n" },
 	{ "status", cli_cmd_status, "daemon metrics and index figures",
 	  "  strata status\n"
 	  "      Asks the daemon's admin endpoint (admin.listen, loopback only) for its\n"
@@ -74,6 +76,11 @@ static const struct cli_command commands[] = {
 	  "  strata config check\n"
 	  "  strata config show [--all]\n"
 	  "  strata config doc              (Markdown reference of every setting)\n" },
+	{ "queue", cli_cmd_queue, "the outbound queue: list, show, flush, delete",
+	  "  strata queue list\n"
+	  "  strata queue show ID          (ID: an entry number, or a queue id for all its entries)\n"
+	  "  strata queue flush            (every deferred entry due now)\n"
+	  "  strata queue delete ID        (no bounce is sent)\n" },
 	{ "store", cli_cmd_store, "verify, back up or rebuild the index", "  strata store verify | backup | rebuild    (rebuild: daemon stopped; docs/STORAGE.md)\n" },
 	{ "version", cmd_version, "print the version", "  strata version\n" },
 };

@@ -71,6 +71,8 @@ struct settings {
 	unsigned log_target;       /* enum log_target */
 	unsigned log_level;        /* enum log_level */
 	uint64_t threads;          /* resolved: >= 1 after config_load */
+	uint64_t threads_user;     /* user-facing network threads; 0 = as many as threads */
+	uint64_t threads_mx_nice;  /* nice increment of the MX network threads */
 	char *admin_listen;        /* comma-separated host:port list */
 	char *recipient_delimiter; /* e.g. "+": user+tag@d delivers to user@d; empty = off */
 	/* smtp */
@@ -91,6 +93,11 @@ struct settings {
 	unsigned smtp_vrfy;        /* enum vrfy_mode */
 	unsigned smtp_bare_lf;     /* enum bare_lf_mode */
 	uint64_t smtp_error_delay_ms;
+	/* submission (587/465) */
+	bool submission_require_tls;          /* AUTH only after TLS */
+	bool submission_sender_login_match;   /* MAIL FROM must be owned by the AUTH user */
+	uint64_t submission_store_threads;    /* password checks, per network thread */
+	uint64_t submission_max_connections;  /* own cap: a port 25 flood cannot fill it */
 	/* imap */
 	char *imap_listen;         /* comma-separated host:port list; empty = no IMAP */
 	uint64_t imap_max_line_length;
@@ -100,10 +107,13 @@ struct settings {
 	uint64_t imap_timeout_login_ms;
 	uint64_t imap_timeout_idle_ms;
 	uint64_t imap_store_threads;
+	bool imap_flag_fsync;          /* flag-only STOREs fsync the index (store.fsync=yes) */
 	char *imaps_listen;        /* implicit-TLS IMAP (993); empty = none */
 	/* pop3 */
 	char *pop3_listen;         /* comma-separated host:port list; empty = no POP3 */
 	char *pop3s_listen;        /* implicit-TLS POP3 (995); empty = none */
+	char *submission_listen;   /* submission (587); empty = none */
+	char *submissions_listen;  /* implicit-TLS submission (465); empty = none */
 	uint64_t pop3_max_connections;
 	uint64_t pop3_max_errors;
 	uint64_t pop3_timeout_login_ms;
@@ -173,7 +183,20 @@ struct settings {
 	size_t n_tiers;            /* >= 1 after config_load */
 	struct tier_pin_setting tier_pins[CONFIG_TIER_PIN_MAX];
 	size_t n_tier_pins;
+	/* relay: outbound delivery (src/relay, docs/RELAY.md) */
+	uint64_t relay_threads;
+	uint64_t relay_retry_min_ms;
+	uint64_t relay_retry_max_ms;
+	uint64_t relay_max_lifetime_ms;
+	uint64_t relay_connect_timeout_ms;
+	uint64_t relay_command_timeout_ms;
+	uint64_t relay_destination_concurrency;
+	unsigned relay_tls;                  /* enum relay_tls */
+	char *relay_helo_name;               /* "" = hostname */
+	char *relay_transport;               /* "domain=host:port,...,*=host:port"; checked by relay_start */
+	char *relay_dns_servers;             /* "ip:port,..."; "" = the system resolver */
 };
+enum relay_tls { RELAY_TLS_MAY = 0, RELAY_TLS_ENCRYPT = 1 };
 
 struct config_key {
 	const char *name;

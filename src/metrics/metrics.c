@@ -60,12 +60,18 @@ static const struct { const char *name; const char *help; } counter_meta[M_COUNT
 	[M_TIER_MOVE_BYTES] = { "strata_tier_move_bytes_total", "Bytes copied by tier moves" },
 	[M_TIER_MOVE_FAILURES] = { "strata_tier_move_failures_total", "Tier moves that failed and were rolled back" },
 	[M_TIER_HEAT_DROPPED] = { "strata_tier_heat_events_dropped_total", "Access events dropped because the heat ring was full" },
+	[M_RELAY_SENT] = { "strata_relay_deliveries_total{status=\"sent\"}", "Outbound deliveries to remote hosts (one per recipient and attempt), by result" },
+	[M_RELAY_DEFERRED] = { "strata_relay_deliveries_total{status=\"deferred\"}", "Outbound deliveries to remote hosts (one per recipient and attempt), by result" },
+	[M_RELAY_BOUNCED] = { "strata_relay_deliveries_total{status=\"bounced\"}", "Outbound deliveries to remote hosts (one per recipient and attempt), by result" },
+	[M_SMTP_AUTH_SUCCESS] = { "strata_smtp_auth_total{result=\"success\"}", "SMTP AUTH exchanges on the submission listeners, by result" },
+	[M_SMTP_AUTH_FAILURES] = { "strata_smtp_auth_total{result=\"failure\"}", "SMTP AUTH exchanges on the submission listeners, by result" },
 };
 
 static const struct { const char *name; const char *help; } gauge_meta[M_GAUGE__COUNT] = {
 	[M_SMTP_SESSIONS_ACTIVE] = { "strata_smtp_sessions_active", "SMTP sessions open now" },
 	[M_QUEUE_PENDING] = { "strata_queue_pending", "Deliveries waiting for durable commit" },
 	[M_GUARD_ENTRIES] = { "strata_guard_entries", "Connection guard table entries in use" },
+	[M_RELAY_QUEUE] = { "strata_relay_queue", "Outbound recipients waiting for delivery to remote hosts" },
 	[M_TIER_BYTES_0 + 0] = { "strata_tier_0_bytes", "Bytes of message blobs on tier 0 (position in tier.names)" },
 	[M_TIER_BYTES_0 + 1] = { "strata_tier_1_bytes", "Bytes of message blobs on tier 1 (position in tier.names)" },
 	[M_TIER_BYTES_0 + 2] = { "strata_tier_2_bytes", "Bytes of message blobs on tier 2 (position in tier.names)" },

@@ -63,6 +63,11 @@ enum metric_counter {
 	M_TIER_MOVE_BYTES,
 	M_TIER_MOVE_FAILURES,
 	M_TIER_HEAT_DROPPED,            /* access events dropped: ring full */
+	M_RELAY_SENT,                   /* outbound deliveries (per recipient), by result */
+	M_RELAY_DEFERRED,
+	M_RELAY_BOUNCED,
+	M_SMTP_AUTH_SUCCESS,            /* submission AUTH, by result */
+	M_SMTP_AUTH_FAILURES,
 	M_COUNTER__COUNT
 };
 
@@ -70,6 +75,7 @@ enum metric_gauge {
 	M_SMTP_SESSIONS_ACTIVE,
 	M_QUEUE_PENDING,                /* deliveries submitted, not yet answered */
 	M_GUARD_ENTRIES,                /* guard table entries in use (bounded by guard.table_entries) */
+	M_RELAY_QUEUE,                  /* outbound rows waiting (src/relay) */
 	M_TIER_BYTES_0,                 /* per tier, from the index: bytes, then messages */
 	M_TIER_BYTES_7 = M_TIER_BYTES_0 + 7,
 	M_TIER_MESSAGES_0,

@@ -71,11 +71,31 @@ void queue_msg_set_drained_cb(struct queue_msg *m, void (*drained)(void *arg), v
  * A repeated account id is ignored (an alias and the account itself). */
 void queue_msg_add_account(struct queue_msg *m, int64_t account_id, const char *address);
 /*
+ * Outbound mail (submission).  The envelope sender (may be "" for a null
+ * reverse-path) and each remote recipient of the transaction.  At submit the
+ * message is stored once as a blob, and one outbound row per remote
+ * recipient is inserted in the same index transaction as the local
+ * deliveries, so the done callback's ST_OK means every local copy and every
+ * outbound row is durable, and a failure leaves none of them.  The relay
+ * (relay/) then delivers those rows.  A message may have local accounts,
+ * remote recipients or both; a repeated remote address is ignored.
+ */
+void queue_msg_set_sender(struct queue_msg *m, const char *sender);
+void queue_msg_add_remote(struct queue_msg *m, const char *address);
+/* `fn(arg)` runs on the committer thread after each group commit that
+ * inserted outbound rows (the daemon wakes the relay with it); it must not
+ * block.  NULL removes it: the daemon does so before it stops the relay.
+ * An address of 320 bytes or more, or an empty remote, makes the submit
+ * fail with ST_INVALID (the session validates them first). */
+void queue_set_outbound_cb(struct queue *q, void (*fn)(void *arg), void *arg);
+
+/*
  * Hands the message to the writer pool.  Ownership passes to the queue;
  * `done(arg, status, queue_id)` runs exactly once on the message's base.
  * After submit the caller must not touch m.  The status is ST_OK (durable,
  * see above), ST_TOO_BIG (an append was refused), ST_OVER_QUOTA_TEMP/PERM,
- * ST_SHUTDOWN (queue_stop began), ST_INVALID (no account was added), or a
+ * ST_SHUTDOWN (queue_stop began), ST_INVALID (no account and no remote
+ * recipient was added), or a
  * 4xx storage status (ST_NO_SPACE, ST_IO_ERROR, ST_DB_BUSY, ST_TEMPFAIL).
  */
 typedef void queue_done_cb(void *arg, enum status st, const char *queue_id);

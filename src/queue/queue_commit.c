@@ -12,7 +12,8 @@
  *   1. fsyncs each DISTINCT blob directory once (blob ids sort by time, so
  *      concurrent messages share directories and thus fsyncs);
  *   2. writes every index row in ONE transaction (store_commit_deliveries,
- *      synchronous=FULL: the WAL is fsynced before it returns);
+ *      synchronous=FULL: the WAL is fsynced before it returns): blob rows,
+ *      INBOX message rows, and the outbound rows of remote recipients;
  *   3. unlinks the blob of every delivery that failed (and fsyncs its
  *      directory, so a crash cannot resurrect a blob the sender was told
  *      was refused);
@@ -173,6 +174,9 @@ static size_t commit_index(struct queue *q, size_t n)
 			.n_accounts = m->n_accounts,
 			.account_ids = m->account_ids,
 			.mime = m->mime.envelope != NULL ? &m->mime : NULL,
+			.sender = m->sender,
+			.n_remotes = m->n_remotes,
+			.remotes = (const char (*)[320])m->remotes,
 			.status = ST_OK,
 			.uids = m->uids,
 		};
@@ -235,6 +239,25 @@ static void commit_remove_failed(struct queue *q, size_t n)
 	}
 }
 
+/* Wakes the relay: new outbound rows are committed. */
+static void commit_notify_outbound(struct queue *q)
+{
+	pthread_mutex_lock(&q->commit_mu);
+	void (*fn)(void *) = q->outbound_cb;
+	void *arg = q->outbound_arg;
+	pthread_mutex_unlock(&q->commit_mu);
+	if (fn != NULL)
+		fn(arg);
+}
+
+void queue_set_outbound_cb(struct queue *q, void (*fn)(void *arg), void *arg)
+{
+	pthread_mutex_lock(&q->commit_mu);
+	q->outbound_cb = fn;
+	q->outbound_arg = arg;
+	pthread_mutex_unlock(&q->commit_mu);
+}
+
 static void commit_batch(struct queue *q, size_t n)
 {
 	uint64_t t0 = time_mono_us();
@@ -250,15 +273,22 @@ static void commit_batch(struct queue *q, size_t n)
 	}
 	commit_remove_failed(q, n);
 
+	bool outbound = false;
 	for (size_t i = 0; i < n; i++) {
 		struct queue_msg *m = q->batch[i];
-		if (m->status == ST_OK)
+		if (m->status == ST_OK && m->n_remotes > 0) {
+			outbound = true;
+			log_info("%s: stored size=%llu accounts=%zu remote=%zu", m->idtext,
+				 (unsigned long long)m->size, m->n_accounts, m->n_remotes);
+		} else if (m->status == ST_OK)
 			log_info("%s: stored size=%llu accounts=%zu", m->idtext,
 				 (unsigned long long)m->size, m->n_accounts);
 		else
 			log_warn("%s: not stored: %s", m->idtext, status_info(m->status)->name);
 		msg_finish(m, m->status);
 	}
+	if (outbound)
+		commit_notify_outbound(q);
 }
 
 static void *committer_main(void *arg)

@@ -65,6 +65,9 @@ struct queue {
 	struct queue_msg *commit_head, *commit_tail;
 	bool commit_stop;
 	bool committer_started;
+	/* called after a batch that inserted outbound rows (queue_set_outbound_cb) */
+	void (*outbound_cb)(void *arg);
+	void *outbound_arg;
 	pthread_t committer;
 	/* committer-thread scratch, store_commit_batch entries each */
 	struct queue_msg **batch;
@@ -102,6 +105,10 @@ struct queue_msg {
 	size_t n_accounts, cap_accounts;
 	int64_t *account_ids;     /* deduplicated */
 	char (*addresses)[320];
+	char sender[320];         /* envelope sender of outbound mail; "" = null */
+	size_t n_remotes, cap_remotes;
+	char (*remotes)[320];     /* deduplicated remote recipients */
+	bool bad_remote;          /* an address did not fit: submit fails */
 	/* set at submit, read by the done trampoline */
 	queue_done_cb *done;
 	void *done_arg;

@@ -77,6 +77,7 @@ static void msg_free(struct queue_msg *m)
 	buf_free(&m->mem);
 	free(m->account_ids);
 	free(m->addresses);
+	free(m->remotes);
 	free(m->tmp_path);
 	free(m->final_path);
 	free(m->final_dir);
@@ -261,6 +262,48 @@ void queue_msg_add_account(struct queue_msg *m, int64_t account_id, const char *
 	m->n_accounts++;
 }
 
+/* Envelope addresses of outbound mail are kept byte for byte (the relay
+ * sends them as given); one that does not fit the fixed field is refused at
+ * submit rather than cut (which would send the mail elsewhere). */
+static bool queue_copy_address(char out[320], const char *address)
+{
+	size_t len = strlen(address);
+	if (len >= 320)
+		return false;
+	memcpy(out, address, len + 1);
+	return true;
+}
+
+void queue_msg_set_sender(struct queue_msg *m, const char *sender)
+{
+	if (!queue_copy_address(m->sender, sender != NULL ? sender : "")) {
+		m->sender[0] = '\0';
+		m->bad_remote = true;
+	}
+}
+
+void queue_msg_add_remote(struct queue_msg *m, const char *address)
+{
+	if (address == NULL || address[0] == '\0') {
+		m->bad_remote = true;
+		return;
+	}
+	for (size_t i = 0; i < m->n_remotes; i++) {
+		if (strcmp(m->remotes[i], address) == 0)
+			return;
+	}
+	if (m->n_remotes == m->cap_remotes) {
+		size_t cap = m->cap_remotes ? m->cap_remotes * 2 : 4;
+		m->remotes = xreallocarray(m->remotes, cap, sizeof(*m->remotes));
+		m->cap_remotes = cap;
+	}
+	if (!queue_copy_address(m->remotes[m->n_remotes], address)) {
+		m->bad_remote = true;
+		return;
+	}
+	m->n_remotes++;
+}
+
 void queue_msg_submit(struct queue_msg *m, queue_done_cb *done, void *arg)
 {
 	struct queue *q = m->q;
@@ -382,7 +425,10 @@ static bool spool_write_trailer(struct queue_msg *m, uint64_t *bytes_r)
 		.size = m->size,
 		.n_rcpts = m->n_accounts,
 		.rcpt_addresses = m->addresses,
+		.n_remotes = m->n_remotes,
+		.remote_addresses = m->remotes,
 	};
+	memcpy(meta.sender, m->sender, sizeof(meta.sender));
 	memcpy(meta.hash_hex, m->hash_hex, sizeof(meta.hash_hex));
 	struct buf t = BUF_INIT;
 	store_blob_trailer(&meta, &t);
@@ -475,7 +521,10 @@ static void spool_finalize(struct queue *q, struct queue_msg *m, const struct sp
 	enum status st = ST_OK;
 	if (m->too_big) {
 		st = ST_TOO_BIG;
-	} else if (m->n_accounts == 0) {
+	} else if (m->bad_remote) {
+		log_error("%s: an outbound envelope address is empty or too long", m->idtext);
+		st = ST_INVALID;
+	} else if (m->n_accounts == 0 && m->n_remotes == 0) {
 		log_error("%s: submitted without recipients", m->idtext);
 		st = ST_INVALID;
 	} else if (!spool_complete(q, m, op)) {

@@ -12,8 +12,9 @@
  *   4. TLS context (tls_context_new): loads cert and key, or makes the
  *      self-signed pair.  As root, because a configured key is typically
  *      readable by root only; the SSL_CTX keeps it in memory after the drop.
- *   5. Every smtp.listen address bound once per network thread, and the
- *      admin endpoint bound: as root, so ports below 1024 work.
+ *   5. Every listen address bound once per network thread of its pool
+ *      (MX: `threads`; user-facing: `threads.user`, server_listener.c),
+ *      and the admin endpoint bound: as root, so ports below 1024 work.
  *   6. With guard.nft.enabled, the nft helper is forked (guard.h: it keeps
  *      CAP_NET_ADMIN alone, so the kernel mirror of the bans works after
  *      the drop while the daemon keeps nothing of root).  As root: the
@@ -21,6 +22,8 @@
  *      (server_privilege.c), then setgroups/setgid/setuid.
  *   7. AFTER the drop: queue_recover (removes stale temp files), the store
  *      opened (creating the index and blob directories), queue_start, the
+ *      relay (relay_start: outbound delivery threads, woken by the queue's
+ *      committer; stopped before the queue at shutdown), the
  *      tier mover (tier_mover_start: recovery of interrupted moves, its own
  *      store handle and thread), the admin's own store handle, the network
  *      threads and their workers
@@ -74,6 +77,7 @@
 
 #include "server_int.h"
 #include "guard.h"
+#include "relay.h"
 #include "tier.h"
 #include "tls.h"
 
@@ -93,7 +97,9 @@ struct server {
 	struct server_addr *smtp_addrs, *admin_addrs;
 	size_t n_smtp, n_admin;
 	size_t n_imap;                /* the last n_imap of smtp_addrs are IMAP, */
-	size_t n_imaps, n_pop3, n_pop3s; /* ... IMAPS, POP3, POP3S, in this order */
+	size_t n_imaps, n_pop3, n_pop3s; /* ... IMAPS, POP3, POP3S, */
+	size_t n_sub, n_subs;         /* ... SUBMISSION, SUBMISSIONS, in this order */
+	size_t n_mx_threads, n_user_threads; /* the two pools of network threads */
 	bool as_root;
 	struct server_user user;
 
@@ -105,6 +111,7 @@ struct server {
 	struct server_admin *admin;
 	struct store *store;          /* the queue's (committer's) handle */
 	struct queue *queue;
+	struct relay *relay;          /* outbound delivery (src/relay): after the queue, stopped before it */
 	struct tier_mover *tier;      /* storage tiering: heat flush and mover (src/tier) */
 	struct store_backup_thread *backup; /* periodic index backups, or NULL */
 	struct guard *guard;          /* the connection guard, published as guard_process() */
@@ -151,10 +158,11 @@ static void server_init_process(const struct settings *s)
 
 /* ---- small helpers -------------------------------------------------------- */
 
-/* Entries of srv->smtp_addrs (SMTP, then IMAP, IMAPS, POP3, POP3S). */
+/* Entries of srv->smtp_addrs (SMTP, then IMAP, IMAPS, POP3, POP3S,
+ * SUBMISSION, SUBMISSIONS). */
 static size_t server_n_listeners(const struct server *srv)
 {
-	return srv->n_smtp + srv->n_imap + srv->n_imaps + srv->n_pop3 + srv->n_pop3s;
+	return srv->n_smtp + srv->n_imap + srv->n_imaps + srv->n_pop3 + srv->n_pop3s + srv->n_sub + srv->n_subs;
 }
 
 static void server_addrs_text(const struct server_addr *a, size_t n, const char *prefix,
@@ -166,11 +174,15 @@ static void server_addrs_text(const struct server_addr *a, size_t n, const char 
 
 static void server_log_ready(const struct server *srv)
 {
-	struct buf smtp = BUF_INIT, admin = BUF_INIT, imap = BUF_INIT, pop3 = BUF_INIT;
-	server_addrs_text(srv->smtp_addrs, srv->n_smtp, "", &smtp);
-	server_addrs_text(srv->smtp_addrs + srv->n_smtp, srv->n_imap + srv->n_imaps, "", &imap);
-	server_addrs_text(srv->smtp_addrs + srv->n_smtp + srv->n_imap + srv->n_imaps, srv->n_pop3 + srv->n_pop3s,
-			  "", &pop3);
+	struct buf smtp = BUF_INIT, admin = BUF_INIT, imap = BUF_INIT, pop3 = BUF_INIT, sub = BUF_INIT;
+	const struct server_addr *a = srv->smtp_addrs;
+	server_addrs_text(a, srv->n_smtp, "", &smtp);
+	a += srv->n_smtp;
+	server_addrs_text(a, srv->n_imap + srv->n_imaps, "", &imap);
+	a += srv->n_imap + srv->n_imaps;
+	server_addrs_text(a, srv->n_pop3 + srv->n_pop3s, "", &pop3);
+	a += srv->n_pop3 + srv->n_pop3s;
+	server_addrs_text(a, srv->n_sub + srv->n_subs, "", &sub);
 	server_addrs_text(srv->admin_addrs, srv->n_admin, "http://", &admin);
 	char user[64];
 	struct passwd *pw = getpwuid(geteuid());
@@ -178,11 +190,13 @@ static void server_log_ready(const struct server *srv)
 		snprintf(user, sizeof(user), "%s", pw->pw_name);
 	else
 		snprintf(user, sizeof(user), "uid %u", (unsigned)geteuid());
-	log_info("strata %s ready: smtp %s, imap %s, pop3 %s (%llu thread%s), admin %s, state %s, user %s",
-		 STRATA_VERSION, smtp.data, srv->n_imap + srv->n_imaps ? imap.data : "off",
-		 srv->n_pop3 + srv->n_pop3s ? pop3.data : "off",
-		 (unsigned long long)srv->cur->threads, srv->cur->threads == 1 ? "" : "s",
-		 srv->n_admin ? admin.data : "off", srv->cur->state_dir, user);
+	log_info("strata %s ready: smtp %s, imap %s, pop3 %s, submission %s (network threads: %zu mx, "
+		 "%zu user), admin %s, state %s, user %s",
+		 STRATA_VERSION, srv->n_smtp ? smtp.data : "off", srv->n_imap + srv->n_imaps ? imap.data : "off",
+		 srv->n_pop3 + srv->n_pop3s ? pop3.data : "off", srv->n_sub + srv->n_subs ? sub.data : "off",
+		 srv->n_mx_threads, srv->n_user_threads, srv->n_admin ? admin.data : "off", srv->cur->state_dir,
+		 user);
+	buf_free(&sub);
 	buf_free(&smtp);
 	buf_free(&imap);
 	buf_free(&pop3);
@@ -414,18 +428,31 @@ static bool server_parse_addrs(struct server *srv, char **error_r)
 	    !server_addr_parse_list(s->admin_listen, "admin.listen", &srv->admin_addrs, &srv->n_admin,
 				    error_r))
 		return false;
-	if (srv->n_smtp == 0) {
-		*error_r = xstrdup("smtp.listen is empty: nothing to listen on");
+	/* IMAP, POP3 and submission listeners follow the SMTP ones in the same
+	 * array, so the network threads bind and accept them all alike; proto
+	 * tells them apart (and the pool that serves them). */
+	if (!server_append_addrs(srv, s->imap_listen, "imap.listen", SERVER_PROTO_IMAP, &srv->n_imap, error_r) ||
+	    !server_append_addrs(srv, s->imaps_listen, "imaps.listen", SERVER_PROTO_IMAPS, &srv->n_imaps,
+				 error_r) ||
+	    !server_append_addrs(srv, s->pop3_listen, "pop3.listen", SERVER_PROTO_POP3, &srv->n_pop3, error_r) ||
+	    !server_append_addrs(srv, s->pop3s_listen, "pop3s.listen", SERVER_PROTO_POP3S, &srv->n_pop3s,
+				 error_r) ||
+	    !server_append_addrs(srv, s->submission_listen, "submission.listen", SERVER_PROTO_SUBMISSION,
+				 &srv->n_sub, error_r) ||
+	    !server_append_addrs(srv, s->submissions_listen, "submissions.listen", SERVER_PROTO_SUBMISSIONS,
+				 &srv->n_subs, error_r))
+		return false;
+	/* An empty smtp.listen is a node that serves users only (MX elsewhere). */
+	if (server_n_listeners(srv) == 0) {
+		*error_r = xstrdup("smtp.listen, imap(s).listen, pop3(s).listen and submission(s).listen are all "
+				   "empty: nothing to listen on");
 		return false;
 	}
-	/* IMAP and POP3 listeners follow the SMTP ones in the same array, so the
-	 * network threads bind and accept them all alike; proto tells them apart. */
-	return server_append_addrs(srv, s->imap_listen, "imap.listen", SERVER_PROTO_IMAP, &srv->n_imap, error_r) &&
-	       server_append_addrs(srv, s->imaps_listen, "imaps.listen", SERVER_PROTO_IMAPS, &srv->n_imaps,
-				   error_r) &&
-	       server_append_addrs(srv, s->pop3_listen, "pop3.listen", SERVER_PROTO_POP3, &srv->n_pop3, error_r) &&
-	       server_append_addrs(srv, s->pop3s_listen, "pop3s.listen", SERVER_PROTO_POP3S, &srv->n_pop3s,
-				   error_r);
+	/* A pool without listeners gets no thread. */
+	size_t n_user = server_n_listeners(srv) - srv->n_smtp;
+	srv->n_mx_threads = srv->n_smtp > 0 ? (size_t)s->threads : 0;
+	srv->n_user_threads = n_user == 0 ? 0 : s->threads_user > 0 ? (size_t)s->threads_user : (size_t)s->threads;
+	return true;
 }
 
 static bool server_prepare_state(struct server *srv, char **error_r)
@@ -455,8 +482,8 @@ static bool server_open_tls(struct server *srv, char **error_r)
 
 static bool server_bind(struct server *srv, char **error_r)
 {
-	srv->net = server_listener_bind(srv->smtp_addrs, server_n_listeners(srv), (size_t)srv->cur->threads,
-					 error_r);
+	srv->net = server_listener_bind(srv->smtp_addrs, server_n_listeners(srv), srv->n_mx_threads,
+					 srv->n_user_threads, error_r);
 	if (srv->net == NULL)
 		return false;
 	srv->admin = server_admin_bind(srv->base, srv->admin_addrs, srv->n_admin, error_r);
@@ -544,6 +571,13 @@ static bool server_open_store(struct server *srv, char **error_r)
 		free(err);
 		return false;
 	}
+	srv->relay = relay_start(s, &err);
+	if (srv->relay == NULL) {
+		*error_r = xasprintf("cannot start the relay: %s", err ? err : "unknown error");
+		free(err);
+		return false;
+	}
+	queue_set_outbound_cb(srv->queue, relay_wake, srv->relay);
 	srv->tier = tier_mover_start(s, &err);
 	if (srv->tier == NULL) {
 		*error_r = xasprintf("cannot start the tier mover: %s", err ? err : "unknown error");
@@ -610,6 +644,9 @@ static void server_cleanup(struct server *srv)
 	if (srv->net != NULL)
 		server_listener_join(srv->net);
 	store_backup_stop(&srv->backup);
+	if (srv->queue != NULL)
+		queue_set_outbound_cb(srv->queue, NULL, NULL);
+	relay_stop(&srv->relay);
 	queue_stop(&srv->queue);
 	tier_mover_stop(&srv->tier);
 	server_listener_free(&srv->net);

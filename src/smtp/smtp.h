@@ -1,6 +1,8 @@
 /*
- * smtp.h - the inbound SMTP (MX) protocol: RFC 5321 with PIPELINING, SIZE,
- * 8BITMIME, ENHANCEDSTATUSCODES, STARTTLS, SMTPUTF8 and CHUNKING.
+ * smtp.h - the SMTP protocol: inbound mail (MX, RFC 5321 with PIPELINING,
+ * SIZE, 8BITMIME, ENHANCEDSTATUSCODES, STARTTLS, SMTPUTF8 and CHUNKING) and
+ * mail submission (RFC 6409 / RFC 8314: the same plus AUTH PLAIN and LOGIN,
+ * RFC 4954; docs/SUBMISSION.md).
  *
  * Owns: one struct smtp_worker per network thread, and the sessions on it.
  * A session parses commands (smtp_parser.c), validates recipients through the
@@ -32,6 +34,13 @@
 struct event_base;
 struct smtp_worker;
 
+/* What a listener offers (the server picks it per listener):
+ * MX (port 25): inbound mail for local recipients only, no AUTH;
+ * SUBMISSION (587, RFC 6409): STARTTLS, then AUTH is required before MAIL,
+ *   and authenticated users may send to remote recipients (outbound queue);
+ * SUBMISSIONS (465, RFC 8314): the same over implicit TLS. */
+enum smtp_service { SMTP_SERVICE_MX = 0, SMTP_SERVICE_SUBMISSION, SMTP_SERVICE_SUBMISSIONS };
+
 struct smtp_worker *smtp_worker_new(struct event_base *base, const struct settings *s,
 				    struct queue *q, SSL_CTX *tls, char **error_r);
 /* Takes ownership of fd (non-blocking, accepted) and starts a session.
@@ -40,7 +49,7 @@ struct smtp_worker *smtp_worker_new(struct event_base *base, const struct settin
  * the worker refuses the connection. */
 void smtp_worker_accept(struct smtp_worker *w, int fd, const struct sockaddr *peer,
 			socklen_t peer_len, const struct sockaddr *local, socklen_t local_len,
-			struct guard_ticket *ticket);
+			enum smtp_service service, struct guard_ticket *ticket);
 /* New settings for sessions started from now on (SIGHUP).  The caller keeps
  * `s` alive until after smtp_worker_free. */
 void smtp_worker_set_settings(struct smtp_worker *w, const struct settings *s);

@@ -11,6 +11,10 @@
  * shutdown replies come from core's status table; parse errors from
  * smtp_parser's table; bad message content from smtp_data's.  Sequence
  * errors are 503 5.5.1, unknown commands 500 5.5.2, argument syntax 501 5.5.4.
+ *
+ * Services: on SUBMISSION/SUBMISSIONS, MAIL needs a successful AUTH
+ * (530 5.7.0) and a sender the user owns (smtp_auth.c); AUTH and its
+ * EHLO keyword exist only there.  MX behaves as it always has.
  */
 #include "smtp_session.h"
 
@@ -83,6 +87,8 @@ static void cmd_helo(struct smtp_session *s, const struct smtp_cmd *cmd, bool eh
 	session_reply(s, "250-ENHANCEDSTATUSCODES");
 	if (s->w != NULL && s->w->tls != NULL && !s->tls)
 		session_reply(s, "250-STARTTLS");
+	if (auth_offered(s))
+		session_reply(s, "250-AUTH PLAIN LOGIN");
 	session_reply(s, "250-SMTPUTF8");
 	session_reply(s, "250 CHUNKING");
 }
@@ -95,6 +101,10 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_cmd *cmd)
 		session_reply_error(s, -1, "503 5.5.1 Error: nested MAIL command");
 		return;
 	}
+	if (s->service != SMTP_SERVICE_MX && !s->authed) {
+		session_reply_error(s, -1, "530 5.7.0 Authentication required");
+		return;
+	}
 	struct smtp_path path;
 	struct smtp_mail_params params;
 	enum smtp_perr e = smtp_parse_mail(cmd->arg, s->esmtp, &path, &params);
@@ -102,6 +112,13 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_cmd *cmd)
 		reply_perr(s, e, false);
 		return;
 	}
+	if (params.auth_given && s->service == SMTP_SERVICE_MX) {
+		/* AUTH is not offered on port 25: its parameter is as unknown as ever. */
+		reply_perr(s, SMTP_PE_UNSUPPORTED_PARAM, false);
+		return;
+	}
+	if (s->service != SMTP_SERVICE_MX && !auth_sender_allowed(s, &path))
+		return;
 	if (params.size_given && params.size > s->set->smtp_max_message_size) {
 		reply_status(s, ST_TOO_BIG, M_SMTP_REJECT_SIZE);
 		return;
@@ -297,12 +314,20 @@ static void dispatch(struct smtp_session *s, const struct smtp_cmd *cmd)
 	case SMTP_V_NOOP: session_reply(s, "250 2.0.0 Ok"); break;
 	case SMTP_V_QUIT: cmd_quit(s); break;
 	case SMTP_V_HELP:
-		session_reply(s, "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY%s",
-			      s->w != NULL && s->w->tls != NULL && !s->tls ? " STARTTLS" : "");
+		session_reply(s, "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY%s%s",
+			      s->w != NULL && s->w->tls != NULL && !s->tls ? " STARTTLS" : "",
+			      auth_offered(s) ? " AUTH" : "");
 		break;
 	case SMTP_V_VRFY: cmd_vrfy(s, cmd); break;
 	case SMTP_V_EXPN: session_reply_error(s, -1, "502 5.5.1 EXPN command is not supported"); break;
 	case SMTP_V_STARTTLS: cmd_starttls(s, cmd); break;
+	case SMTP_V_AUTH:
+		if (s->service == SMTP_SERVICE_MX) {   /* no AUTH on port 25: as unknown as ever */
+			session_reply_error(s, M_SMTP_REJECT_SYNTAX, "500 5.5.2 Error: command not recognized");
+			break;
+		}
+		auth_command(s, cmd);
+		break;
 	case SMTP_V_EMPTY:
 		session_reply_error(s, M_SMTP_REJECT_SYNTAX, "500 5.5.2 Error: bad syntax");
 		break;
@@ -314,6 +339,17 @@ static void dispatch(struct smtp_session *s, const struct smtp_cmd *cmd)
 
 void command_line(struct smtp_session *s, enum smtp_line_status st)
 {
+	if (s->sasl != SASL_NONE) {
+		/* A SASL response, not a command; it still counts against
+		 * smtp.max_commands. */
+		s->commands++;
+		if (++s->commands_budget > s->set->smtp_max_commands) {
+			session_offence(s, GUARD_OFFENCE_COMMANDS);
+			return;
+		}
+		auth_response(s, st);
+		return;
+	}
 	if (st == SMTP_LINE_TOO_LONG) {
 		session_reply_error(s, M_SMTP_REJECT_SYNTAX, "500 5.5.2 Line too long");
 		return;
@@ -334,7 +370,8 @@ void command_line(struct smtp_session *s, enum smtp_line_status st)
 	}
 	struct smtp_cmd cmd;
 	smtp_cmd_parse(s->lr.line.data, s->lr.line.len, &cmd);
-	if (++s->commands > s->set->smtp_max_commands) {
+	s->commands++;
+	if (++s->commands_budget > s->set->smtp_max_commands) {
 		session_offence(s, GUARD_OFFENCE_COMMANDS);
 		return;
 	}

@@ -98,7 +98,7 @@ static const struct {
 	{ "RCPT", SMTP_V_RCPT }, { "DATA", SMTP_V_DATA }, { "BDAT", SMTP_V_BDAT },
 	{ "RSET", SMTP_V_RSET }, { "NOOP", SMTP_V_NOOP }, { "QUIT", SMTP_V_QUIT },
 	{ "HELP", SMTP_V_HELP }, { "VRFY", SMTP_V_VRFY }, { "EXPN", SMTP_V_EXPN },
-	{ "STARTTLS", SMTP_V_STARTTLS },
+	{ "STARTTLS", SMTP_V_STARTTLS }, { "AUTH", SMTP_V_AUTH },
 };
 
 const char *smtp_verb_name(enum smtp_verb v)
@@ -569,6 +569,26 @@ static enum smtp_perr apply_size(const struct esmtp_param *pa, struct smtp_mail_
 	return SMTP_PE_OK;
 }
 
+static bool is_upper_hex(unsigned char c)
+{
+	return is_digit(c) || (c >= 'A' && c <= 'F');
+}
+
+/* RFC 3461 4: xtext, "+" only as "+XX" (two upper-case hex digits); the
+ * scanner already keeps "=" and blanks out of a value. */
+static bool xtext_valid(const char *v, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		if (v[i] != '+')
+			continue;
+		if (i + 2 >= len || !is_upper_hex((unsigned char)v[i + 1]) ||
+		    !is_upper_hex((unsigned char)v[i + 2]))
+			return false;
+		i += 2;
+	}
+	return true;
+}
+
 static enum smtp_perr apply_mail_param(const struct esmtp_param *pa, struct smtp_mail_params *mp)
 {
 	if (key_is(pa, "SIZE"))
@@ -588,6 +608,12 @@ static enum smtp_perr apply_mail_param(const struct esmtp_param *pa, struct smtp
 		if (mp->smtputf8 || pa->value != NULL)
 			return SMTP_PE_BAD_PARAM;
 		mp->smtputf8 = true;
+		return SMTP_PE_OK;
+	}
+	if (key_is(pa, "AUTH")) {
+		if (mp->auth_given || pa->value == NULL || !xtext_valid(pa->value, pa->value_len))
+			return SMTP_PE_BAD_PARAM;
+		mp->auth_given = true;
 		return SMTP_PE_OK;
 	}
 	return SMTP_PE_UNSUPPORTED_PARAM;

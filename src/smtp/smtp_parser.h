@@ -58,7 +58,7 @@ enum smtp_verb {
 	SMTP_V_UNKNOWN = 0,
 	SMTP_V_HELO, SMTP_V_EHLO, SMTP_V_MAIL, SMTP_V_RCPT, SMTP_V_DATA, SMTP_V_BDAT,
 	SMTP_V_RSET, SMTP_V_NOOP, SMTP_V_QUIT, SMTP_V_HELP, SMTP_V_VRFY, SMTP_V_EXPN,
-	SMTP_V_STARTTLS,
+	SMTP_V_STARTTLS, SMTP_V_AUTH,
 	SMTP_V_EMPTY,  /* blank line */
 };
 struct smtp_cmd {
@@ -114,6 +114,7 @@ struct smtp_mail_params {
 	uint64_t size;        /* UINT64_MAX when the number does not fit */
 	enum smtp_body body;
 	bool smtputf8;
+	bool auth_given;      /* AUTH=<xtext> (RFC 4954 5): accepted and ignored; submission only */
 };
 
 /* `arg` is the MAIL command's argument ("FROM:<a@b> SIZE=10").  Params are

@@ -8,6 +8,8 @@
  *    set, and in bounded steps (a line, or at most SESS_FEED_MAX octets of
  *    message data), so memory per session is bounded by the line limit, the
  *    input watermark and the queue's in-memory threshold.
+ *  - SUBMISSIONS (465) starts with the TLS handshake; the banner follows
+ *    it.  Submission sessions get no banner delay (an MX defence).
  *  - STARTTLS: after "220 2.0.0 Ready to start TLS" every octet already
  *    received is discarded (CVE-2011-0411 command injection), reading stops
  *    until the 220 is on the wire, then the socket is handed to an OpenSSL
@@ -148,8 +150,26 @@ static void banner_cb(evutil_socket_t fd, short what, void *arg)
 	session_settle(s);
 }
 
+/* SUBMISSIONS: the socket speaks TLS from its first octet (RFC 8314). */
+static struct bufferevent *implicit_tls_bev(struct smtp_session *s, int fd)
+{
+	SSL *ssl = SSL_new(s->w->tls);
+	if (ssl == NULL)
+		return NULL;
+	struct bufferevent *bev =
+		bufferevent_openssl_socket_new(s->w->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+	if (bev == NULL) {
+		SSL_free(ssl);
+		return NULL;
+	}
+	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+	s->implicit_tls = true;
+	s->state = SS_TLS;
+	return bev;
+}
+
 void session_start(struct smtp_worker *w, int fd, const struct sockaddr *peer, socklen_t peer_len,
-		   struct guard_ticket *ticket)
+		   enum smtp_service service, struct guard_ticket *ticket)
 {
 	struct smtp_session *s = xcalloc(1, sizeof(*s));
 	if (ticket != NULL) {
@@ -158,22 +178,28 @@ void session_start(struct smtp_worker *w, int fd, const struct sockaddr *peer, s
 	}
 	s->w = w;
 	s->set = w->s;
+	s->service = service;
 	s->started_ms = time_mono_ms();
 	format_peer(s, peer, peer_len);
 	smtp_line_init(&s->lr, s->set->smtp_max_line_length);
-	s->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (service == SMTP_SERVICE_SUBMISSIONS)
+		s->bev = implicit_tls_bev(s, fd);
+	else
+		s->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (s->bev == NULL) {
 		log_error("smtp: cannot create a bufferevent for %s", s->client);
 		close(fd);
 		guard_release(&s->ticket);
 		smtp_line_free(&s->lr);
 		free(s);
-		smtp_worker_release_slot();
+		smtp_worker_release_slot(service);
 		return;
 	}
 	link_session(w, s);
 	gauge_add(M_SMTP_SESSIONS_ACTIVE, 1);
-	uint64_t delay = banner_delay_ms(s);
+	/* The banner delay is the MX class's defence against spam engines;
+	 * submission clients are people's mail programs (the user class). */
+	uint64_t delay = service == SMTP_SERVICE_MX ? banner_delay_ms(s) : 0;
 	if (delay > 0) {
 		s->banner_ev = evtimer_new(w->base, banner_cb, s);
 		if (s->banner_ev == NULL)
@@ -183,8 +209,12 @@ void session_start(struct smtp_worker *w, int fd, const struct sockaddr *peer, s
 		evtimer_add(s->banner_ev, &tv);
 	}
 	configure_bev(s);
-	log_debug("smtp: connect from %s%s", s->client, delay > 0 ? ", banner delayed" : "");
-	if (delay == 0)
+	log_debug("smtp: connect from %s%s%s", s->client,
+		  service == SMTP_SERVICE_SUBMISSIONS  ? " (submissions)"
+		  : service == SMTP_SERVICE_SUBMISSION ? " (submission)"
+						       : "",
+		  delay > 0 ? ", banner delayed" : "");
+	if (delay == 0 && !s->implicit_tls)
 		send_banner(s);
 }
 
@@ -200,6 +230,10 @@ static void release_connection(struct smtp_session *s)
 		event_free(s->banner_ev);
 		s->banner_ev = NULL;
 	}
+	if (s->auth_ev != NULL) {
+		event_free(s->auth_ev);
+		s->auth_ev = NULL;
+	}
 	if (s->bev != NULL) {
 		bufferevent_free(s->bev);
 		s->bev = NULL;
@@ -209,7 +243,7 @@ static void release_connection(struct smtp_session *s)
 static void session_free(struct smtp_session *s)
 {
 	release_connection(s);
-	if (s->committing)
+	if (s->committing || s->auth_job != NULL)
 		return;   /* orphan: the done callback frees it */
 	if (s->txn.msg != NULL)
 		txn_reset(s, "lost connection");
@@ -218,7 +252,7 @@ static void session_free(struct smtp_session *s)
 	if (s->w != NULL)
 		unlink_session(s);
 	gauge_add(M_SMTP_SESSIONS_ACTIVE, -1);
-	smtp_worker_release_slot();
+	smtp_worker_release_slot(s->service);
 	smtp_line_free(&s->lr);
 	buf_free(&s->delayed);
 	buf_free(&s->dout);
@@ -227,7 +261,7 @@ static void session_free(struct smtp_session *s)
 
 void session_destroy(struct smtp_session *s)
 {
-	if (s->committing) {
+	if (s->committing || s->auth_job != NULL) {
 		/* The done callback will still run on this base: detach from
 		 * the worker now, free there. */
 		release_connection(s);
@@ -533,6 +567,7 @@ void session_starttls(struct smtp_session *s)
 	s->helo_seen = false;
 	s->esmtp = false;
 	s->helo[0] = '\0';
+	auth_forget(s);
 }
 
 /* The 220 is on the wire: hand the socket to OpenSSL. */
@@ -577,6 +612,8 @@ static void tls_done(struct smtp_session *s)
 	metric_inc(M_SMTP_TLS_HANDSHAKES);
 	s->state = SS_CMD;
 	session_set_timeouts(s);
+	if (s->implicit_tls)
+		send_banner(s);   /* SUBMISSIONS: the greeting goes over TLS (its only handshake) */
 	if (s->pause == 0)
 		bufferevent_enable(s->bev, EV_READ);
 	session_drive(s);

@@ -1,8 +1,9 @@
 /*
  * smtp_session.h - private to src/smtp: the worker and session structures
  * shared by smtp_worker.c, smtp_session.c (connection, I/O, TLS, closing),
- * smtp_command.c (one handler per verb) and smtp_txn.c (the mail
- * transaction: recipients, message spool, commit, log line).
+ * smtp_command.c (one handler per verb), smtp_auth.c (submission's AUTH
+ * and sender check) and smtp_txn.c (the mail transaction: recipients,
+ * message spool, commit, log line).
  *
  * Threads: everything here runs on the worker's event loop thread.
  *
@@ -10,10 +11,11 @@
  *  - Handlers never free a session.  They set s->close and return; the
  *    libevent callback that started the work calls session_settle(), which
  *    frees the session once its output is flushed (or at once).
- *  - A session whose message is submitted (s->committing) is never freed
- *    before the queue's done callback: if its client vanishes, the
- *    connection is released and the struct waits (an "orphan"), then logs
- *    the outcome and frees itself from the done callback.
+ *  - A session whose message is submitted (s->committing) or whose AUTH
+ *    password check runs on the pool (s->auth_job) is never freed before
+ *    the done callback: if its client vanishes, the connection is released
+ *    and the struct waits (an "orphan"), then frees itself from the done
+ *    callback.
  *  - Reading is switched off while any pause bit is set, and input already
  *    buffered is only consumed while no pause bit is set, so commands
  *    pipelined behind DATA wait for the DATA reply.
@@ -34,7 +36,9 @@
 #include "queue.h"
 #include "smtp.h"
 #include "smtp_data.h"
+#include "smtp_hdrfix.h"
 #include "smtp_parser.h"
+#include "smtp_sasl.h"
 #include "store.h"
 
 struct smtp_session;
@@ -45,6 +49,7 @@ struct smtp_worker {
 	struct queue *q;
 	SSL_CTX *tls;                  /* NULL: STARTTLS not offered */
 	struct store_reader *reader;   /* recipient lookups, this thread only */
+	struct queue_pool *pool;       /* submission AUTH password checks */
 	struct smtp_session *sessions; /* doubly linked through s->prev/next */
 	size_t n_sessions;
 	bool shutting_down;
@@ -52,8 +57,9 @@ struct smtp_worker {
 	uint64_t sweep_ms;             /* its period now */
 };
 
-/* smtp_worker.c: the process-wide connection slot taken at accept. */
-void smtp_worker_release_slot(void);
+/* smtp_worker.c: the process-wide connection slot of the service's cap,
+ * taken at accept. */
+void smtp_worker_release_slot(enum smtp_service service);
 
 enum sess_state {
 	SS_CMD = 0,   /* reading commands */
@@ -76,6 +82,16 @@ enum sess_close {
 #define PAUSE_QUEUE    (1u << 1)  /* spool writers are behind (backpressure) */
 #define PAUSE_DELAY    (1u << 2)  /* error reply held back (tarpit) */
 #define PAUSE_OUTPUT   (1u << 3)  /* client is not reading our replies */
+#define PAUSE_AUTH     (1u << 4)  /* AUTH password check, or its failure delay */
+
+/* A SASL exchange in progress: the next line is a response, not a command. */
+enum sess_sasl {
+	SASL_NONE = 0,
+	SASL_PLAIN_WAIT,  /* "334 " sent, waiting for the PLAIN response */
+	SASL_LOGIN_USER,  /* "334 VXNlcm5hbWU6" sent */
+	SASL_LOGIN_PASS,  /* "334 UGFzc3dvcmQ6" sent */
+};
+struct smtp_auth_job;
 
 /* Longest address we keep: a canonical path, or postmaster@<hostname>. */
 #define SESS_ADDR_MAX 320
@@ -83,6 +99,7 @@ enum sess_close {
 struct txn_rcpt {
 	char addr[SESS_ADDR_MAX];      /* as the client wrote it (canonical form) */
 	char lookup[SESS_ADDR_MAX];    /* lower-cased address given to the store */
+	bool remote;                   /* submission: for the outbound queue */
 };
 struct txn_account {
 	int64_t id;
@@ -110,6 +127,9 @@ struct smtp_txn {
 	bool too_big;
 	uint64_t size;                 /* octets given to the spool */
 	uint64_t eod_us;               /* end of data (monotonic) */
+	bool fix_headers;              /* submission: add Date:/Message-ID: (smtp_hdrfix) */
+	struct smtp_hdrfix hdrfix;
+	struct buf fixed;              /* hdrfix output on its way to the spool */
 };
 
 struct smtp_session {
@@ -134,9 +154,22 @@ struct smtp_session {
 	char helo[SMTP_DOMAIN_MAX + 1];/* sanitised, for Received and logs */
 	bool tls;
 	char tls_desc[128];            /* tls_describe() */
+	enum smtp_service service;     /* MX, or submission (AUTH, outbound) */
+	bool implicit_tls;             /* SUBMISSIONS: banner after the handshake */
+
+	/* submission AUTH (smtp_auth.c) */
+	bool authed;
+	int64_t auth_account;
+	char auth_user[320];           /* the account's address (logs, sender check) */
+	const char *auth_mech;         /* "PLAIN" / "LOGIN" once authed */
+	enum sess_sasl sasl;
+	char sasl_user[SMTP_SASL_USER_MAX + 1]; /* LOGIN: the name, until the password */
+	struct smtp_auth_job *auth_job;/* password check in flight: never freed before its done */
+	struct event *auth_ev;         /* a failure reply held back by the guard's delay */
 
 	unsigned errors;
-	uint64_t commands;             /* command lines read (smtp.max_commands) */
+	uint64_t commands;             /* command lines read in the session */
+	uint64_t commands_budget;      /* of them, since the last accepted message (smtp.max_commands) */
 	uint64_t pre_helo;             /* of them, before HELO/EHLO (smtp.max_commands_before_helo) */
 	uint64_t unknown_rcpts;        /* RCPTs refused as unknown (smtp.max_unknown_recipients) */
 	uint64_t started_ms;           /* monotonic; smtp.max_session_time */
@@ -164,7 +197,7 @@ struct smtp_session {
 /* Takes over *ticket (may be NULL) and clears it; released when the
  * connection closes (release_connection). */
 void session_start(struct smtp_worker *w, int fd, const struct sockaddr *peer, socklen_t peer_len,
-		   struct guard_ticket *ticket);
+		   enum smtp_service service, struct guard_ticket *ticket);
 /* The worker's periodic check (every smtp.min_rate_window): cuts the
  * session with 421 4.4.2 when it was mid-transfer (a partial command line,
  * DATA, a BDAT chunk; not paused by the server) at this sweep and the one
@@ -208,6 +241,19 @@ void session_drive(struct smtp_session *s);
 void command_line(struct smtp_session *s, enum smtp_line_status st);
 /* Reply to a finished BDAT chunk (called once bdat_left reaches 0). */
 void command_bdat_chunk_done(struct smtp_session *s);
+
+/* ---- smtp_auth.c ---------------------------------------------------------- */
+/* True when AUTH is advertised and accepted now (submission, and TLS
+ * unless submission.require_tls = no). */
+bool auth_offered(const struct smtp_session *s);
+void auth_command(struct smtp_session *s, const struct smtp_cmd *cmd);
+/* A line read while s->sasl != SASL_NONE (st as from the line reader). */
+void auth_response(struct smtp_session *s, enum smtp_line_status st);
+/* Forgets the authentication (STARTTLS, RFC 3207 4.2). */
+void auth_forget(struct smtp_session *s);
+/* MAIL FROM on submission: true if `path` may be used by the
+ * authenticated user, else false with the reply sent. */
+bool auth_sender_allowed(struct smtp_session *s, const struct smtp_path *path);
 
 /* ---- smtp_txn.c ---------------------------------------------------------- */
 /* Aborts the spool (if any), logs an aborted message, forgets the transaction. */

@@ -4,11 +4,16 @@
  *
  * Contract:
  *  - Recipients are resolved on the worker's store_reader (read-only, this
- *    thread only).  Relaying is impossible by construction: an address is
- *    accepted only when the store resolves it to local accounts; an address
- *    literal domain is refused before any lookup; nothing in the address is
- *    reinterpreted (percent hack, bang path and quoted "@" are looked up
- *    as-is and do not match).
+ *    thread only).  On MX relaying is impossible by construction: an address
+ *    is accepted only when the store resolves it to local accounts; an
+ *    address literal domain is refused before any lookup; nothing in the
+ *    address is reinterpreted (percent hack, bang path and quoted "@" are
+ *    looked up as-is and do not match).  On submission (only ever after
+ *    AUTH: MAIL needs it) an address of a domain that is not local is
+ *    accepted as remote and handed to the outbound queue with the
+ *    envelope sender (queue_msg_add_remote, queue_msg_set_sender).
+ *  - Submission only: Received: says "with ESMTPSA" (RFC 3848), and
+ *    a message without Date: or Message-ID: gets them (smtp_hdrfix.c).
  *  - Accounts are deduplicated across RCPTs: a message for two addresses of
  *    one account is stored once for it.
  *  - Message octets reach the spool only through the data machine; a
@@ -120,10 +125,16 @@ static void txn_log(const struct smtp_session *s, const char *qid, const char *s
 		tls_proto(s, proto, sizeof(proto));
 		snprintf(tls, sizeof(tls), ", tls=%s", proto);
 	}
-	log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (%s), client=%s, helo=<%s>%s, status=%s", qid,
+	char sasl[sizeof(s->auth_user) * 4 + 64] = "";
+	if (s->authed) {
+		char user[sizeof(s->auth_user) * 4];
+		snprintf(sasl, sizeof(sasl), ", sasl_method=%s, sasl_username=%s", s->auth_mech,
+			 log_escape(s->auth_user, strlen(s->auth_user), user, sizeof(user)));
+	}
+	log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (%s), client=%s, helo=<%s>%s%s, status=%s", qid,
 		 log_escape(t->from, strlen(t->from), from, sizeof(from)), (unsigned long long)t->size,
 		 t->n_rcpts, rcpts.data != NULL ? rcpts.data : "", s->client,
-		 log_escape(s->helo, strlen(s->helo), helo, sizeof(helo)), tls,
+		 log_escape(s->helo, strlen(s->helo), helo, sizeof(helo)), tls, sasl,
 		 log_escape(status, strlen(status), st, sizeof(st)));
 	buf_free(&rcpts);
 }
@@ -164,6 +175,8 @@ void txn_reset(struct smtp_session *s, const char *abort_reason)
 	t->too_big = false;
 	t->size = 0;
 	t->eod_us = 0;
+	t->fix_headers = false;
+	buf_reset(&t->fixed);
 	buf_reset(&s->dout);
 }
 
@@ -174,6 +187,7 @@ void txn_free(struct smtp_txn *t)
 	xfree(&t->rcpts);
 	xfree(&t->accounts);
 	xfree(&t->idset);
+	buf_free(&t->fixed);
 	t->cap_rcpts = t->cap_accounts = t->idset_cap = 0;
 	t->n_rcpts = t->n_accounts = 0;
 }
@@ -194,10 +208,8 @@ static void rcpt_reject(struct smtp_session *s, const char *addr, int metric, in
 	session_reply_error(s, metric, "%d %s <%s>: %s", code, enh, addr, text);
 }
 
-static void rcpt_accept(struct smtp_session *s, const char *addr, const char *lookup,
-			const struct rcpt_resolution *res)
+static void rcpt_add(struct smtp_txn *t, const char *addr, const char *lookup, bool remote)
 {
-	struct smtp_txn *t = &s->txn;
 	if (t->n_rcpts == t->cap_rcpts) {
 		t->cap_rcpts = t->cap_rcpts ? t->cap_rcpts * 2 : 4;
 		t->rcpts = xreallocarray(t->rcpts, t->cap_rcpts, sizeof(*t->rcpts));
@@ -205,6 +217,25 @@ static void rcpt_accept(struct smtp_session *s, const char *addr, const char *lo
 	struct txn_rcpt *r = &t->rcpts[t->n_rcpts];
 	snprintf(r->addr, sizeof(r->addr), "%s", addr);
 	snprintf(r->lookup, sizeof(r->lookup), "%s", lookup);
+	r->remote = remote;
+}
+
+/* Submission: a recipient outside the local domains, for the outbound
+ * queue.  Its address keeps the client's case (a remote local part may be
+ * case-sensitive, RFC 5321 2.4). */
+static void rcpt_accept_remote(struct smtp_session *s, const char *addr, const char *lookup)
+{
+	rcpt_add(&s->txn, addr, lookup, true);
+	s->txn.n_rcpts++;
+	metric_inc(M_SMTP_RECIPIENTS_ACCEPTED);
+	session_reply(s, "250 2.1.5 Ok");
+}
+
+static void rcpt_accept(struct smtp_session *s, const char *addr, const char *lookup,
+			const struct rcpt_resolution *res)
+{
+	struct smtp_txn *t = &s->txn;
+	rcpt_add(t, addr, lookup, false);
 	for (size_t i = 0; i < res->n && i < STORE_MAX_EXPANSION; i++) {
 		if (!idset_insert(t, res->account_ids[i]))
 			continue;
@@ -236,6 +267,11 @@ void txn_rcpt(struct smtp_session *s, const struct smtp_path *path)
 
 	if (t->n_rcpts >= s->set->smtp_max_recipients) {
 		rcpt_reject(s, shown, M_SMTP_REJECT_TOO_MANY_RCPTS, 452, "4.5.3", "Too many recipients");
+		return;
+	}
+	if (path->domain_literal && s->service != SMTP_SERVICE_MX) {
+		rcpt_reject(s, shown, M_SMTP_REJECT_RELAY, 550, "5.7.1",
+			    "Recipient address rejected: address literals are not accepted");
 		return;
 	}
 	if (path->domain_literal) {
@@ -271,6 +307,10 @@ void txn_rcpt(struct smtp_session *s, const struct smtp_path *path)
 			session_offence(s, GUARD_OFFENCE_HARVEST);
 		return;
 	case ST_INVALID:
+		if (s->service != SMTP_SERVICE_MX && s->authed) {
+			rcpt_accept_remote(s, path->addr, lookup);
+			return;
+		}
 		rcpt_reject(s, shown, M_SMTP_REJECT_RELAY, 554, "5.7.1", "Relay access denied");
 		return;
 	default:
@@ -282,11 +322,15 @@ void txn_rcpt(struct smtp_session *s, const struct smtp_path *path)
 
 /* ---- the message ------------------------------------------------------------ */
 
-/* RFC 3848 / RFC 6531 "with" keyword.  No AUTH on this service, so never "A". */
+/* RFC 3848 / RFC 6531 "with" keyword ("A": AUTH, submission only). */
 static const char *with_keyword(const struct smtp_session *s)
 {
+	if (s->txn.params.smtputf8 && s->authed)
+		return s->tls ? "UTF8SMTPSA" : "UTF8SMTPA";
 	if (s->txn.params.smtputf8)
 		return s->tls ? "UTF8SMTPS" : "UTF8SMTP";
+	if (s->authed)
+		return s->tls ? "ESMTPSA" : "ESMTPA";
 	if (s->tls)
 		return "ESMTPS";
 	return s->esmtp ? "ESMTP" : "SMTP";
@@ -306,6 +350,29 @@ static void received_header(const struct smtp_session *s, struct buf *h)
 	buf_printf(h, "; %s\r\n", date);
 }
 
+/* Submission: Date: and Message-ID: for a message that lacks them. */
+static void begin_header_fix(struct smtp_session *s)
+{
+	struct smtp_txn *t = &s->txn;
+	char date[64], msgid[SESS_ADDR_MAX + MSGID_TEXT_LEN + 8];
+	time_rfc5322((int64_t)time(NULL), date, sizeof(date));
+	snprintf(msgid, sizeof(msgid), "<%s@%s>", t->qid, s->set->hostname);
+	smtp_hdrfix_init(&t->hdrfix, date, msgid);
+	t->fix_headers = true;
+	buf_reset(&t->fixed);
+}
+
+/* Appends octets to the spool, noting a refusal as too big. */
+static void spool_append(struct smtp_txn *t, const char *data, size_t len)
+{
+	if (len == 0)
+		return;
+	if (queue_msg_append(t->msg, data, len) == ST_TOO_BIG)
+		t->too_big = true;
+	else
+		t->size += len;
+}
+
 void txn_begin_message(struct smtp_session *s, enum smtp_data_mode mode)
 {
 	struct smtp_txn *t = &s->txn;
@@ -314,6 +381,13 @@ void txn_begin_message(struct smtp_session *s, enum smtp_data_mode mode)
 	queue_msg_set_drained_cb(t->msg, txn_drained, s);
 	for (size_t i = 0; i < t->n_accounts; i++)
 		queue_msg_add_account(t->msg, t->accounts[i].id, t->accounts[i].address);
+	if (s->service != SMTP_SERVICE_MX) {
+		queue_msg_set_sender(t->msg, t->from);
+		for (size_t i = 0; i < t->n_rcpts; i++)
+			if (t->rcpts[i].remote)
+				queue_msg_add_remote(t->msg, t->rcpts[i].addr);
+		begin_header_fix(s);
+	}
 	smtp_data_init(&t->data, mode, (enum bare_lf_mode)s->set->smtp_bare_lf);
 	t->too_big = false;
 	t->size = 0;
@@ -329,10 +403,13 @@ static void spool_out(struct smtp_session *s)
 	if (s->dout.len == 0)
 		return;
 	if (t->msg != NULL && !t->too_big && t->data.bad == 0) {
-		if (queue_msg_append(t->msg, s->dout.data, s->dout.len) == ST_TOO_BIG)
-			t->too_big = true;
-		else
-			t->size += s->dout.len;
+		if (t->fix_headers && !t->hdrfix.done) {
+			buf_reset(&t->fixed);
+			smtp_hdrfix_feed(&t->hdrfix, s->dout.data, s->dout.len, &t->fixed);
+			spool_append(t, t->fixed.data, t->fixed.len);
+		} else {
+			spool_append(t, s->dout.data, s->dout.len);
+		}
 	}
 	buf_reset(&s->dout);
 	if (t->msg != NULL && (t->too_big || t->data.bad != 0)) {
@@ -418,6 +495,10 @@ static void txn_done(void *arg, enum status st, const char *queue_id)
 		txn_log(s, queue_id, gone ? "accepted (client gone before the reply)" : "accepted");
 		session_reply(s, "250 2.0.0 Ok: queued as %s", queue_id);
 		txn_good_sender(s);
+		/* smtp.max_commands bounds the commands between accepted
+		 * messages: a sender that keeps delivering on one connection
+		 * (a relay's connection cache) is never cut for it. */
+		s->commands_budget = 0;
 	} else {
 		const struct status_info *si = status_info(st);
 		metric_inc(st == ST_OVER_QUOTA_TEMP || st == ST_OVER_QUOTA_PERM ? M_SMTP_REJECT_QUOTA
@@ -453,6 +534,14 @@ void txn_end_message(struct smtp_session *s)
 	if (t->data.mode == SMTP_DATA_BDAT) {
 		smtp_data_finish(&t->data, &s->dout);
 		spool_out(s);
+	}
+	if (t->fix_headers && !t->hdrfix.done && t->msg != NULL && !t->too_big && t->data.bad == 0) {
+		/* A message that is all header: the missing fields go last. */
+		buf_reset(&t->fixed);
+		smtp_hdrfix_finish(&t->hdrfix, &t->fixed);
+		spool_append(t, t->fixed.data, t->fixed.len);
+		if (t->too_big)
+			queue_msg_abort(&t->msg);
 	}
 	int code, metric;
 	const char *enh, *text;

@@ -3,18 +3,24 @@
  * into sessions, enforces the process-wide connection cap, shuts down.
  *
  * Contract: see smtp.h.  The worker owns its store_reader (one read-only
- * SQLite connection for recipient lookups, used only on this thread) and
- * the list of its sessions.
+ * SQLite connection for recipient lookups, used only on this thread), a
+ * queue_pool of submission.store_threads store threads for the password
+ * checks of submission AUTH (smtp_auth.c; only when submission(s).listen
+ * is set), and the list of its sessions.
+ * SUBMISSIONS connections start with a TLS handshake; without a TLS
+ * context, or over the cap, they are closed without a word.
  *
- * Connection cap: smtp.max_connections counts every open SMTP session of
- * the process, across all network threads, in one atomic counter.  A slot
+ * Connection caps: smtp.max_connections counts every open MX session of
+ * the process, across all network threads, in one atomic counter, and
+ * submission.max_connections the submission sessions (587 and 465) in
+ * another, so a flood on port 25 never takes the users' slots.  A slot
  * is taken before a session exists and released when it is freed; a
  * connection over the cap gets "421 4.7.0" with one non-blocking send()
- * and is closed without ever becoming a session.
+ * (465: a plain close) and is closed without ever becoming a session.
  *
  * Threads: smtp_worker_new/free on the owner thread while the loop is not
- * running; everything else on the loop thread.  Only g_connections is
- * shared between threads.
+ * running; everything else on the loop thread.  Only the two connection
+ * counters are shared between threads.
  */
 #include "smtp_session.h"
 
@@ -27,23 +33,31 @@
 
 #include "metrics.h"
 
-static atomic_size_t g_connections;
+static atomic_size_t g_connections;      /* MX */
+static atomic_size_t g_sub_connections;  /* SUBMISSION and SUBMISSIONS */
 
-void smtp_worker_release_slot(void)
+static atomic_size_t *slots_of(enum smtp_service service)
 {
-	size_t prev = atomic_fetch_sub(&g_connections, 1);
+	return service == SMTP_SERVICE_MX ? &g_connections : &g_sub_connections;
+}
+
+void smtp_worker_release_slot(enum smtp_service service)
+{
+	size_t prev = atomic_fetch_sub(slots_of(service), 1);
 	if (prev == 0)
 		panic("smtp: connection slot released twice");
 }
 
-/* Takes a slot unless the cap is reached. */
-static bool take_slot(uint64_t max)
+/* Takes a slot of the service's cap unless it is reached. */
+static bool take_slot(const struct settings *s, enum smtp_service service)
 {
-	size_t cur = atomic_load(&g_connections);
+	atomic_size_t *slots = slots_of(service);
+	uint64_t max = service == SMTP_SERVICE_MX ? s->smtp_max_connections : s->submission_max_connections;
+	size_t cur = atomic_load(slots);
 	do {
 		if (cur >= max)
 			return false;
-	} while (!atomic_compare_exchange_weak(&g_connections, &cur, cur + 1));
+	} while (!atomic_compare_exchange_weak(slots, &cur, cur + 1));
 	return true;
 }
 
@@ -84,7 +98,20 @@ struct smtp_worker *smtp_worker_new(struct event_base *base, const struct settin
 		free(err);
 		return NULL;
 	}
+	/* Store threads for AUTH only when the daemon offers submission at all
+	 * (the listeners are fixed for the process's life: not reloadable). */
+	struct queue_pool *pool = NULL;
+	bool submission = (s->submission_listen != NULL && s->submission_listen[0] != '\0') ||
+			  (s->submissions_listen != NULL && s->submissions_listen[0] != '\0');
+	if (submission) {
+		pool = queue_pool_new(s, (size_t)s->submission_store_threads, "smtp", error_r);
+		if (pool == NULL) {
+			store_reader_close(&reader);
+			return NULL;
+		}
+	}
 	struct smtp_worker *w = xcalloc(1, sizeof(*w));
+	w->pool = pool;
 	w->base = base;
 	w->s = s;
 	w->q = q;
@@ -107,12 +134,25 @@ static void refuse(int fd, const char *line)
 
 void smtp_worker_accept(struct smtp_worker *w, int fd, const struct sockaddr *peer,
 			socklen_t peer_len, const struct sockaddr *local, socklen_t local_len,
-			struct guard_ticket *ticket)
+			enum smtp_service service, struct guard_ticket *ticket)
 {
 	(void)local;
 	(void)local_len;
 	char line[512];
 	metric_inc(M_SMTP_CONNECTIONS_TOTAL);
+	if (service == SMTP_SERVICE_SUBMISSIONS &&
+	    (w->tls == NULL || w->shutting_down || !take_slot(w->s, service))) {
+		/* A plaintext reply would be noise to the client's TLS stack. */
+		if (w->tls != NULL && !w->shutting_down)
+			metric_inc(M_SMTP_REJECT_CONN_LIMIT);
+		close(fd);
+		guard_release(ticket);
+		return;
+	}
+	if (service == SMTP_SERVICE_SUBMISSIONS) {
+		session_start(w, fd, peer, peer_len, service, ticket);
+		return;
+	}
 	if (w->shutting_down) {
 		const struct status_info *si = status_info(ST_SHUTDOWN);
 		snprintf(line, sizeof(line), "%d %s %s\r\n", si->smtp_code, si->smtp_enh, si->smtp_text);
@@ -120,7 +160,7 @@ void smtp_worker_accept(struct smtp_worker *w, int fd, const struct sockaddr *pe
 		guard_release(ticket);
 		return;
 	}
-	if (!take_slot(w->s->smtp_max_connections)) {
+	if (!take_slot(w->s, service)) {
 		metric_inc(M_SMTP_REJECT_CONN_LIMIT);
 		snprintf(line, sizeof(line), "421 4.7.0 %s Too many connections, try again later\r\n",
 			 w->s->hostname);
@@ -128,7 +168,7 @@ void smtp_worker_accept(struct smtp_worker *w, int fd, const struct sockaddr *pe
 		guard_release(ticket);
 		return;
 	}
-	session_start(w, fd, peer, peer_len, ticket);
+	session_start(w, fd, peer, peer_len, service, ticket);
 }
 
 void smtp_worker_set_settings(struct smtp_worker *w, const struct settings *s)
@@ -164,6 +204,10 @@ void smtp_worker_free(struct smtp_worker **wp)
 		session_destroy(w->sessions);
 	if (w->sweep_ev != NULL)
 		event_free(w->sweep_ev);
+	/* Password checks still queued finish on the pool; their sessions
+	 * were detached by session_destroy and are freed by the done
+	 * callbacks, which run on the loop once more. */
+	queue_pool_free(&w->pool);
 	store_reader_close(&w->reader);
 	free(w);
 	*wp = NULL;

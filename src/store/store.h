@@ -177,9 +177,16 @@ struct blob_meta {
 	char mailbox[256];          /* APPEND: the target mailbox; "" = INBOX */
 	unsigned compress;          /* enum blob_compress; 0 = plain */
 	uint64_t stored_size;       /* bytes before the trailer; parsed: == size when plain */
+	/* Outbound mail (submission): the envelope sender and the remote
+	 * recipients, as keys "sender" (at most one) and "remote" (one each),
+	 * both xtext-encoded (RFC 3461 4) since they may hold any byte.  A
+	 * trailer names at least one rcpt or one remote. */
+	char sender[320];           /* "" = null reverse-path (or none) */
+	size_t n_remotes;
+	char (*remote_addresses)[320];
 };
 /* Formats the trailer for meta into out (appends).  meta must name at
- * least one rcpt (a trailer without one does not parse). */
+ * least one rcpt or remote (a trailer without one does not parse). */
 void store_blob_trailer(const struct blob_meta *meta, struct buf *out);
 /* Parses a blob file's trailer (rebuild, verify).  Caller frees with
  * store_blob_meta_free.  ST_INVALID when the file has no valid trailer (or
@@ -221,8 +228,9 @@ void store_blob_dir_of(const char *blob_dir, const struct msgid *id, char *out, 
 
 /* ---- cached MIME structure (store_mime.c) ------------------------------
  * One row per blob in table mime: the IMAP ENVELOPE, BODYSTRUCTURE and
- * BODY texts and the encoded part map that src/mime computes (the store
- * treats all four as opaque bytes).  The row is written with the blob row
+ * BODY texts and the encoded part map that src/mime computes, stored in
+ * src/mime's packed form (mime_pack) and given back byte for byte (the
+ * store does not interpret them).  The row is written with the blob row
  * at delivery or APPEND when the caller computed it, else later by
  * store_mime_put; it goes with the blob row (ON DELETE CASCADE).  A
  * missing row is never an error: the data can always be recomputed from
@@ -235,11 +243,12 @@ struct store_mime {
 	size_t parts_len;
 };
 /* The row of blob `id` into out (malloc'd copies: store_mime_free).
- * ST_NOT_FOUND when the blob has no row (or no longer exists).  A read:
- * any thread's own handle. */
+ * ST_NOT_FOUND when the blob has no row (or no longer exists) or its row
+ * does not decode (logged).  A read: any thread's own handle. */
 enum status store_mime_get(struct store *st, const struct msgid *id, struct store_mime *out);
-/* Stores the row of blob `id` unless one exists (ST_OK either way, and
- * when the blob row is gone).  One autocommit write: may block. */
+/* Stores the row of blob `id` unless one that decodes exists (ST_OK
+ * either way, and when the blob row is gone).  One autocommit write (two
+ * when it replaces a damaged row): may block. */
 enum status store_mime_put(struct store *st, const struct msgid *id, const struct store_mime *m,
 			   char **error_r);
 /* Frees what store_mime_get allocated (not the struct). */
@@ -256,17 +265,25 @@ struct store_delivery {
 	/* out: */
 	enum status status;           /* per delivery */
 	uint32_t *uids;               /* out: INBOX uid per account (n_accounts), caller-owned */
+	/* in: outbound (store_outbound.c): one queue row per remote recipient,
+	 * inserted with the delivery; each row is one blob reference.  Last,
+	 * so that positional initialisers of the fields above still hold. */
+	const char *sender;           /* envelope sender; NULL or "" = null */
+	size_t n_remotes;
+	const char (*remotes)[320];   /* deduplicated */
 };
 /*
- * Inserts, in ONE transaction, a blob row (refcount = n_accounts) and one
- * message row in each account's INBOX (next UID, new modseq, \Recent-free,
- * flags empty), updating quota usage.  A delivery whose account would go
+ * Inserts, in ONE transaction, a blob row (refcount = accounts + remotes),
+ * one message row in each account's INBOX (next UID, new modseq, \Recent-free,
+ * flags empty), updating quota usage, and one outbound row per remote
+ * recipient (due at once).  A delivery may have no account when it has
+ * remotes.  A delivery whose account would go
  * over quota gets ST_OVER_QUOTA_TEMP/PERM (per settings) and writes nothing;
  * the others still commit.  If the transaction fails, every delivery gets
  * the failure status and nothing is written.  Precondition: each blob is
  * already durable at its final path.
  * An account deleted since resolution is skipped (its uids[] entry is 0);
- * when none is left the delivery gets ST_NOT_FOUND.  Returns ST_OK when
+ * when none is left and it has no remote, the delivery gets ST_NOT_FOUND.  Returns ST_OK when
  * the transaction committed (each d[i]->status then says whether that
  * delivery was written), else the transaction's failure status.
  */
@@ -395,6 +412,32 @@ typedef void store_imap_msg_cb(void *ctx, const struct store_imap_msg *m);
 /* Messages of a mailbox with uid >= uid_min, in UID order. */
 enum status store_imap_messages(struct store *st, int64_t mailbox_id, uint32_t uid_min,
 				store_imap_msg_cb *cb, void *ctx);
+/* What changed in a mailbox since a session last saw it at (uidnext,
+ * modseq) holding `live` messages below uidnext, read in ONE read
+ * transaction so that all of it is one state of the mailbox.  Incremental
+ * (*full_r false): cb gets the messages with uid < uidnext changed after
+ * `modseq`, then those with uid >= uidnext, each group in UID order (size,
+ * received and id are not filled: 0); *expunged_r (ascending, caller frees,
+ * may be NULL when none) the UIDs below uidnext expunged after `modseq`,
+ * from the expunge log (a mailbox that never had a logged removal has had
+ * none: every removal is logged by its own transaction), or - where the
+ * log was pruned past `modseq` - found by counting (a count equal to
+ * `live` means none went).  When expunges cannot
+ * be told (*full_r true), cb gets every message of the mailbox, as
+ * store_imap_messages with the same fields, and *expunged_r is NULL.
+ * *uidnext_r and *modseq_r: the state read.  ST_NOT_FOUND: no such mailbox.
+ * Costs O(changed rows) through the messages_modseq index, plus one
+ * count over the mailbox's rows when the log was pruned past `modseq`.  A read:
+ * the thread owning the handle. */
+enum status store_imap_changes(struct store *st, int64_t mailbox_id, uint32_t uidnext, uint64_t modseq,
+			       size_t live, store_imap_msg_cb *cb, void *ctx, uint32_t *uidnext_r,
+			       uint64_t *modseq_r, uint32_t **expunged_r, size_t *n_expunged_r, bool *full_r);
+/* Bounds the handle's SQLite page cache to `kib` KiB (store_open gives a
+ * writer's 32 MiB).  For a handle a network thread only reads with: its
+ * sessions touch pages of many mailboxes, and an unbounded share of that
+ * would be held for every idle session.  Misses are read from the OS page
+ * cache.  Fails only on a broken handle. */
+enum status store_imap_cache_limit(struct store *st, unsigned kib, char **error_r);
 
 enum store_flag_op { STORE_FLAGS_SET, STORE_FLAGS_ADD, STORE_FLAGS_REMOVE };
 /* Applies op/flags to the messages `uids` (n, ascending).  flags_out[i]
@@ -510,7 +553,7 @@ struct store_verify_result {
 };
 /* Checks the index against the blob files: index integrity (quick_check);
  * every blob row's file exists with a valid trailer naming the same id and
- * size; refcounts equal message rows; no message without its blob or
+ * size; refcounts equal message rows plus outbound rows; no message without its blob or
  * mailbox; UIDs below each mailbox's uidnext; accounts' used_bytes and
  * used_messages equal their messages' sums; blob files without a row
  * (orphans), unexpected files and temp files older than an hour.  Each
@@ -552,7 +595,8 @@ struct store_rebuild_result {
  * re-imported into a fresh index), drops rows whose blob file is gone,
  * adds every blob file the base does not know to its accounts' INBOX (or
  * the trailer's mailbox) in (received, id) order with UIDs from each
- * mailbox's uidnext, recomputes refcounts and quota usage, checks it with
+ * mailbox's uidnext and its remote recipients back to the outbound queue,
+ * recomputes refcounts and quota usage, checks it with
  * integrity_check, then moves the old index (and its -wal/-shm) aside to
  * <index>.broken-<time> and renames the new one into place, fsyncing the
  * directory.  ST_NOT_FOUND when there is neither a backup nor a usable
@@ -660,6 +704,10 @@ typedef bool store_tier_ref_cb(void *ctx, const struct store_tier_ref *r); /* fa
 enum status store_tier_refs(struct store *st, const char *account, const char *mailbox,
 			    int64_t older_than, store_tier_ref_cb *cb, void *ctx, char **error_r);
 
+/* Whether the index has any blob at all: one index step, not a scan (the
+ * start-up path uses it; store_tier_usage reads every blob row). */
+enum status store_tier_any_blob(struct store *st, bool *any_r, char **error_r);
+
 /* Per-tier totals from the index; blobs whose tier is outside
  * [0, CONFIG_TIER_MAX) are counted in *stray_r (a damaged index). */
 struct store_tier_usage { uint64_t bytes, messages; };
@@ -722,5 +770,56 @@ enum status store_tier_heat_each(struct store *st, store_tier_heat_cb *cb, void 
 typedef int store_tier_heat_next(void *ctx, struct msgid *id, struct store_heat *h);
 enum status store_tier_heat_replace(struct store *st, store_tier_heat_next *next, void *ctx, size_t *applied_r,
 				    char **error_r);
+
+/* ---- Outbound queue (store_outbound.c; docs/RELAY.md) ----------------------
+ * Table outbound: one row per remote recipient of a submitted message,
+ * inserted by store_commit_deliveries with the blob row, deleted when the
+ * relay delivered or bounced it.  Each row is one reference of its blob
+ * (blobs.refcount); deleting the last reference removes the blob row and,
+ * after COMMIT, its file from every tier.  Every write here is its own
+ * durable transaction; the functions follow the handle's one-thread rule. */
+#define STORE_OUTBOUND_ERROR_MAX 511  /* last_error is cut to this many bytes */
+struct store_outbound {
+	int64_t id;                  /* row id: the CLI's queue entry id */
+	int64_t blob_id;
+	struct msgid msgid;          /* the message (its queue id as text) */
+	unsigned tier;               /* the blob's tier (store_blob_open) */
+	uint64_t size;
+	int64_t received;            /* unix time the message was stored */
+	char sender[320];            /* "" = null reverse-path */
+	char recipient[320];
+	int64_t created, next_attempt;  /* unix time */
+	uint32_t attempts;
+	char last_error[STORE_OUTBOUND_ERROR_MAX + 1];  /* "" = none yet */
+};
+/* Inside the caller's transaction (store_deliver.c): one row for blob_id,
+ * due at `now`; returns the SQLite code (SQLITE_DONE on success). */
+int store_outbound_insert(struct store *st, int64_t blob_id, const char *sender, const char *recipient,
+			  int64_t now);
+/* Up to `max` rows with next_attempt <= now, soonest first (all rows when
+ * now < 0), into a malloc'd array (*rows_r, caller frees; NULL when none).
+ * With `after` (a row of an earlier page), only rows ordered after it:
+ * (next_attempt, id) greater than its. */
+enum status store_outbound_due(struct store *st, int64_t now, const struct store_outbound *after, size_t max,
+			       struct store_outbound **rows_r, size_t *n_r, char **error_r);
+/* One row by id; ST_NOT_FOUND when it is gone. */
+enum status store_outbound_get(struct store *st, int64_t id, struct store_outbound *out, char **error_r);
+/* Rows of one message (the CLI's "queue show <queue id>"); as _due. */
+enum status store_outbound_by_msgid(struct store *st, const struct msgid *id, struct store_outbound **rows_r,
+				    size_t *n_r, char **error_r);
+/* Records a failed attempt of rows ids[0..n): attempts + 1, last_error
+ * (cut to STORE_OUTBOUND_ERROR_MAX), next_attempt.  One transaction; rows
+ * already gone are skipped. */
+enum status store_outbound_defer(struct store *st, const int64_t *ids, size_t n, int64_t next_attempt,
+				 const char *error, char **error_r);
+/* Removes rows ids[0..n) (delivered, bounced or deleted by the operator)
+ * and their blob references in one transaction, then unlinks blobs whose
+ * count reached 0.  *removed_r (if given) counts rows actually removed. */
+enum status store_outbound_remove(struct store *st, const int64_t *ids, size_t n, size_t *removed_r,
+				  char **error_r);
+/* Makes every row due at `now` (flush); *n_r = rows changed. */
+enum status store_outbound_flush(struct store *st, int64_t now, size_t *n_r, char **error_r);
+/* Rows in the queue. */
+enum status store_outbound_count(struct store *st, uint64_t *n_r, char **error_r);
 
 #endif

@@ -79,6 +79,57 @@ static void check_field(const char *what, const char *v)
 	}
 }
 
+/* xtext (RFC 3461 4): '!'..'~' but '+' and '=' as themselves, every other
+ * byte as "+XX".  Keeps the trailer printable ASCII whatever an envelope
+ * address holds (SMTPUTF8, quoted local parts). */
+static void xtext_encode(const char *v, struct buf *out)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
+		if (*p >= '!' && *p <= '~' && *p != '+' && *p != '=') {
+			buf_append_char(out, (char)*p);
+		} else {
+			char e[3] = { '+', hex[*p >> 4], hex[*p & 15] };
+			buf_append(out, e, 3);
+		}
+	}
+}
+
+static int xtext_hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Decodes v[0..len) into out (NUL-terminated, at most outlen - 1 bytes);
+ * false on malformed xtext, an encoded NUL, or a result that does not fit. */
+static bool xtext_decode(const char *v, size_t len, char *out, size_t outlen)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < len; i++) {
+		int c = (unsigned char)v[i];
+		if (c == '+') {
+			if (i + 2 >= len)
+				return false;
+			int hi = xtext_hexval(v[i + 1]), lo = xtext_hexval(v[i + 2]);
+			if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+				return false;
+			c = hi * 16 + lo;
+			i += 2;
+		} else if (c < '!' || c > '~' || c == '=') {
+			return false;
+		}
+		if (n + 1 >= outlen)
+			return false;
+		out[n++] = (char)c;
+	}
+	out[n] = '\0';
+	return true;
+}
+
 void store_blob_trailer(const struct blob_meta *meta, struct buf *out)
 {
 	char id[MSGID_TEXT_LEN + 1];
@@ -95,6 +146,15 @@ void store_blob_trailer(const struct blob_meta *meta, struct buf *out)
 	if (meta->mailbox[0] != '\0') {
 		check_field("mailbox", meta->mailbox);
 		buf_printf(out, "mailbox: %s\n", meta->mailbox);
+	}
+	if (meta->n_remotes > 0) {
+		buf_append_str(out, "sender: ");
+		xtext_encode(meta->sender, out);
+		for (size_t i = 0; i < meta->n_remotes; i++) {
+			buf_append_str(out, "\nremote: ");
+			xtext_encode(meta->remote_addresses[i], out);
+		}
+		buf_append_char(out, '\n');
 	}
 	if (meta->compress == BLOB_COMPRESS_ZSTD)
 		buf_printf(out, "compress: zstd\nstored: %llu\n", (unsigned long long)meta->stored_size);
@@ -185,14 +245,28 @@ static bool add_rcpt(struct blob_meta *meta, size_t *cap, const char *v, size_t 
 	return true;
 }
 
+static bool add_remote(struct blob_meta *meta, size_t *cap, const char *v, size_t len)
+{
+	char addr[sizeof(meta->remote_addresses[0])];
+	if (len == 0 || !xtext_decode(v, len, addr, sizeof(addr)))
+		return false;
+	if (meta->n_remotes == *cap) {
+		*cap = *cap ? *cap * 2 : 4;
+		meta->remote_addresses = xreallocarray(meta->remote_addresses, *cap,
+						       sizeof(*meta->remote_addresses));
+	}
+	memcpy(meta->remote_addresses[meta->n_remotes++], addr, sizeof(addr));
+	return true;
+}
+
 enum seen { SEEN_ID = 1, SEEN_RECEIVED = 2, SEEN_SIZE = 4, SEEN_HASH = 8, SEEN_ALL = 15, SEEN_MAILBOX = 16,
-	    SEEN_COMPRESS = 32, SEEN_STORED = 64 };
+	    SEEN_COMPRESS = 32, SEEN_STORED = 64, SEEN_SENDER = 128 };
 _Static_assert(sizeof(((struct blob_meta *)0)->mailbox) == STORE_MAILBOX_NAME_MAX + 1,
 	       "blob_meta.mailbox holds one mailbox name");
 
 /* One "key: value" line (without its "\n"). */
-static bool parse_line(struct blob_meta *meta, size_t *cap, unsigned *seen, const char *line,
-		       size_t len)
+static bool parse_line(struct blob_meta *meta, size_t *cap, size_t *remote_cap, unsigned *seen,
+		       const char *line, size_t len)
 {
 	const char *colon = memchr(line, ':', len);
 	if (colon == NULL || colon == line || (size_t)(colon - line) + 1 >= len || colon[1] != ' ')
@@ -247,6 +321,12 @@ static bool parse_line(struct blob_meta *meta, size_t *cap, unsigned *seen, cons
 			return false;
 		memcpy(meta->mailbox, norm, vlen + 1);
 		bit = SEEN_MAILBOX;
+	} else if (klen == 6 && memcmp(line, "sender", 6) == 0) {
+		if (!xtext_decode(v, vlen, meta->sender, sizeof(meta->sender)))
+			return false;
+		bit = SEEN_SENDER;
+	} else if (klen == 6 && memcmp(line, "remote", 6) == 0) {
+		return add_remote(meta, remote_cap, v, vlen);
 	} else if (klen == 8 && memcmp(line, "compress", 8) == 0) {
 		/* An unknown method is not ignored: its bytes would be served as mail. */
 		if (vlen != 4 || memcmp(v, "zstd", 4) != 0)
@@ -272,18 +352,18 @@ static bool parse_trailer(struct blob_meta *meta, const char *t, size_t len, uin
 	size_t head = sizeof(TRAILER_HEAD) - 1;
 	if (len < head + STORE_TRAILER_TAIL || memcmp(t, TRAILER_HEAD, head) != 0)
 		return false;
-	size_t end = len - STORE_TRAILER_TAIL, cap = 0;
+	size_t end = len - STORE_TRAILER_TAIL, cap = 0, remote_cap = 0;
 	unsigned seen = 0;
 	for (size_t pos = head; pos < end;) {
 		const char *nl = memchr(t + pos, '\n', end - pos);
 		if (nl == NULL)
 			return false;
 		size_t llen = (size_t)(nl - (t + pos));
-		if (!parse_line(meta, &cap, &seen, t + pos, llen))
+		if (!parse_line(meta, &cap, &remote_cap, &seen, t + pos, llen))
 			return false;
 		pos += llen + 1;
 	}
-	if ((seen & SEEN_ALL) != SEEN_ALL || meta->n_rcpts == 0)
+	if ((seen & SEEN_ALL) != SEEN_ALL || (meta->n_rcpts == 0 && meta->n_remotes == 0))
 		return false;
 	if (seen & SEEN_COMPRESS)
 		return (seen & SEEN_STORED) && meta->stored_size == body_size && meta->size <= STORE_BLOB_SIZE_MAX;
@@ -346,6 +426,9 @@ void store_blob_meta_free(struct blob_meta *meta)
 	free(meta->rcpt_addresses);
 	meta->rcpt_addresses = NULL;
 	meta->n_rcpts = 0;
+	free(meta->remote_addresses);
+	meta->remote_addresses = NULL;
+	meta->n_remotes = 0;
 }
 
 /* ---- compressed blobs ---------------------------------------------------- */

@@ -15,8 +15,10 @@
  *   1. read every target account's quota and usage (an account deleted since
  *      RCPT is skipped: its uid is 0; if none is left, ST_NOT_FOUND);
  *   2. any account over quota -> ST_OVER_QUOTA_TEMP/PERM, nothing written;
- *   3. insert the blob row, refcount = accounts that get the message, and
- *      its cached MIME row when the queue computed one;
+ *   3. insert the blob row, refcount = accounts that get the message plus
+ *      remote recipients, one outbound row per remote recipient
+ *      (store_outbound.c), and its cached MIME row when the queue computed
+ *      one;
  *   4. per account: take INBOX uidnext as the uid and highestmodseq + 1 as
  *      the modseq (one UPDATE ... RETURNING), insert the message row, add
  *      the size to the account's usage.
@@ -142,23 +144,31 @@ static enum status add_to_inbox(struct deliver_ctx *c, struct store_delivery *d,
 /* Steps 1-4 for one delivery, inside the caller's savepoint. */
 static enum status deliver_one(struct deliver_ctx *c, struct store_delivery *d)
 {
-	if (d->n_accounts == 0 || d->size > (uint64_t)INT64_MAX)
+	if ((d->n_accounts == 0 && d->n_remotes == 0) || d->size > (uint64_t)INT64_MAX)
 		return ST_INVALID;
-	if (d->account_ids == NULL || d->uids == NULL)
+	if (d->n_accounts > 0 && (d->account_ids == NULL || d->uids == NULL))
 		panic("store_commit_deliveries: delivery without account_ids or uids");
-	size_t present;
-	enum status s = check_accounts(c, d, &present);
+	if (d->n_remotes > 0 && d->remotes == NULL)
+		panic("store_commit_deliveries: delivery without remotes");
+	size_t present = 0;
+	enum status s = d->n_accounts > 0 ? check_accounts(c, d, &present) : ST_OK;
+	if (s == ST_NOT_FOUND && d->n_remotes > 0)
+		s = ST_OK; /* every account deleted since RCPT: the remotes still go */
 	if (s != ST_OK)
 		return s;
 	sqlite3_stmt *q = c->st->q[Q_DELIVER_BLOB];
 	sqlite3_bind_blob(q, 1, d->id.b, MSGID_BYTES, SQLITE_STATIC);
 	store_db_bind_u64(q, 2, d->size);
 	sqlite3_bind_int64(q, 3, d->received);
-	sqlite3_bind_int64(q, 4, (int64_t)present);
+	sqlite3_bind_int64(q, 4, (int64_t)(present + d->n_remotes));
 	int rc = store_db_run(q);
 	if (rc != SQLITE_DONE)
 		return step_failed(c, rc, "blob row", d);
 	int64_t blob_id = sqlite3_last_insert_rowid(c->st->db);
+	for (size_t i = 0; i < d->n_remotes; i++) {
+		if ((rc = store_outbound_insert(c->st, blob_id, d->sender, d->remotes[i], d->received)) != SQLITE_DONE)
+			return step_failed(c, rc, "outbound row", d);
+	}
 	if (d->mime != NULL && (rc = store_mime_insert(c->st, blob_id, d->mime)) != SQLITE_DONE)
 		return step_failed(c, rc, "MIME row", d);
 	for (size_t i = 0; i < d->n_accounts; i++) {

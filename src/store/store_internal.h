@@ -25,7 +25,7 @@
 #define STORE_ADDRESS_MAX (STORE_LOCAL_MAX + 1 + STORE_DOMAIN_MAX) /* 318 < 320 */
 #define STORE_ALIAS_MAX_DEPTH 8
 #define STORE_PWHASH_MAX 255
-#define STORE_SCHEMA_VERSION 4
+#define STORE_SCHEMA_VERSION 7
 
 /* Writer statements (struct store).  SQL text is in store_db.c. */
 enum store_q {
@@ -47,7 +47,7 @@ enum store_q {
 	Q_DELIVER_QUOTA, Q_DELIVER_BLOB, Q_DELIVER_INBOX, Q_DELIVER_MESSAGE, Q_DELIVER_USAGE,
 	Q_STATS,
 	/* cached MIME rows (store_mime.c) */
-	Q_MIME_GET, Q_MIME_PUT, Q_MIME_INSERT,
+	Q_MIME_GET, Q_MIME_PUT, Q_MIME_INSERT, Q_MIME_FIX,
 	Q__COUNT
 };
 

@@ -10,7 +10,10 @@
  * readdir, one directory open at a time, so a million blobs cost constant
  * memory; rebuild parks what it finds in a table of the new index
  * (rb_pending) and places the messages from it in (received, id) order in
- * batches of REBUILD_BATCH per transaction.
+ * batches of REBUILD_BATCH per transaction.  The remote recipients a
+ * trailer lists (outbound mail, store_outbound.c) are parked in
+ * rb_outbound and re-queued, due at once, by the fix-up step, which then
+ * counts message and outbound rows as the blobs' references.
  *
  * Compressed blobs (a tier with compress = zstd) need nothing special:
  * their trailer is plain text found the same way, and its size is the
@@ -419,7 +422,8 @@ static bool verify_blobs(sqlite3 *db, struct verify_ctx *v, char **error_r)
 {
 	sqlite3_stmt *q = rb_prep(db,
 		"SELECT b.msgid, b.size, b.refcount, coalesce(r.n, 0), b.tier FROM blobs b LEFT JOIN"
-		" (SELECT blob_id, count(*) AS n FROM messages GROUP BY blob_id) r ON r.blob_id = b.id",
+		" (SELECT blob_id, count(*) AS n FROM (SELECT blob_id FROM messages"
+		"  UNION ALL SELECT blob_id FROM outbound) GROUP BY blob_id) r ON r.blob_id = b.id",
 		error_r);
 	if (q == NULL)
 		return false;
@@ -443,7 +447,7 @@ static bool verify_blobs(sqlite3 *db, struct verify_ctx *v, char **error_r)
 		uint64_t size = store_db_column_u64(q, 1);
 		int64_t refs = sqlite3_column_int64(q, 2), rows = sqlite3_column_int64(q, 3);
 		if (refs != rows)
-			report(v, "blob %s: refcount %lld but %lld message rows", text, (long long)refs,
+			report(v, "blob %s: refcount %lld but %lld message and outbound rows", text, (long long)refs,
 			       (long long)rows);
 		struct blob_meta meta;
 		enum status s = store_blob_read_meta(path, &meta);
@@ -676,6 +680,7 @@ struct scan_ctx {
 	struct store *st;
 	struct store_rebuild_result *out;
 	sqlite3_stmt *q_known, *q_park;
+	sqlite3_stmt *q_park_out;    /* rb_outbound: remote recipients from trailers */
 	uint64_t in_batch;
 	char *error;                 /* set: stop */
 };
@@ -709,6 +714,29 @@ static bool scan_park(struct scan_ctx *c, unsigned tier, const char *path, const
 	return ++c->in_batch < REBUILD_BATCH || scan_commit(c);
 }
 
+/* The outbound rows a trailer describes (store_outbound.c): re-queued by
+ * rebuild_fixup_sql, so mail not yet relayed survives the loss of the index. */
+static bool scan_park_remotes(struct scan_ctx *c, unsigned tier, const char *path, const struct blob_meta *m)
+{
+	sqlite3_stmt *q = c->q_park_out;
+	for (size_t i = 0; i < m->n_remotes; i++) {
+		sqlite3_bind_blob(q, 1, m->id.b, MSGID_BYTES, SQLITE_TRANSIENT);
+		sqlite3_bind_text(q, 2, m->sender, -1, SQLITE_TRANSIENT);
+		sqlite3_bind_text(q, 3, m->remote_addresses[i], -1, SQLITE_TRANSIENT);
+		sqlite3_bind_int64(q, 4, m->received);
+		store_db_bind_u64(q, 5, m->size);
+		sqlite3_bind_int64(q, 6, tier);
+		if (store_db_run(q) != SQLITE_DONE) {
+			c->error = xasprintf("rebuild: parking the remote recipients of %s: %s", path,
+					     sqlite3_errmsg(c->st->db));
+			return false;
+		}
+		if (++c->in_batch >= REBUILD_BATCH && !scan_commit(c))
+			return false;
+	}
+	return true;
+}
+
 static bool scan_cb(void *ctx, enum walk_kind kind, unsigned tier, const char *path,
 		    const struct msgid *id, const struct stat *sb)
 {
@@ -737,7 +765,8 @@ static bool scan_cb(void *ctx, enum walk_kind kind, unsigned tier, const char *p
 			store_blob_meta_free(&m);
 		return true;
 	}
-	bool ok = scan_park(c, tier, path, &m);
+	/* a blob of remote recipients only is not placed in any mailbox */
+	bool ok = (m.n_rcpts == 0 || scan_park(c, tier, path, &m)) && scan_park_remotes(c, tier, path, &m);
 	store_blob_meta_free(&m);
 	return ok;
 }
@@ -749,13 +778,19 @@ static bool rebuild_scan(struct store *st, struct store_rebuild_result *out, cha
 	if (!rb_exec(st->db, "CREATE TABLE rb_pending(received INTEGER NOT NULL, msgid BLOB UNIQUE NOT NULL,"
 			     " size INTEGER NOT NULL, rcpts TEXT NOT NULL, mailbox TEXT NOT NULL,"
 			     " tier INTEGER NOT NULL);"
+			     "CREATE TABLE rb_outbound(msgid BLOB NOT NULL, sender TEXT NOT NULL, recipient TEXT NOT NULL,"
+			     " received INTEGER NOT NULL, size INTEGER NOT NULL, tier INTEGER NOT NULL,"
+			     " UNIQUE(msgid, recipient));"
 			     "BEGIN IMMEDIATE;", error_r))
 		return false;
 	c.q_known = rb_prep(st->db, "SELECT 1 FROM blobs WHERE msgid = ?1", error_r);
 	c.q_park = c.q_known ? rb_prep(st->db, "INSERT OR IGNORE INTO rb_pending VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
 						     error_r)
 			     : NULL;
-	if (c.q_park != NULL) {
+	c.q_park_out = c.q_park ? rb_prep(st->db, "INSERT OR IGNORE INTO rb_outbound VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+					  error_r)
+				: NULL;
+	if (c.q_park_out != NULL) {
 		walk_blobs(st->s, scan_cb, &c);
 		if (c.error == NULL)
 			rb_exec(st->db, "COMMIT; CREATE INDEX rb_pending_order ON rb_pending(received, msgid);",
@@ -765,9 +800,10 @@ static bool rebuild_scan(struct store *st, struct store_rebuild_result *out, cha
 	}
 	sqlite3_finalize(c.q_known);
 	sqlite3_finalize(c.q_park);
+	sqlite3_finalize(c.q_park_out);
 	if (!sqlite3_get_autocommit(st->db))
 		rb_exec(st->db, "ROLLBACK", NULL);
-	return c.q_park != NULL && c.error == NULL;
+	return c.q_park_out != NULL && c.error == NULL;
 }
 
 /* ---- rebuild: placing the parked files ---------------------------------------- */
@@ -942,8 +978,15 @@ static bool rebuild_place(struct store *st, struct store_rebuild_result *out, ch
  * mailbox so CONDSTORE clients look again. */
 static const char rebuild_fixup_sql[] =
 	"BEGIN IMMEDIATE;"
+	/* outbound mail the base does not know, from the trailers: due at once */
+	"INSERT OR IGNORE INTO blobs(msgid, tier, size, received, refcount)"
+	" SELECT msgid, tier, size, received, 0 FROM rb_outbound;"
+	"INSERT INTO outbound(blob_id, sender, recipient, created, next_attempt, attempts)"
+	" SELECT b.id, r.sender, r.recipient, r.received, r.received, 0 FROM rb_outbound r"
+	" JOIN blobs b ON b.msgid = r.msgid;"
 	"CREATE TABLE rb_refs(blob_id INTEGER PRIMARY KEY, n INTEGER NOT NULL);"
-	"INSERT INTO rb_refs SELECT blob_id, count(*) FROM messages GROUP BY blob_id;"
+	"INSERT INTO rb_refs SELECT blob_id, count(*) FROM"
+	" (SELECT blob_id FROM messages UNION ALL SELECT blob_id FROM outbound) GROUP BY blob_id;"
 	"UPDATE blobs SET refcount = coalesce((SELECT n FROM rb_refs WHERE rb_refs.blob_id = blobs.id), 0);"
 	"DELETE FROM blobs WHERE refcount = 0;"
 	/* The backup's expunge log misses every expunge since the backup:
@@ -958,7 +1001,7 @@ static const char rebuild_fixup_sql[] =
 	" used_bytes = coalesce((SELECT bytes FROM rb_use WHERE rb_use.account_id = accounts.id), 0);"
 	"UPDATE mailboxes SET highestmodseq = highestmodseq + 1,"
 	" uidnext = max(uidnext, coalesce((SELECT max(uid) + 1 FROM messages WHERE mailbox_id = mailboxes.id), 1));"
-	"DROP TABLE rb_refs; DROP TABLE rb_use; DROP TABLE rb_pending;"
+	"DROP TABLE rb_refs; DROP TABLE rb_use; DROP TABLE rb_pending; DROP TABLE rb_outbound;"
 	"COMMIT;";
 
 /* Without a backup, the UIDVALIDITY values of the lost index are unknown,

@@ -946,6 +946,255 @@ static void test_stop(void **state)
 	assert_non_null(F.q);
 }
 
+/* ---- outbound (submission to remote recipients) ------------------------- */
+
+static int g_outbound_wakes;
+static void on_outbound(void *arg)
+{
+	(void)arg;
+	__atomic_add_fetch(&g_outbound_wakes, 1, __ATOMIC_SEQ_CST);
+}
+
+/* The rows of one message, by queue id. */
+static size_t outbound_rows(const char *queue_id, struct store_outbound **rows)
+{
+	struct msgid id;
+	assert_true(msgid_parse(queue_id, &id));
+	size_t n = 0;
+	char *err = NULL;
+	assert_int_equal(store_outbound_by_msgid(F.st, &id, rows, &n, &err), ST_OK);
+	return n;
+}
+
+static int64_t blob_refcount(const char *queue_id)
+{
+	sqlite3 *db = NULL;
+	assert_int_equal(sqlite3_open_v2(F.s->store_index_path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+	sqlite3_stmt *q = NULL;
+	assert_int_equal(sqlite3_prepare_v2(db, "SELECT refcount FROM blobs WHERE msgid = ?1", -1, &q, NULL),
+			 SQLITE_OK);
+	struct msgid id;
+	assert_true(msgid_parse(queue_id, &id));
+	sqlite3_bind_blob(q, 1, id.b, MSGID_BYTES, SQLITE_STATIC);
+	int64_t n = sqlite3_step(q) == SQLITE_ROW ? sqlite3_column_int64(q, 0) : -1;
+	sqlite3_finalize(q);
+	sqlite3_close(db);
+	return n;
+}
+
+static void verify_clean(void)
+{
+	struct store_verify_result vr;
+	char *err = NULL;
+	assert_int_equal(store_verify(F.s, NULL, NULL, &vr, &err), ST_OK);
+	if (vr.problems != 0)
+		fail_msg("store verify: %llu problems, want 0", (unsigned long long)vr.problems);
+}
+
+struct outbound_case {
+	const char *label;
+	size_t n_accounts;            /* accounts 0..n-1 */
+	const char *sender;
+	const char *remotes[4];       /* NULL-terminated; duplicates allowed */
+	size_t want_remotes;          /* distinct */
+};
+
+static const struct outbound_case outbound_cases[] = {
+	{ "remote only", 0, "alice@example.org", { "x@example.net", "y@example.com", "x@example.net", NULL }, 2 },
+	{ "local and remote", 2, "alice@example.org", { "z@example.net", NULL }, 1 },
+	{ "null sender, UTF-8 and xtext bytes", 0, "",
+	  { "j\xc3\xb6rg@example.net", "a+b=c d@example.net", NULL }, 2 },
+};
+
+static void outbound_case_run(const struct outbound_case *c)
+{
+	static const char body[] = "From: alice@example.org\r\nSubject: out\r\n\r\nto the world\r\n";
+	struct rows before;
+	inbox(0, &before);
+	int wakes0 = __atomic_load_n(&g_outbound_wakes, __ATOMIC_SEQ_CST);
+	struct queue_msg *m = queue_msg_new(F.q, F.base);
+	assert_int_equal(queue_msg_append(m, body, sizeof(body) - 1), ST_OK);
+	const size_t who[] = { 0, 1, 2 };
+	add_accounts(m, who, c->n_accounts);
+	queue_msg_set_sender(m, c->sender);
+	for (size_t i = 0; c->remotes[i] != NULL; i++)
+		queue_msg_add_remote(m, c->remotes[i]);
+	struct done_rec r = { 0 };
+	queue_msg_submit(m, on_done, &r);
+	assert_true(run_until(&r.fired, 1));
+	if (r.st != ST_OK)
+		fail_msg("%s: status %s, want OK", c->label, status_info(r.st)->name);
+
+	/* one row per distinct remote, one reference each plus the accounts' */
+	struct store_outbound *rows = NULL;
+	size_t n = outbound_rows(r.id, &rows);
+	if (n != c->want_remotes)
+		fail_msg("%s: %zu outbound rows, want %zu", c->label, n, c->want_remotes);
+	for (size_t i = 0; i < n; i++) {
+		assert_string_equal(rows[i].sender, c->sender);
+		assert_string_equal(rows[i].recipient, c->remotes[i]);
+		assert_int_equal(rows[i].attempts, 0);
+		assert_int_equal(rows[i].size, sizeof(body) - 1);
+		assert_true(rows[i].next_attempt <= (int64_t)time(NULL));
+	}
+	free(rows);
+	int64_t refs = blob_refcount(r.id);
+	if (refs != (int64_t)(c->n_accounts + c->want_remotes))
+		fail_msg("%s: refcount %lld, want %zu", c->label, (long long)refs, c->n_accounts + c->want_remotes);
+	if (c->n_accounts > 0)
+		check_new_row(0, &before, r.id, sizeof(body) - 1);
+
+	/* the trailer names sender and remotes, byte for byte */
+	char path[4096];
+	blob_path_of(r.id, path, sizeof(path));
+	struct blob_meta meta;
+	memset(&meta, 0, sizeof(meta));
+	assert_int_equal(store_blob_read_meta(path, &meta), ST_OK);
+	assert_int_equal(meta.n_rcpts, c->n_accounts);
+	assert_int_equal(meta.n_remotes, c->want_remotes);
+	assert_string_equal(meta.sender, c->sender);
+	for (size_t i = 0; i < meta.n_remotes; i++)
+		assert_string_equal(meta.remote_addresses[i], c->remotes[i]);
+	store_blob_meta_free(&meta);
+	/* the committer woke the relay (it runs before or after the done callback) */
+	for (int i = 0; i < 500 && __atomic_load_n(&g_outbound_wakes, __ATOMIC_SEQ_CST) == wakes0; i++) {
+		struct timespec ts = { 0, 2 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+	}
+	assert_true(__atomic_load_n(&g_outbound_wakes, __ATOMIC_SEQ_CST) > wakes0);
+}
+
+static void test_outbound_rows(void **state)
+{
+	(void)state;
+	queue_set_outbound_cb(F.q, on_outbound, NULL);
+	for (size_t i = 0; i < ARRAY_LEN(outbound_cases); i++)
+		outbound_case_run(&outbound_cases[i]);
+	verify_clean();
+	queue_set_outbound_cb(F.q, NULL, NULL);
+}
+
+/* Refused envelopes: nothing is stored, no file is left. */
+static void test_outbound_invalid(void **state)
+{
+	(void)state;
+	static const char body[] = "Subject: bad\r\n\r\nx\r\n";
+	char long_addr[400];
+	memset(long_addr, 'a', sizeof(long_addr) - 1);
+	long_addr[sizeof(long_addr) - 1] = '\0';
+	const struct {
+		const char *label, *sender, *remote;
+	} cases[] = {
+		{ "no recipient at all", "a@example.org", NULL },
+		{ "remote too long", "a@example.org", long_addr },
+		{ "sender too long", long_addr, "x@example.net" },
+		{ "empty remote", "a@example.org", "" },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		size_t files0 = blob_files();
+		uint64_t n0 = 0;
+		char *err = NULL;
+		assert_int_equal(store_outbound_count(F.st, &n0, &err), ST_OK);
+		struct queue_msg *m = queue_msg_new(F.q, F.base);
+		assert_int_equal(queue_msg_append(m, body, sizeof(body) - 1), ST_OK);
+		queue_msg_set_sender(m, cases[i].sender);
+		if (cases[i].remote != NULL)
+			queue_msg_add_remote(m, cases[i].remote);
+		struct done_rec r = { 0 };
+		queue_msg_submit(m, on_done, &r);
+		assert_true(run_until(&r.fired, 1));
+		if (r.st != ST_INVALID)
+			fail_msg("%s: status %s, want INVALID", cases[i].label, status_info(r.st)->name);
+		uint64_t n1 = 0;
+		assert_int_equal(store_outbound_count(F.st, &n1, &err), ST_OK);
+		assert_int_equal(n1, n0);
+		assert_int_equal(blob_files(), files0);
+		assert_int_equal(tmp_files(), 0);
+	}
+}
+
+/* Defer, flush and removal: the last reference frees the blob and its file. */
+static void test_outbound_lifecycle(void **state)
+{
+	(void)state;
+	static const char body[] = "Subject: life\r\n\r\nof a queue entry\r\n";
+	struct queue_msg *m = queue_msg_new(F.q, F.base);
+	assert_int_equal(queue_msg_append(m, body, sizeof(body) - 1), ST_OK);
+	queue_msg_set_sender(m, "alice@example.org");
+	queue_msg_add_remote(m, "p@example.net");
+	queue_msg_add_remote(m, "q@example.net");
+	struct done_rec r = { 0 };
+	queue_msg_submit(m, on_done, &r);
+	assert_true(run_until(&r.fired, 1));
+	assert_int_equal(r.st, ST_OK);
+	struct store_outbound *rows = NULL;
+	assert_int_equal(outbound_rows(r.id, &rows), 2);
+	int64_t ids[2] = { rows[0].id, rows[1].id };
+	free(rows);
+	char *err = NULL;
+	int64_t now = (int64_t)time(NULL);
+
+	/* deferred: not due now, due later, attempts and error recorded */
+	assert_int_equal(store_outbound_defer(F.st, &ids[0], 1, now + 600, "451 4.3.0 try later", &err), ST_OK);
+	struct store_outbound o;
+	assert_int_equal(store_outbound_get(F.st, ids[0], &o, &err), ST_OK);
+	assert_int_equal(o.attempts, 1);
+	assert_int_equal(o.next_attempt, now + 600);
+	assert_string_equal(o.last_error, "451 4.3.0 try later");
+	size_t n = 0;
+	assert_int_equal(store_outbound_due(F.st, now, NULL, 1000, &rows, &n, &err), ST_OK);
+	for (size_t i = 0; i < n; i++)
+		assert_true(rows[i].id != ids[0]);
+	free(rows);
+	assert_int_equal(store_outbound_due(F.st, now + 600, NULL, 1000, &rows, &n, &err), ST_OK);
+	bool seen = false;
+	for (size_t i = 0; i < n; i++)
+		seen = seen || rows[i].id == ids[0];
+	assert_true(seen);
+	/* paging: one row at a time after the previous one visits every row once */
+	size_t total = n, paged = 0;
+	free(rows);
+	struct store_outbound last, *page = NULL;
+	bool have_last = false;
+	for (size_t k = 0; k <= total; k++) {
+		assert_int_equal(store_outbound_due(F.st, now + 600, have_last ? &last : NULL, 1, &page, &n, &err), ST_OK);
+		if (n == 0)
+			break;
+		if (have_last)
+			assert_true(page[0].next_attempt > last.next_attempt ||
+				    (page[0].next_attempt == last.next_attempt && page[0].id > last.id));
+		last = page[0];
+		have_last = true;
+		paged++;
+		free(page);
+	}
+	if (paged != total)
+		fail_msg("paging saw %zu rows, one page saw %zu", paged, total);
+	/* flush makes it due now */
+	size_t flushed = 0;
+	assert_int_equal(store_outbound_flush(F.st, now, &flushed, &err), ST_OK);
+	assert_true(flushed >= 1);
+	assert_int_equal(store_outbound_get(F.st, ids[0], &o, &err), ST_OK);
+	assert_int_equal(o.next_attempt, now);
+
+	/* removal: one reference at a time; the file goes with the last */
+	char path[4096];
+	blob_path_of(r.id, path, sizeof(path));
+	size_t removed = 0;
+	assert_int_equal(store_outbound_remove(F.st, &ids[0], 1, &removed, &err), ST_OK);
+	assert_int_equal(removed, 1);
+	assert_int_equal(blob_refcount(r.id), 1);
+	assert_int_equal(access(path, F_OK), 0);
+	/* removing twice is harmless */
+	assert_int_equal(store_outbound_remove(F.st, ids, 2, &removed, &err), ST_OK);
+	assert_int_equal(removed, 1);
+	assert_int_equal(blob_refcount(r.id), -1);
+	assert_int_equal(access(path, F_OK), -1);
+	assert_int_equal(store_outbound_get(F.st, ids[1], &o, &err), ST_NOT_FOUND);
+	free(err);
+	verify_clean();
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -961,6 +1210,9 @@ int main(void)
 		cmocka_unit_test(test_faults),
 		cmocka_unit_test(test_recover),
 		cmocka_unit_test(test_stop),
+		cmocka_unit_test(test_outbound_rows),
+		cmocka_unit_test(test_outbound_invalid),
+		cmocka_unit_test(test_outbound_lifecycle),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -1,5 +1,6 @@
 /*
- * smtp_data_test.c - the DATA/BDAT state machine (src/smtp/smtp_data.c).
+ * smtp_data_test.c - the DATA/BDAT state machine (src/smtp/smtp_data.c),
+ * and submission's Date:/Message-ID: fixes (src/smtp/smtp_hdrfix.c).
  *
  * Every case is fed whole, one byte at a time, and in many random splits;
  * all must give the same stored bytes, end flag, end position and bad
@@ -11,11 +12,13 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
 
 #include "smtp_data.h"
+#include "smtp_hdrfix.h"
 
 #define S(lit) lit, (sizeof(lit) - 1)
 
@@ -267,6 +270,102 @@ static void test_reject_reply(void **state)
 	assert_int_equal(r->code, 554);
 }
 
+/* ---- submission header fixes (smtp_hdrfix.c) ----------------------------------- */
+
+#define FIX_DATE "Sun, 29 Nov 2026 03:00:00 +0000"
+#define FIX_ID "<q1@mail.example>"
+#define ADD_BOTH "Date: " FIX_DATE "\r\nMessage-ID: " FIX_ID "\r\n"
+#define ADD_DATE "Date: " FIX_DATE "\r\n"
+#define ADD_ID "Message-ID: " FIX_ID "\r\n"
+
+struct fix_case {
+	const char *label;
+	const char *in;
+	const char *out;
+};
+
+static const struct fix_case fix_cases[] = {
+	{ "both missing", "Subject: hi\r\n\r\nbody\r\n", "Subject: hi\r\n" ADD_BOTH "\r\nbody\r\n" },
+	{ "both present", "Date: x\r\nMessage-ID: <a@b>\r\n\r\nbody\r\n", "Date: x\r\nMessage-ID: <a@b>\r\n\r\nbody\r\n" },
+	{ "only date present, any case", "DATE: x\r\nSubject: s\r\n\r\nb\r\n", "DATE: x\r\nSubject: s\r\n" ADD_ID "\r\nb\r\n" },
+	{ "only message-id present", "message-id: <a@b>\r\n\r\nb\r\n", "message-id: <a@b>\r\n" ADD_DATE "\r\nb\r\n" },
+	{ "folded field", "Subject: a\r\n long\r\n\tfold\r\n\r\nb\r\n", "Subject: a\r\n long\r\n\tfold\r\n" ADD_BOTH "\r\nb\r\n" },
+	{ "date in a fold is not a field", "Subject: a\r\n Date: x\r\n\r\nb\r\n", "Subject: a\r\n Date: x\r\n" ADD_BOTH "\r\nb\r\n" },
+	{ "date in the body is not a field", "Subject: a\r\n\r\nDate: x\r\n", "Subject: a\r\n" ADD_BOTH "\r\nDate: x\r\n" },
+	{ "name prefix is not the field", "Dated: x\r\nMessage-IDs: y\r\n\r\n", "Dated: x\r\nMessage-IDs: y\r\n" ADD_BOTH "\r\n" },
+	{ "obsolete blank before colon", "Date : x\r\n\r\n", "Date : x\r\n" ADD_ID "\r\n" },
+	{ "no header at all", "hello world\r\n", ADD_BOTH "\r\nhello world\r\n" },
+	{ "body line after fields", "Subject: a\r\nnot a field\r\n", "Subject: a\r\n" ADD_BOTH "\r\nnot a field\r\n" },
+	{ "leading fold is body", " x\r\n", ADD_BOTH "\r\n x\r\n" },
+	{ "all header, no body", "Subject: a\r\n", "Subject: a\r\n" ADD_BOTH },
+	{ "all header, no final CRLF", "Subject: a", "Subject: a\r\n" ADD_BOTH },
+	{ "empty message", "", ADD_BOTH },
+	{ "only the separator", "\r\nbody\r\n", ADD_BOTH "\r\nbody\r\n" },
+	{ "8-bit at line start is body", "\xc3\xa9t\xc3\xa9\r\n", ADD_BOTH "\r\n\xc3\xa9t\xc3\xa9\r\n" },
+	{ "received header first", "Received: from x\r\n\tby y; date\r\nSubject: s\r\n\r\nb\r\n",
+	  "Received: from x\r\n\tby y; date\r\nSubject: s\r\n" ADD_BOTH "\r\nb\r\n" },
+	{ "body keeps everything", "Subject: a\r\n\r\nx\r\n\r\ny: z\r\n", "Subject: a\r\n" ADD_BOTH "\r\nx\r\n\r\ny: z\r\n" },
+};
+
+/* Feeds `in` in pieces of `step` octets (0: whole). */
+static void fix_run(const struct fix_case *c, size_t step, struct buf *out)
+{
+	struct smtp_hdrfix h;
+	smtp_hdrfix_init(&h, FIX_DATE, FIX_ID);
+	size_t len = strlen(c->in);
+	size_t n = step == 0 ? (len > 0 ? len : 1) : step;
+	for (size_t i = 0; i < len; i += n)
+		smtp_hdrfix_feed(&h, c->in + i, len - i < n ? len - i : n, out);
+	smtp_hdrfix_finish(&h, out);
+	assert_true(h.done);
+}
+
+static void test_hdrfix_table(void **state)
+{
+	(void)state;
+	static const size_t steps[] = { 0, 1, 2, 3, 7 };
+	for (size_t i = 0; i < ARRAY_LEN(fix_cases); i++) {
+		for (size_t k = 0; k < ARRAY_LEN(steps); k++) {
+			struct buf out = BUF_INIT;
+			fix_run(&fix_cases[i], steps[k], &out);
+			const char *got = out.data != NULL ? out.data : "";
+			if (out.len != strlen(fix_cases[i].out) || memcmp(got, fix_cases[i].out, out.len) != 0) {
+				fprintf(stderr, "hdrfix '%s' (step %zu):\n expected [%s]\n got      [%.*s]\n", fix_cases[i].label,
+					steps[k], fix_cases[i].out, (int)out.len, got);
+				buf_free(&out);
+				fail();
+			}
+			buf_free(&out);
+		}
+	}
+}
+
+/* A line that never shows a colon is held for at most SMTP_HDRFIX_HOLD
+ * octets, then counts as body: bounded memory, nothing lost. */
+static void test_hdrfix_bound(void **state)
+{
+	(void)state;
+	size_t len = SMTP_HDRFIX_HOLD * 3;
+	char *in = malloc(len);
+	assert_non_null(in);
+	memset(in, 'x', len);
+	struct smtp_hdrfix h;
+	smtp_hdrfix_init(&h, FIX_DATE, FIX_ID);
+	struct buf out = BUF_INIT;
+	for (size_t i = 0; i < len; i++) {
+		smtp_hdrfix_feed(&h, in + i, 1, &out);
+		assert_true(h.hold_len <= SMTP_HDRFIX_HOLD);
+	}
+	assert_true(h.done);
+	smtp_hdrfix_finish(&h, &out);
+	const char *add = ADD_BOTH "\r\n";
+	assert_int_equal(out.len, strlen(add) + len);
+	assert_memory_equal(out.data, add, strlen(add));
+	assert_memory_equal(out.data + strlen(add), in, len);
+	buf_free(&out);
+	free(in);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -274,6 +373,8 @@ int main(void)
 		cmocka_unit_test(test_bdat_chunks),
 		cmocka_unit_test(test_output_bound),
 		cmocka_unit_test(test_reject_reply),
+		cmocka_unit_test(test_hdrfix_table),
+		cmocka_unit_test(test_hdrfix_bound),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

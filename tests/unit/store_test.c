@@ -1413,6 +1413,59 @@ static void test_migration_v1_to_v2(void **state)
 	store_mime_free(&got);
 }
 
+/* An index of schema version 4 (before the outbound queue) is migrated with
+ * its messages kept; the migrated index then takes outbound rows, which
+ * hold blob references like message rows. */
+static void test_migration_v4_outbound(void **state)
+{
+	struct fixture *f = *state;
+	add_domain(f, "ex.org");
+	int64_t a = add_user(f, "a@ex.org", 0, 0);
+	struct delivery_buf d;
+	make_delivery(&d, &a, 1, 10);
+	CHECK_ST("commit", commit(f, &d, 1), ST_OK);
+	store_close(&f->st);
+	raw_exec(f, "DROP TABLE outbound; PRAGMA user_version = 4");
+	char *err = NULL;
+	f->st = store_open(f->s, true, &err);
+	assert_non_null(f->st);
+	assert_int_equal(raw_int(f, "PRAGMA user_version"), STORE_SCHEMA_VERSION);
+	assert_int_equal(raw_int(f, "SELECT count(*) FROM messages"), 1);
+	assert_int_equal(raw_int(f, "SELECT count(*) FROM outbound"), 0);
+
+	/* remote only, and local and remote: one reference per account and per remote */
+	static const char remotes[2][320] = { "x@remote.example", "y@remote.example" };
+	const struct {
+		const char *label;
+		size_t n_accounts, n_remotes;
+		int64_t refcount;
+	} cases[] = {
+		{ "remote only", 0, 2, 2 },
+		{ "local and remote", 1, 1, 2 },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		int64_t before = raw_int(f, "SELECT count(*) FROM outbound");
+		make_delivery(&d, &a, cases[i].n_accounts, 20);
+		d.d.sender = "a@ex.org";
+		d.d.n_remotes = cases[i].n_remotes;
+		d.d.remotes = remotes;
+		CHECK_ST(cases[i].label, commit(f, &d, 1), ST_OK);
+		CHECK_ST(cases[i].label, d.d.status, ST_OK);
+		int64_t after = raw_int(f, "SELECT count(*) FROM outbound");
+		if (after - before != (int64_t)cases[i].n_remotes)
+			fail_msg("%s: %lld outbound rows added, want %zu", cases[i].label,
+				 (long long)(after - before), cases[i].n_remotes);
+		int64_t refs = raw_int(f, "SELECT refcount FROM blobs ORDER BY id DESC LIMIT 1");
+		if (refs != cases[i].refcount)
+			fail_msg("%s: refcount %lld, want %lld", cases[i].label, (long long)refs,
+				 (long long)cases[i].refcount);
+	}
+	/* no account and no remote is refused */
+	make_delivery(&d, &a, 0, 20);
+	CHECK_ST("empty", commit(f, &d, 1), ST_OK);
+	CHECK_ST("empty delivery", d.d.status, ST_INVALID);
+}
+
 /* ---- the index size of a message ---------------------------------------------------- */
 
 static void test_index_bytes_per_message(void **state)
@@ -1429,7 +1482,7 @@ static void test_index_bytes_per_message(void **state)
 	raw_exec(f, "PRAGMA wal_checkpoint(TRUNCATE)");
 	int64_t page = raw_int(f, "PRAGMA page_size");
 	int64_t before = raw_int(f, "SELECT sum(pgsize) FROM dbstat WHERE name IN"
-				    " ('blobs', 'messages', 'sqlite_autoindex_blobs_1')");
+				    " ('blobs', 'messages', 'messages_modseq', 'sqlite_autoindex_blobs_1')");
 	struct delivery_buf *d = xcalloc(BATCH, sizeof(*d));
 	uint64_t t0 = time_mono_us();
 	for (int done = 0; done < MESSAGES; done += BATCH) {
@@ -1443,9 +1496,9 @@ static void test_index_bytes_per_message(void **state)
 	free(d);
 	raw_exec(f, "PRAGMA wal_checkpoint(TRUNCATE)");
 	int64_t after = raw_int(f, "SELECT sum(pgsize) FROM dbstat WHERE name IN"
-				   " ('blobs', 'messages', 'sqlite_autoindex_blobs_1')");
+				   " ('blobs', 'messages', 'messages_modseq', 'sqlite_autoindex_blobs_1')");
 	double per = (double)(after - before) / MESSAGES;
-	print_message("index: %.1f bytes/message (blobs + its msgid index + messages, %lld-byte pages); "
+	print_message("index: %.1f bytes/message (blobs + its msgid index + messages + messages_modseq, %lld-byte pages); "
 		      "%d deliveries committed in batches of %d at %.0f/s\n",
 		      per, (long long)page, MESSAGES, BATCH, MESSAGES / ((double)(t1 - t0) / 1e6));
 	sqlite3_stmt *q = NULL;
@@ -1552,6 +1605,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_domain_syntax, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_mime_rows, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_migration_v1_to_v2, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_migration_v4_outbound, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_vanished_log, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_domain_del, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_user_add, setup, teardown),
