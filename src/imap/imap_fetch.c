@@ -983,12 +983,11 @@ static bool stream_body(struct imap_session *s, struct imap_fetch *f)
 {
 	if (f->decoding)
 		return stream_decoded(s, f);
-	char chunk[FETCH_CHUNK];
 	while (f->s_left > 0 && !imap_session_output_full(s)) {
 		size_t want = f->s_left < FETCH_CHUNK ? (size_t)f->s_left : FETCH_CHUNK;
-		ssize_t n = pread(f->fd, chunk, want, (off_t)f->s_off);
-		if (n < 0 && errno == EINTR)
-			continue;
+		if (s->bev == NULL || s->close == IC_NOW)
+			return false;   /* the connection is going: nothing more is sent */
+		ssize_t n = imap_session_write_pread(s, f->fd, f->s_off, want);
 		if (n <= 0) {
 			/* The literal length is promised: the stream cannot be
 			 * repaired, so the connection must end. */
@@ -997,7 +996,6 @@ static bool stream_body(struct imap_session *s, struct imap_fetch *f)
 			f->failed = true;
 			return true;
 		}
-		imap_session_write(s, chunk, (size_t)n);
 		f->s_off += (uint64_t)n;
 		f->s_left -= (uint64_t)n;
 	}

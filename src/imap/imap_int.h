@@ -48,6 +48,15 @@
 #define IMAP_NOTIFY_MAX 64                /* changed mailboxes a worker queues before "all" */
 #define IMAP_INPUT_HIGH (256u * 1024u)    /* stop reading above this */
 #define IMAP_OUTPUT_HIGH (256u * 1024u)   /* pause output producers above this */
+#define IMAP_OUTPUT_LOW (64u * 1024u)     /* refill (FETCH) once output drains to this */
+/* Bytes one write(2) may take from the output buffer (libevent's default
+ * is 16 KiB: 16 system calls and reader wake-ups per 256 KiB). */
+#define IMAP_WRITE_MAX (512u * 1024u)
+/* Page cache of a worker's read handle: what its sessions read most
+ * (mailbox rows, message lists, MIME rows) stays hot, and the cache does
+ * not grow with the number of different mailboxes idle sessions have
+ * selected (a writer handle's default is 32 MiB). */
+#define IMAP_READER_CACHE_KIB 8192u
 #define IMAP_MEMORY_LITERAL_MAX (64u * 1024u) /* in-memory literals per command */
 #define IMAP_DISCARD_MAX (64ull << 20)    /* refused non-sync literal we still read */
 
@@ -187,6 +196,10 @@ void imap_session_drive(struct imap_session *s);
 void imap_session_pause(struct imap_session *s, unsigned bit);
 void imap_session_resume(struct imap_session *s, unsigned bit);
 void imap_session_write(struct imap_session *s, const void *data, size_t len);
+/* pread(2) of fd at off, up to len bytes, straight into the output buffer
+ * (no intermediate copy); returns what pread returned (0 when the session
+ * has no connection left: the caller then stops). */
+ssize_t imap_session_write_pread(struct imap_session *s, int fd, uint64_t off, size_t len);
 /* "* text" */
 void imap_session_untagged(struct imap_session *s, const char *fmt, ...) ATTR_PRINTF(2, 3);
 /* "<tag> OK|NO|BAD text" for the current command (s->tag). */

@@ -6,8 +6,8 @@
  * The view: one (uid, flags) pair per message in UID order; the sequence
  * number is the index + 1.  Changes made by anyone (other sessions,
  * deliveries, this session's own jobs) reach the view only through
- * imap_mailbox_sync(), which polls (uidnext, highestmodseq), reloads the UID
- * list when either moved, and reports the difference: EXPUNGE for UIDs
+ * imap_mailbox_sync(), which polls (uidnext, highestmodseq), reads what
+ * changed when either moved (see "Cost of a sync" below), and reports it: EXPUNGE for UIDs
  * that went (in ascending sequence order, each number valid at the moment
  * it is sent), FETCH (FLAGS) for changed flags, and one EXISTS for new
  * messages.  During FETCH, STORE and SEARCH (non-UID forms) expunges are
@@ -38,8 +38,16 @@
  * sessions (RFC 9051) get no RECENT and no \Recent, a LIST response in
  * SELECT instead of the UNSEEN code, and take no claims.
  *
- * Memory: 24 bytes per message of the selected mailbox, plus the keyword
- * strings of messages that have keywords.
+ * Memory: 24 bytes per message of the selected mailbox (the list is
+ * trimmed to its length after each full load), plus the keyword strings of
+ * messages that have keywords.
+ *
+ * Cost of a sync: one (uidnext, highestmodseq) poll when nothing changed;
+ * otherwise store_imap_changes reads only the rows changed after the
+ * view's modseq, the new UIDs and the expunges since (one read
+ * transaction), so a session's own STORE costs one row, not the mailbox.
+ * Only when the expunge log was pruned past the view's modseq (and a count
+ * disagrees) is the whole list read and compared, as SELECT does.
  * Threads: the loop thread; store jobs receive copies of what they need.
  */
 #include "imap_int.h"
@@ -186,6 +194,16 @@ static void load_cb(void *arg, const struct store_imap_msg *msg)
 	struct load_ctx *c = arg;
 	view_push(&c->m, &c->n, &c->cap, msg->uid, msg->flags, msg->modseq,
 		  msg->keywords != NULL ? xstrdup(msg->keywords) : NULL);
+}
+
+/* Gives back the unused tail of a loaded list: a selected mailbox is held
+ * for the whole session, idle ones included. */
+static void load_fit(struct load_ctx *c)
+{
+	if (c->cap > c->n && c->n > 0) {
+		c->m = xreallocarray(c->m, c->n, sizeof(*c->m));
+		c->cap = c->n;
+	}
 }
 
 static void msgs_free(struct view_msg *m, size_t n)
@@ -632,6 +650,7 @@ void imap_mailbox_select(struct imap_session *s, struct imap_cmd *cmd, bool read
 		imap_command_reply_status(s, st, "Cannot open mailbox");
 		return;
 	}
+	load_fit(&c);
 	struct imap_view *v = xcalloc(1, sizeof(*v));
 	v->id = mb.id;
 	snprintf(v->name, sizeof(v->name), "%s", mb.name);
@@ -712,35 +731,18 @@ static void report_flags(struct imap_session *s, size_t seq, uint32_t uid, uint3
 	buf_free(&b);
 }
 
-void imap_mailbox_sync(struct imap_session *s, bool allow_expunge)
+/* Every message of the mailbox is in c: the difference with the view. */
+static void sync_full(struct imap_session *s, bool allow_expunge, struct load_ctx *c)
 {
 	struct imap_view *v = s->view;
-	if (v == NULL)
-		return;
-	uint32_t uidnext;
-	uint64_t hms;
-	enum status st = store_imap_mailbox_poll(s->w->reader, v->id, &uidnext, &hms);
-	if (st == ST_NOT_FOUND) {
-		imap_session_bye(s, "Selected mailbox was deleted");
-		return;
-	}
-	if (st != ST_OK)
-		return;   /* try again at the next boundary */
-	if (uidnext == v->uidnext && hms == v->highestmodseq && !(allow_expunge && v->pending_expunge))
-		return;
-	struct load_ctx c = { NULL, 0, 0 };
-	if (store_imap_messages(s->w->reader, v->id, 1, load_cb, &c) != ST_OK) {
-		msgs_free(c.m, c.n);
-		return;
-	}
 	if (allow_expunge && s->qresync) {
 		/* One VANISHED for every expunge, before any FETCH below. */
 		struct uranges gone = { NULL, 0, 0 };
 		size_t kk = 0;
 		for (size_t i = 0; i < v->n; i++) {
-			while (kk < c.n && c.m[kk].uid < v->m[i].uid)
+			while (kk < c->n && c->m[kk].uid < v->m[i].uid)
 				kk++;
-			if (kk == c.n || c.m[kk].uid != v->m[i].uid)
+			if (kk == c->n || c->m[kk].uid != v->m[i].uid)
 				uranges_push(&gone, v->m[i].uid, v->m[i].uid);
 		}
 		vanished_send(s, "VANISHED ", &gone);
@@ -752,13 +754,13 @@ void imap_mailbox_sync(struct imap_session *s, bool allow_expunge)
 	bool pending = false;
 	for (size_t i = 0; i < v->n; i++) {
 		const struct view_msg *o = &v->m[i];
-		while (k < c.n && c.m[k].uid < o->uid)
+		while (k < c->n && c->m[k].uid < o->uid)
 			k++;  /* a UID below a known one cannot be new: skip (never happens) */
-		if (k < c.n && c.m[k].uid == o->uid) {
-			uint32_t now = c.m[k].flags;
-			uint64_t ms = c.m[k].modseq;
-			char *kw = c.m[k].kw;
-			c.m[k].kw = NULL;
+		if (k < c->n && c->m[k].uid == o->uid) {
+			uint32_t now = c->m[k].flags;
+			uint64_t ms = c->m[k].modseq;
+			char *kw = c->m[k].kw;
+			c->m[k].kw = NULL;
 			bool kw_changed = (kw == NULL) != (o->kw == NULL) || (kw != NULL && strcmp(kw, o->kw) != 0);
 			view_push(&out, &n_out, &cap_out, o->uid, now | (o->flags & VIEW_BITS), ms, kw);
 			if ((o->flags & ~VIEW_BITS) != now || kw_changed || (s->condstore && ms != o->modseq))
@@ -777,30 +779,148 @@ void imap_mailbox_sync(struct imap_session *s, bool allow_expunge)
 	uint32_t last = v->n ? v->m[v->n - 1].uid : 0;
 	bool fresh = false;
 	size_t first_new = n_out;
-	for (; k < c.n; k++) {
-		if (c.m[k].uid > last) {
-			fresh |= view_learn(v, c.m[k].kw);
-			view_push(&out, &n_out, &cap_out, c.m[k].uid, c.m[k].flags, c.m[k].modseq, c.m[k].kw);
-			c.m[k].kw = NULL;
+	for (; k < c->n; k++) {
+		if (c->m[k].uid > last) {
+			fresh |= view_learn(v, c->m[k].kw);
+			view_push(&out, &n_out, &cap_out, c->m[k].uid, c->m[k].flags, c->m[k].modseq, c->m[k].kw);
+			c->m[k].kw = NULL;
 		}
 	}
 	if (n_out > first_new)
 		(void)recent_mark(s, v->id, out + first_new, n_out - first_new, out[n_out - 1].uid + 1);
 	if (fresh)
 		announce_flags(s);   /* before EXISTS: new messages brought new keywords */
-	msgs_free(c.m, c.n);
 	msgs_free(v->m, v->n);
-	v->m = out;
+	struct load_ctx fit = { out, n_out, cap_out };
+	load_fit(&fit);
+	v->m = fit.m;
 	v->n = n_out;
-	v->cap = cap_out;
+	v->cap = fit.cap;
 	v->pending_expunge = pending;
 	if (n_out != old_n) {
 		imap_session_untagged(s, "%zu EXISTS", n_out);
 		if (!s->rev2)
 			imap_session_untagged(s, "%zu RECENT", imap_view_recent(v));
 	}
-	v->uidnext = uidnext;
-	v->highestmodseq = hms;
+}
+
+/* Drops the VIEW_GONE entries, reporting each: EXPUNGE in ascending
+ * sequence order (each number valid when sent), or one VANISHED. */
+static void view_compact(struct imap_session *s)
+{
+	struct imap_view *v = s->view;
+	struct uranges gone = { NULL, 0, 0 };
+	size_t k = 0;
+	for (size_t i = 0; i < v->n; i++) {
+		if (!(v->m[i].flags & VIEW_GONE)) {
+			v->m[k++] = v->m[i];
+			continue;
+		}
+		if (s->qresync)
+			uranges_push(&gone, v->m[i].uid, v->m[i].uid);
+		else
+			imap_session_untagged(s, "%zu EXPUNGE", k + 1);
+		free(v->m[i].kw);
+	}
+	v->n = k;
+	v->pending_expunge = false;
+	vanished_send(s, "VANISHED ", &gone);
+	free(gone.r);
+}
+
+/* c holds the messages changed since the view's modseq, then the new ones
+ * (UID order); `gone` the UIDs expunged since. */
+static void sync_delta(struct imap_session *s, bool allow_expunge, struct load_ctx *c, const uint32_t *gone,
+		       size_t n_gone)
+{
+	struct imap_view *v = s->view;
+	for (size_t i = 0; i < n_gone; i++) {
+		long at = imap_view_find(v, gone[i]);
+		if (at >= 0) {
+			v->m[at].flags |= VIEW_GONE;
+			v->pending_expunge = true;
+		}
+	}
+	if (allow_expunge && v->pending_expunge)
+		view_compact(s);   /* before any FETCH, so sequence numbers agree */
+	uint32_t last = v->n ? v->m[v->n - 1].uid : 0;
+	size_t k = 0;
+	for (; k < c->n && c->m[k].uid <= last; k++) {
+		long at = imap_view_find(v, c->m[k].uid);
+		if (at < 0 || (v->m[at].flags & VIEW_GONE))
+			continue;
+		struct view_msg *o = &v->m[at];
+		uint32_t now = c->m[k].flags;
+		uint64_t ms = c->m[k].modseq;
+		char *kw = c->m[k].kw;
+		bool kw_changed = (kw == NULL) != (o->kw == NULL) || (kw != NULL && strcmp(kw, o->kw) != 0);
+		bool report = (o->flags & ~VIEW_BITS) != now || kw_changed || (s->condstore && ms != o->modseq);
+		c->m[k].kw = o->kw;   /* freed with c */
+		o->kw = kw;
+		o->flags = now | (o->flags & VIEW_BITS);
+		o->modseq = ms;
+		if (report)
+			report_flags(s, (size_t)at + 1, o->uid, now | (o->flags & VIEW_RECENT), o->kw, ms);
+	}
+	size_t first_new = v->n;
+	bool fresh = false;
+	for (; k < c->n; k++) {
+		fresh |= view_learn(v, c->m[k].kw);
+		view_push(&v->m, &v->n, &v->cap, c->m[k].uid, c->m[k].flags, c->m[k].modseq, c->m[k].kw);
+		c->m[k].kw = NULL;
+	}
+	if (v->n == first_new)
+		return;
+	(void)recent_mark(s, v->id, v->m + first_new, v->n - first_new, v->m[v->n - 1].uid + 1);
+	if (fresh)
+		announce_flags(s);   /* before EXISTS: new messages brought new keywords */
+	imap_session_untagged(s, "%zu EXISTS", v->n);
+	if (!s->rev2)
+		imap_session_untagged(s, "%zu RECENT", imap_view_recent(v));
+}
+
+void imap_mailbox_sync(struct imap_session *s, bool allow_expunge)
+{
+	struct imap_view *v = s->view;
+	if (v == NULL)
+		return;
+	uint32_t uidnext;
+	uint64_t hms;
+	enum status st = store_imap_mailbox_poll(s->w->reader, v->id, &uidnext, &hms);
+	if (st == ST_NOT_FOUND) {
+		imap_session_bye(s, "Selected mailbox was deleted");
+		return;
+	}
+	if (st != ST_OK)
+		return;   /* try again at the next boundary */
+	if (uidnext == v->uidnext && hms == v->highestmodseq) {
+		if (allow_expunge && v->pending_expunge)
+			view_compact(s);
+		return;
+	}
+	/* Only what changed since the view's (uidnext, modseq) is read: after
+	 * this session's own STORE that is one row, not the mailbox. */
+	size_t live = 0;
+	for (size_t i = 0; i < v->n; i++)
+		live += !(v->m[i].flags & VIEW_GONE) && v->m[i].uid < v->uidnext;
+	struct load_ctx c = { NULL, 0, 0 };
+	uint32_t *gone = NULL;
+	size_t n_gone = 0;
+	bool full = false;
+	st = store_imap_changes(s->w->reader, v->id, v->uidnext, v->highestmodseq, live, load_cb, &c, &uidnext, &hms,
+				&gone, &n_gone, &full);
+	if (st == ST_OK) {
+		if (full)
+			sync_full(s, allow_expunge, &c);
+		else
+			sync_delta(s, allow_expunge, &c, gone, n_gone);
+		v->uidnext = uidnext;
+		v->highestmodseq = hms;
+	} else if (st == ST_NOT_FOUND) {
+		imap_session_bye(s, "Selected mailbox was deleted");
+	}
+	msgs_free(c.m, c.n);
+	free(gone);
 }
 
 /* ---- sequence sets ---------------------------------------------------------------------- */

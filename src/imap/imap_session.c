@@ -88,6 +88,10 @@ static void configure_bev(struct imap_session *s)
 {
 	bufferevent_setcb(s->bev, read_cb, write_cb, event_cb, s);
 	bufferevent_setwatermark(s->bev, EV_READ, 0, IMAP_INPUT_HIGH);
+	/* The FETCH producer refills before the socket runs dry. */
+	bufferevent_setwatermark(s->bev, EV_WRITE, IMAP_OUTPUT_LOW, 0);
+	if (bufferevent_set_max_single_write(s->bev, IMAP_WRITE_MAX) != 0)
+		log_warn("imap: cannot raise the write size for %s", s->client);
 	set_timeouts(s);
 	bufferevent_enable(s->bev, EV_WRITE);
 	if (s->pause == 0)
@@ -245,6 +249,26 @@ void imap_session_write(struct imap_session *s, const void *data, size_t len)
 		return;
 	if (evbuffer_add(bufferevent_get_output(s->bev), data, len) != 0)
 		panic("imap: evbuffer_add failed");
+}
+
+ssize_t imap_session_write_pread(struct imap_session *s, int fd, uint64_t off, size_t len)
+{
+	if (s->bev == NULL || len == 0 || s->close == IC_NOW)
+		return 0;
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	struct evbuffer_iovec v;
+	if (evbuffer_reserve_space(out, (ev_ssize_t)len, &v, 1) < 1)
+		panic("imap: evbuffer_reserve_space failed");
+	ssize_t n;
+	do
+		n = pread(fd, v.iov_base, len, (off_t)off);
+	while (n < 0 && errno == EINTR);
+	int err = errno;
+	v.iov_len = n > 0 ? (size_t)n : 0;
+	if (evbuffer_commit_space(out, &v, 1) != 0)
+		panic("imap: evbuffer_commit_space failed");
+	errno = err;
+	return n;
 }
 
 static void vline(struct imap_session *s, const char *prefix, const char *fmt, va_list ap)
@@ -649,7 +673,10 @@ static void write_cb(struct bufferevent *bev, void *arg)
 	(void)bev;
 	struct imap_session *s = arg;
 	if (s->mode == IM_TLS_WAIT && s->close == IC_NONE) {
-		tls_begin(s);
+		/* write_cb runs from IMAP_OUTPUT_LOW down: the handshake starts
+		 * only once the plaintext reply is all sent. */
+		if (!output_pending(s))
+			tls_begin(s);
 	} else if (s->fetch != NULL && s->job == NULL && s->close == IC_NONE) {
 		imap_fetch_continue(s);
 		imap_session_drive(s);

@@ -142,9 +142,10 @@ struct imap_worker *imap_worker_new(struct event_base *base, const struct settin
 {
 	char *err = NULL;
 	struct store *reader = store_open(s, false, &err);
-	if (reader == NULL) {
+	if (reader == NULL || store_imap_cache_limit(reader, IMAP_READER_CACHE_KIB, &err) != ST_OK) {
 		*error_r = xasprintf("imap worker: cannot open the store: %s", err ? err : "unknown error");
 		free(err);
+		store_close(&reader);
 		return NULL;
 	}
 	struct queue_pool *pool = queue_pool_new(s, (size_t)s->imap_store_threads, "imap", error_r);

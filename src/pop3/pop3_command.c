@@ -635,6 +635,24 @@ static void retr_stuff(struct pop3_retr *r, const char *data, size_t len, struct
 	}
 }
 
+/* RETR: dot-stuffs data[0, len) (len > 0) straight into the output, in
+ * spans between the lines that start with '.': no per-line copy. */
+static void retr_send_stuffed(struct pop3_session *s, struct pop3_retr *r, const char *data, size_t len)
+{
+	const char *p = data, *end = data + len, *span = data;
+	if (r->bol && *p == '.')
+		pop3_session_write(s, ".", 1);
+	while ((p = memchr(p, '\n', (size_t)(end - p))) != NULL) {
+		if (++p < end && *p == '.') {
+			pop3_session_write(s, span, (size_t)(p - span));
+			pop3_session_write(s, ".", 1);
+			span = p;
+		}
+	}
+	pop3_session_write(s, span, (size_t)(end - span));
+	r->bol = r->last_lf = end[-1] == '\n';
+}
+
 static void retr_finish(struct pop3_session *s)
 {
 	struct pop3_retr *r = s->retr;
@@ -668,6 +686,10 @@ void pop3_retr_continue(struct pop3_session *s)
 			break;
 		}
 		r->off += (uint64_t)got;
+		if (!r->top) {
+			retr_send_stuffed(s, r, chunk, (size_t)got);
+			continue;
+		}
 		buf_reset(&out);
 		retr_stuff(r, chunk, (size_t)got, &out);
 		pop3_session_write(s, out.data, out.len);

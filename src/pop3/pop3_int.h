@@ -38,6 +38,10 @@
 #include "store.h"
 
 #define POP3_OUTPUT_HIGH (256u * 1024u)   /* pause output producers above this */
+#define POP3_OUTPUT_LOW (64u * 1024u)     /* refill (RETR) once output drains to this */
+/* Bytes one write(2) may take from the output buffer (libevent's default
+ * is 16 KiB: 16 system calls and reader wake-ups per 256 KiB). */
+#define POP3_WRITE_MAX (512u * 1024u)
 #define POP3_INPUT_HIGH (64u * 1024u)     /* stop reading above this */
 #define POP3_CHUNK (64u * 1024u)          /* blob bytes read per RETR step */
 

@@ -87,6 +87,10 @@ static void configure_bev(struct pop3_session *s)
 {
 	bufferevent_setcb(s->bev, read_cb, write_cb, event_cb, s);
 	bufferevent_setwatermark(s->bev, EV_READ, 0, POP3_INPUT_HIGH);
+	/* The RETR producer refills before the socket runs dry. */
+	bufferevent_setwatermark(s->bev, EV_WRITE, POP3_OUTPUT_LOW, 0);
+	if (bufferevent_set_max_single_write(s->bev, POP3_WRITE_MAX) != 0)
+		log_warn("pop3: cannot raise the write size for %s", s->client);
 	pop3_session_timeouts(s);
 	bufferevent_enable(s->bev, EV_WRITE);
 	if (s->pause == 0)
@@ -453,7 +457,10 @@ static void write_cb(struct bufferevent *bev, void *arg)
 	(void)bev;
 	struct pop3_session *s = arg;
 	if (s->mode == PM_TLS_WAIT && s->close == PC_NONE) {
-		tls_begin(s);
+		/* write_cb runs from POP3_OUTPUT_LOW down: the handshake starts
+		 * only once the plaintext reply is all sent. */
+		if (!output_pending(s))
+			tls_begin(s);
 	} else if (s->retr != NULL && s->job == NULL && s->close == PC_NONE) {
 		pop3_retr_continue(s);
 		pop3_session_drive(s);

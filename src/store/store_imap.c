@@ -9,6 +9,13 @@
  * the caller's writer handle; any failure rolls the whole call back, so a
  * COPY of 50 messages is all or nothing.  A change takes the mod-sequence
  * highestmodseq + 1 of its mailbox (one value per call and mailbox).
+ * Durability: every commit is fsynced (store.fsync=yes) except flag-only
+ * ones with imap.flag_fsync=no, which are durable at the next fsynced
+ * commit or checkpoint (see flags_relaxed below).
+ *
+ * Change reads: store_imap_changes reads a mailbox's changes since a
+ * (uidnext, modseq) in one deferred (lock-free) read transaction, through
+ * the messages_modseq index, the primary key and the expunge log.
  *
  * Blob files: a blob whose reference count falls to 0 loses its row inside
  * the transaction and its file only after COMMIT returned, so a crash in
@@ -40,6 +47,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -346,6 +354,171 @@ enum status store_imap_messages(struct store *st, int64_t mailbox_id, uint32_t u
 	}
 	store_db_release(st, q);
 	return s;
+}
+
+/* Steps q (bound by the caller) and hands each row (uid, flags, modseq,
+ * keywords) to cb, then releases q. */
+static enum status changes_rows(struct store *st, sqlite3_stmt *q, store_imap_msg_cb *cb, void *ctx)
+{
+	enum status s = ST_OK;
+	int rc;
+	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+		struct store_imap_msg m;
+		memset(&m, 0, sizeof(m));
+		m.uid = (uint32_t)sqlite3_column_int64(q, 0);
+		m.flags = (uint32_t)sqlite3_column_int64(q, 1) & MSG_FLAGS_ALL;
+		m.modseq = store_db_column_u64(q, 2);
+		m.keywords = (const char *)sqlite3_column_text(q, 3);
+		cb(ctx, &m);
+	}
+	if (rc != SQLITE_DONE) {
+		log_error("store: reading changed messages: %s", sqlite3_errmsg(st->db));
+		s = store_db_status(rc);
+	}
+	store_db_release(st, q);
+	return s;
+}
+
+/* The expunges after `modseq` below `uidnext`: from the log when it
+ * reaches back, else *full_r when a count of the rows below uidnext
+ * differs from `live`.
+ *
+ * A mailbox without a floor row has never had a removal logged, and every
+ * removal from a mailbox that goes on existing is logged by the
+ * transaction that makes it (store_vanished_log): so it has had none since
+ * `modseq`.  (QRESYNC's store_imap_vanished must treat that case as
+ * incomplete: a client's modseq may predate logging - an older version, a
+ * rebuild - which a session of the running daemon cannot.) */
+static enum status changes_expunged(struct store *st, int64_t mailbox_id, uint32_t uidnext, uint64_t modseq,
+				    size_t live, uint32_t **uids_r, size_t *n_r, bool *full_r)
+{
+	sqlite3_stmt *q = NULL;
+	enum status s = store_db_prepare(st, "SELECT modseq FROM vanished_floor WHERE mailbox_id = ?1", &q, NULL);
+	if (s != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, mailbox_id);
+	int rc = sqlite3_step(q);
+	bool logged = rc == SQLITE_ROW;
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		s = store_db_status(rc);
+	store_db_release(st, q);
+	if (s != ST_OK || !logged)
+		return s;
+	bool complete;
+	s = store_imap_vanished(st, mailbox_id, modseq, uids_r, n_r, &complete);
+	if (s != ST_OK || complete) {
+		size_t k = 0;   /* keep the UIDs the session could know */
+		for (size_t i = 0; i < *n_r; i++) {
+			if ((*uids_r)[i] < uidnext)
+				(*uids_r)[k++] = (*uids_r)[i];
+		}
+		*n_r = k;
+		return s;
+	}
+	/* The log was pruned past `modseq`: count. */
+	if ((s = store_db_prepare(st, "SELECT count(*) FROM messages WHERE mailbox_id = ?1 AND uid < ?2", &q, NULL)) !=
+	    ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, mailbox_id);
+	sqlite3_bind_int64(q, 2, uidnext);
+	rc = sqlite3_step(q);
+	if (rc == SQLITE_ROW)
+		*full_r = (uint64_t)sqlite3_column_int64(q, 0) != (uint64_t)live;
+	else
+		s = store_db_status(rc);
+	store_db_release(st, q);
+	return s;
+}
+
+static enum status changes_read(struct store *st, int64_t mailbox_id, uint32_t uidnext, uint64_t modseq,
+				size_t live, store_imap_msg_cb *cb, void *ctx, uint32_t *uidnext_r,
+				uint64_t *modseq_r, uint32_t **expunged_r, size_t *n_expunged_r, bool *full_r)
+{
+	enum status s = store_imap_mailbox_poll(st, mailbox_id, uidnext_r, modseq_r);
+	if (s != ST_OK)
+		return s;
+	if (*uidnext_r == uidnext && *modseq_r == modseq)
+		return ST_OK;
+	if ((s = changes_expunged(st, mailbox_id, uidnext, modseq, live, expunged_r, n_expunged_r, full_r)) != ST_OK)
+		return s;
+	if (*full_r) {
+		free(*expunged_r);
+		*expunged_r = NULL;
+		*n_expunged_r = 0;
+		return store_imap_messages(st, mailbox_id, 1, cb, ctx);
+	}
+	sqlite3_stmt *q = NULL;
+	if (*modseq_r != modseq) {
+		/* INDEXED BY: the primary key would walk the whole mailbox. */
+		if ((s = store_db_prepare(st, "SELECT uid, flags, modseq, keywords FROM messages INDEXED BY messages_modseq"
+				  " WHERE mailbox_id = ?1 AND modseq > ?2 AND uid < ?3 ORDER BY uid", &q, NULL)) != ST_OK)
+			return s;
+		sqlite3_bind_int64(q, 1, mailbox_id);
+		store_db_bind_u64(q, 2, modseq);
+		sqlite3_bind_int64(q, 3, uidnext);
+		if ((s = changes_rows(st, q, cb, ctx)) != ST_OK)
+			return s;
+	}
+	if (*uidnext_r == uidnext)
+		return ST_OK;
+	if ((s = store_db_prepare(st, "SELECT uid, flags, modseq, keywords FROM messages"
+			  " WHERE mailbox_id = ?1 AND uid >= ?2 ORDER BY uid", &q, NULL)) != ST_OK)
+		return s;
+	sqlite3_bind_int64(q, 1, mailbox_id);
+	sqlite3_bind_int64(q, 2, uidnext);
+	return changes_rows(st, q, cb, ctx);
+}
+
+enum status store_imap_changes(struct store *st, int64_t mailbox_id, uint32_t uidnext, uint64_t modseq,
+			       size_t live, store_imap_msg_cb *cb, void *ctx, uint32_t *uidnext_r,
+			       uint64_t *modseq_r, uint32_t **expunged_r, size_t *n_expunged_r, bool *full_r)
+{
+	*expunged_r = NULL;
+	*n_expunged_r = 0;
+	*full_r = false;
+	/* A deferred BEGIN takes no lock: the statements below share one WAL
+	 * snapshot, so the counts, the log and the rows agree. */
+	bool own = sqlite3_get_autocommit(st->db) != 0;
+	sqlite3_stmt *q = NULL;
+	enum status s = ST_OK;
+	if (own && (s = store_db_prepare(st, "BEGIN DEFERRED", &q, NULL)) == ST_OK) {
+		int rc = sqlite3_step(q);
+		if (rc != SQLITE_DONE)
+			s = store_db_fail(st->db, rc, "begin read", NULL);
+		store_db_release(st, q);
+	}
+	if (s == ST_OK)
+		s = changes_read(st, mailbox_id, uidnext, modseq, live, cb, ctx, uidnext_r, modseq_r, expunged_r,
+				 n_expunged_r, full_r);
+	if (own && !sqlite3_get_autocommit(st->db)) {
+		/* Nothing was written: ending the read is COMMIT, which cannot fail
+		 * for want of a lock; on a failure the transaction is rolled back. */
+		if (store_db_prepare(st, "COMMIT", &q, NULL) == ST_OK) {
+			if (sqlite3_step(q) != SQLITE_DONE)
+				store_db_rollback(st);
+			store_db_release(st, q);
+		} else {
+			store_db_rollback(st);
+		}
+	}
+	if (s != ST_OK) {
+		free(*expunged_r);
+		*expunged_r = NULL;
+		*n_expunged_r = 0;
+	}
+	return s;
+}
+
+enum status store_imap_cache_limit(struct store *st, unsigned kib, char **error_r)
+{
+	char sql[64], *err = NULL;
+	snprintf(sql, sizeof(sql), "PRAGMA cache_size = -%u", kib);
+	if (sqlite3_exec(st->db, sql, NULL, NULL, &err) == SQLITE_OK)
+		return ST_OK;
+	if (error_r)
+		*error_r = xasprintf("index cache size: %s", err ? err : "unknown error");
+	sqlite3_free(err);
+	return ST_TEMPFAIL;
 }
 
 /* ---- mailboxes ----------------------------------------------------------------- */
@@ -992,10 +1165,70 @@ static char *keywords_apply(const char *old, enum store_flag_op op, const struct
 	return now;
 }
 
+/*
+ * Flag durability (imap.flag_fsync=no, with store.fsync=yes): a flag-only
+ * transaction commits with synchronous=NORMAL, so its WAL frames are
+ * written but not fsynced.  They become durable with the next fsynced
+ * commit of any handle (fsync covers the whole WAL file: a delivery, an
+ * APPEND, an EXPUNGE) or checkpoint.  A power loss can lose the last flag
+ * changes; WAL checksums make recovery stop at the last complete commit, so
+ * the index is never corrupt and no message or expunge is lost.  This
+ * gives up D for flags only, as Dovecot's mail_fsync=optimized does.
+ * PRAGMA synchronous acts when it is prepared (and only outside a
+ * transaction), so it goes through sqlite3_exec each time.
+ */
+static bool flags_relaxed(const struct store *st)
+{
+	return st->s->store_fsync && !st->s->imap_flag_fsync;
+}
+
+static void flags_sync_level(struct store *st, bool relaxed)
+{
+	char *err = NULL;
+	if (sqlite3_exec(st->db, relaxed ? "PRAGMA synchronous = NORMAL" : "PRAGMA synchronous = FULL", NULL, NULL,
+			 &err) == SQLITE_OK)
+		return;
+	/* Left at NORMAL, this handle's later deliveries would not be durable. */
+	if (!relaxed)
+		panic("store: cannot restore synchronous=FULL: %s", err ? err : "?");
+	log_error("store: synchronous=NORMAL for a flag change: %s", err ? err : "?");
+	sqlite3_free(err);
+}
+
+static enum status set_flags_txn(struct store *st, int64_t mailbox_id, const uint32_t *uids, size_t n,
+				 enum store_flag_op op, uint32_t flags, const char *keywords,
+				 const uint64_t *unchangedsince, uint32_t *flags_out, char **keywords_out,
+				 uint64_t *modseqs_out, uint64_t *modseq_r, char **error_r);
+
+/* The flag transactions of this process's threads take turns on this mutex
+ * before BEGIN IMMEDIATE.  Without it a second one finds SQLite's write
+ * lock held and its busy handler sleeps 1, 2, 5, 10 ms... while the holder
+ * commits in a fraction of a millisecond; the mutex hands over at once.
+ * Held for one transaction only; other writers (deliveries, other
+ * processes) still meet the busy handler as before. */
+static pthread_mutex_t flags_mu = PTHREAD_MUTEX_INITIALIZER;
+
 enum status store_imap_set_flags_cond(struct store *st, int64_t mailbox_id, const uint32_t *uids, size_t n,
 				      enum store_flag_op op, uint32_t flags, const char *keywords,
 				      const uint64_t *unchangedsince, uint32_t *flags_out, char **keywords_out,
 				      uint64_t *modseqs_out, uint64_t *modseq_r, char **error_r)
+{
+	bool relaxed = flags_relaxed(st) && sqlite3_get_autocommit(st->db);
+	if (relaxed)
+		flags_sync_level(st, true);
+	pthread_mutex_lock(&flags_mu);
+	enum status s = set_flags_txn(st, mailbox_id, uids, n, op, flags, keywords, unchangedsince, flags_out,
+				      keywords_out, modseqs_out, modseq_r, error_r);
+	pthread_mutex_unlock(&flags_mu);
+	if (relaxed)
+		flags_sync_level(st, false);
+	return s;
+}
+
+static enum status set_flags_txn(struct store *st, int64_t mailbox_id, const uint32_t *uids, size_t n,
+				 enum store_flag_op op, uint32_t flags, const char *keywords,
+				 const uint64_t *unchangedsince, uint32_t *flags_out, char **keywords_out,
+				 uint64_t *modseqs_out, uint64_t *modseq_r, char **error_r)
 {
 	flags &= MSG_FLAGS_ALL;
 	*modseq_r = 0;

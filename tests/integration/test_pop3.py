@@ -371,6 +371,35 @@ def test_stat_list_uidl_top_retr_byte_exact(srv):
         p.quit()
 
 
+def stuff(data):
+    """RFC 1939 3 dot-stuffing of a CRLF message, as the wire must carry it."""
+    return b"\r\n".join(b"." + l if l.startswith(b".") else l for l in data.split(b"\r\n"))
+
+
+STUFF_CASES = [
+    # (label, padding before the dot lines): with 3-byte ".\r\n" lines one
+    # padding in three puts a line start exactly on a 64 KiB read boundary
+    ("padding 0", 0), ("padding 1", 1), ("padding 2", 2),
+]
+
+
+@pytest.mark.parametrize("label,pad", STUFF_CASES, ids=[c[0] for c in STUFF_CASES])
+def test_retr_dot_stuffing_across_read_chunks(srv, label, pad):
+    empty_inbox(srv, CAROL)
+    body = b"p" * pad + b"\r\n" + b".\r\n" * 30000 + b".last\r\n"   # 90 KB: crosses 64 KiB
+    stored = stored_message(srv, srv.deliver([CAROL], make_message(to=CAROL, body=body))[0])
+    r = Raw(srv)
+    try:
+        r.login(CAROL)
+        assert r.cmd("RETR 1") == "+OK %d octets" % len(stored), label
+        wire = r.multi_raw()
+        expect = stuff(stored)
+        assert wire == expect, (label, len(wire), len(expect),
+                                next((i for i, (a, b) in enumerate(zip(wire, expect)) if a != b), None))
+    finally:
+        r.close()
+
+
 def test_large_message_streamed(srv):
     empty_inbox(srv, CAROL)
     big = stored_message(srv, srv.deliver([CAROL], big_message(CAROL, 6 * 1024 * 1024))[0])
