@@ -31,6 +31,13 @@
  *    mime_header_next) run on every header field of the input, and the
  *    iterators always advance.
  *
+ * And the packed form the index stores (mime_pack.c):
+ *  - the texts and map of the input message, packed, unpack to exactly the
+ *    same bytes, tokenised with BODY derived (never the raw fallback);
+ *  - the input itself taken as a packed record: mime_unpack refuses it or
+ *    gives texts that are complete IMAP syntax (token records) or without
+ *    NUL (raw records), each bounded, never reading past the input.
+ *
  * Durability/concurrency: none (pure functions, one thread).
  */
 #include "fuzz.h"
@@ -254,6 +261,47 @@ static void check_headers(const uint8_t *data, size_t size)
 	}
 }
 
+/* ---- packed form ---------------------------------------------------------------- */
+
+static void check_same_text(const char *what, const char *want, const char *got)
+{
+	fuzz_check_same(what, want, strlen(want), got, strlen(got));
+}
+
+static void check_pack(const struct mime_summary *m)
+{
+	struct buf packed = BUF_INIT;
+	mime_pack(m->envelope, m->bodystructure, m->body, m->parts, m->parts_len, &packed);
+	FUZZ_CHECK(packed.len > 0 && ((uint8_t)packed.data[0] & 15u) == 0,
+		   "the parser's texts were not tokenised with BODY derived (flags %u)",
+		   packed.len ? (uint8_t)packed.data[0] & 15u : 99u);
+	struct mime_summary u;
+	FUZZ_CHECK(mime_unpack((const uint8_t *)packed.data, packed.len, &u), "a packed record does not decode");
+	check_same_text("ENVELOPE, packed", m->envelope, u.envelope);
+	check_same_text("BODYSTRUCTURE, packed", m->bodystructure, u.bodystructure);
+	check_same_text("BODY, packed", m->body, u.body);
+	fuzz_check_same("part map, packed", (const char *)m->parts, m->parts_len, (const char *)u.parts,
+			u.parts_len);
+	mime_summary_free(&u);
+	buf_free(&packed);
+}
+
+static void check_unpack(const uint8_t *data, size_t size)
+{
+	struct mime_summary u;
+	if (!mime_unpack(data, size, &u))
+		return;
+	if ((data[0] & 2u) == 0) {
+		check_text("ENVELOPE, unpacked", u.envelope);
+		check_text("BODYSTRUCTURE, unpacked", u.bodystructure);
+		check_text("BODY, unpacked", u.body);
+	}
+	FUZZ_CHECK(u.parts_len <= size, "a part map of %zu octets from %zu", u.parts_len, size);
+	struct mime_part p;
+	(void)mime_part_find(u.parts, u.parts_len, "1", &p);
+	mime_summary_free(&u);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct mime_summary m;
@@ -262,7 +310,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	check_text("BODYSTRUCTURE", m.bodystructure);
 	check_text("BODY", m.body);
 	check_parts(&m, size);
+	check_pack(&m);
 	mime_summary_free(&m);
+	check_unpack(data, size);
 	check_text_scan(data, size);
 	check_cte(data, size);
 	check_headers(data, size);

@@ -82,6 +82,22 @@ enum status mime_parse_file(const char *path, uint64_t size, struct mime_summary
 enum status mime_parse_fd(int fd, uint64_t size, struct mime_summary *out, char **error_r);
 void mime_summary_free(struct mime_summary *m);
 
+/* ---- compact form (mime_pack.c) ------------------------------------------
+ * The four fields of a summary as one byte string, for the index: BODY is
+ * derived from BODYSTRUCTURE, the texts are kept as IMAP tokens with a
+ * dictionary of common strings and references to repeated strings and
+ * lists (docs/STORAGE.md, "MIME cache").  mime_unpack gives back exactly
+ * the texts and part map that were packed. */
+/* Appends the packed form to out.  Never fails (a text it cannot tokenise
+ * is stored as it is). */
+void mime_pack(const char *envelope, const char *bodystructure, const char *body, const uint8_t *parts,
+	       size_t parts_len, struct buf *out);
+/* Decodes a packed form into out (malloc'd fields: mime_summary_free).
+ * False when data is not one (damaged or of an unknown version): out is
+ * then empty and needs no free.  Output is bounded by the input size
+ * times a constant, and at most 16 MiB per text. */
+bool mime_unpack(const uint8_t *data, size_t len, struct mime_summary *out);
+
 /* One entry of the part map.  Ranges are [start, end) of the raw message. */
 struct mime_part {
 	uint64_t header_start;    /* the part's MIME header (BODY[n.MIME]) */

@@ -1,16 +1,22 @@
 /*
- * store_mime.c - the cached MIME structure of blobs (table mime, schema v2).
+ * store_mime.c - the cached MIME structure of blobs (table mime, schema v2,
+ * packed since v7).
  *
- * Owns: reading and writing mime rows.  The rows hold what src/mime
- * computed from a blob (ENVELOPE, BODYSTRUCTURE, BODY texts and the part
- * map) so that IMAP FETCH never parses a message twice.  The store does not
- * interpret them.
+ * Owns: reading and writing mime rows.  A row holds what src/mime computed
+ * from a blob (ENVELOPE, BODYSTRUCTURE, BODY texts and the part map) so
+ * that IMAP FETCH never parses a message twice.  The row stores them in
+ * src/mime's packed form (mime_pack: BODY derived from BODYSTRUCTURE, the
+ * texts as tokens, about a fifth of their size); store_mime_get gives the
+ * texts back byte for byte, so callers see the texts only.
  *
  * Life of a row: written in the delivery or APPEND transaction that adds
  * the blob row (store_mime_insert), or later by store_mime_put for blobs
- * that predate the cache or were added without it (CLI import); removed with
+ * that predate the cache or were added without it (CLI import, an index
+ * upgraded from v6, whose text rows the v7 migration dropped); removed with
  * its blob row by ON DELETE CASCADE (foreign_keys=ON on every writer), so
- * no code that deletes blobs needs to know about it.
+ * no code that deletes blobs needs to know about it.  A row that does not
+ * decode (damage) reads as missing, and the store_mime_put of the
+ * recomputed row replaces it.
  *
  * Durability: a row is a cache.  store_mime_put is an autocommit write with
  * the handle's synchronous setting; losing a row only costs a recompute.
@@ -20,23 +26,25 @@
  */
 #include "store_internal.h"
 
+#include "mime.h"
+
 #include <stdlib.h>
 #include <string.h>
-
-static void bind_row(sqlite3_stmt *q, int first, const struct store_mime *m)
-{
-	sqlite3_bind_text(q, first, m->envelope, -1, SQLITE_STATIC);
-	sqlite3_bind_text(q, first + 1, m->bodystructure, -1, SQLITE_STATIC);
-	sqlite3_bind_text(q, first + 2, m->body, -1, SQLITE_STATIC);
-	/* A zero-length blob must still be non-NULL (the column is NOT NULL). */
-	sqlite3_bind_blob(q, first + 3, m->parts_len ? (const void *)m->parts : "", (int)m->parts_len,
-			  SQLITE_STATIC);
-}
 
 static bool row_ok(const struct store_mime *m)
 {
 	return m->envelope != NULL && m->bodystructure != NULL && m->body != NULL && m->parts_len <= INT32_MAX &&
 	       (m->parts != NULL || m->parts_len == 0);
+}
+
+/* Binds the packed row to parameter `col` (SQLite copies it). */
+static bool bind_row(sqlite3_stmt *q, int col, const struct store_mime *m)
+{
+	struct buf b = BUF_INIT;
+	mime_pack(m->envelope, m->bodystructure, m->body, m->parts, m->parts_len, &b);
+	bool ok = b.len <= INT32_MAX && sqlite3_bind_blob(q, col, b.data, (int)b.len, SQLITE_TRANSIENT) == SQLITE_OK;
+	buf_free(&b);
+	return ok;
 }
 
 int store_mime_insert(struct store *st, int64_t blob_id, const struct store_mime *m)
@@ -45,20 +53,20 @@ int store_mime_insert(struct store *st, int64_t blob_id, const struct store_mime
 		panic("store_mime_insert: incomplete MIME row");
 	sqlite3_stmt *q = st->q[Q_MIME_INSERT];
 	sqlite3_bind_int64(q, 1, blob_id);
-	bind_row(q, 2, m);
+	if (!bind_row(q, 2, m)) {
+		store_db_reset(q);
+		return SQLITE_TOOBIG;
+	}
 	return store_db_run(q);
 }
 
-static char *column_dup(sqlite3_stmt *q, int col)
-{
-	const unsigned char *t = sqlite3_column_text(q, col);
-	int n = sqlite3_column_bytes(q, col);
-	return t ? xstrndup((const char *)t, (size_t)n) : xstrdup("");
-}
-
-enum status store_mime_get(struct store *st, const struct msgid *id, struct store_mime *out)
+/* Reads and decodes the row of `id` on `st`'s handle.  ST_NOT_FOUND with
+ * *damaged_r set when a row exists but does not decode. */
+static enum status mime_read(struct store *st, const struct msgid *id, struct store_mime *out,
+			     bool *damaged_r)
 {
 	memset(out, 0, sizeof(*out));
+	*damaged_r = false;
 	sqlite3_stmt *q = st->q[Q_MIME_GET];
 	sqlite3_bind_blob(q, 1, id->b, MSGID_BYTES, SQLITE_STATIC);
 	int rc = sqlite3_step(q);
@@ -69,17 +77,39 @@ enum status store_mime_get(struct store *st, const struct msgid *id, struct stor
 		store_db_reset(q);
 		return s;
 	}
-	out->envelope = column_dup(q, 0);
-	out->bodystructure = column_dup(q, 1);
-	out->body = column_dup(q, 2);
-	const void *p = sqlite3_column_blob(q, 3);
-	int n = sqlite3_column_bytes(q, 3);
-	out->parts_len = n > 0 ? (size_t)n : 0;
-	out->parts = xmalloc(out->parts_len ? out->parts_len : 1);
-	if (out->parts_len)
-		memcpy(out->parts, p, out->parts_len);
+	const void *p = sqlite3_column_blob(q, 0);
+	int n = sqlite3_column_bytes(q, 0);
+	struct mime_summary sum;
+	bool ok = p != NULL && n > 0 && mime_unpack(p, (size_t)n, &sum);
 	store_db_reset(q);
+	if (!ok) {
+		*damaged_r = true;
+		return ST_NOT_FOUND;
+	}
+	*out = (struct store_mime){ sum.envelope, sum.bodystructure, sum.body, sum.parts, sum.parts_len };
 	return ST_OK;
+}
+
+enum status store_mime_get(struct store *st, const struct msgid *id, struct store_mime *out)
+{
+	bool damaged;
+	enum status s = mime_read(st, id, out, &damaged);
+	if (damaged)
+		log_error("store: a MIME row does not decode; it will be recomputed from its blob");
+	return s;
+}
+
+/* Runs Q_MIME_PUT or Q_MIME_FIX for `id` with the packed row. */
+static int mime_write(struct store *st, enum store_q which, const struct msgid *id,
+		      const struct store_mime *m)
+{
+	sqlite3_stmt *q = st->q[which];
+	sqlite3_bind_blob(q, 1, id->b, MSGID_BYTES, SQLITE_STATIC);
+	if (!bind_row(q, 2, m)) {
+		store_db_reset(q);
+		return SQLITE_TOOBIG;
+	}
+	return store_db_run(q);
 }
 
 enum status store_mime_put(struct store *st, const struct msgid *id, const struct store_mime *m,
@@ -87,15 +117,20 @@ enum status store_mime_put(struct store *st, const struct msgid *id, const struc
 {
 	if (!row_ok(m))
 		panic("store_mime_put: incomplete MIME row");
-	sqlite3_stmt *q = st->q[Q_MIME_PUT];
-	sqlite3_bind_blob(q, 1, id->b, MSGID_BYTES, SQLITE_STATIC);
-	bind_row(q, 2, m);
-	int rc = sqlite3_step(q);
-	enum status s = ST_OK;
+	int rc = mime_write(st, Q_MIME_PUT, id, m);
+	if (rc == SQLITE_DONE && sqlite3_changes(st->db) == 0) {
+		/* A row exists (or the blob is gone): kept, unless it is the
+		 * damaged row that made the caller recompute this one. */
+		struct store_mime old;
+		bool damaged;
+		if (mime_read(st, id, &old, &damaged) == ST_OK)
+			store_mime_free(&old);
+		else if (damaged)
+			rc = mime_write(st, Q_MIME_FIX, id, m);
+	}
 	if (rc != SQLITE_DONE)
-		s = store_db_fail(st->db, rc, "MIME row", error_r);
-	store_db_reset(q);
-	return s;
+		return store_db_fail(st->db, rc, "MIME row", error_r);
+	return ST_OK;
 }
 
 void store_mime_free(struct store_mime *m)

@@ -1,6 +1,9 @@
 /*
  * mime_test.c - src/mime against the corpus in tests/data/mime and against
- * hostile input.
+ * hostile input; the packed form of the index (mime_pack.c) by labelled
+ * cases, by a differential test over 3,000 generated messages (the texts
+ * the parser computes against their packed and unpacked form) and by
+ * damaged records.
  *
  * Corpus: each <name>.eml (LF line ends in the repository, turned into
  * CRLF here as SMTP stores them) has <name>.expected with lines
@@ -1030,6 +1033,309 @@ static void test_sort_key(void **state)
 	}
 }
 
+/* ---- packed form (mime_pack.c) --------------------------------------------------------- */
+
+/* The flag bits of a packed record's first byte (mime_pack.c's format). */
+#define PACKED_BODY_STORED 1u
+#define PACKED_RAW 2u
+
+/* Packs, unpacks and compares; prints both sides on a difference.
+ * Returns the packed record (caller frees). */
+static void pack_roundtrip(const char *label, const char *env, const char *bs, const char *body,
+			   const uint8_t *parts, size_t parts_len, struct buf *packed)
+{
+	buf_reset(packed);
+	mime_pack(env, bs, body, parts, parts_len, packed);
+	struct mime_summary m;
+	if (!mime_unpack((const uint8_t *)packed->data, packed->len, &m)) {
+		print_error("%s: the packed record (%zu bytes) does not decode\n", label, packed->len);
+		fail();
+	}
+	expect_text(label, "ENVELOPE", env, m.envelope);
+	expect_text(label, "BODYSTRUCTURE", bs, m.bodystructure);
+	expect_text(label, "BODY", body, m.body);
+	if (m.parts_len != parts_len || (parts_len && memcmp(m.parts, parts, parts_len) != 0)) {
+		print_error("%s: part map differs (%zu bytes, want %zu)\n", label, m.parts_len, parts_len);
+		fail();
+	}
+	mime_summary_free(&m);
+}
+
+static void test_pack_cases(void **state)
+{
+	(void)state;
+	static const uint8_t map[] = { 1, '1', 0, 0, 2, 8, 0 };
+	static const struct {
+		const char *label, *env, *bs, *body;
+		unsigned flags;           /* PACKED_* expected in byte 0 */
+		size_t max_len;           /* 0: no bound checked */
+	} cases[] = {
+		{ "plain text, derived BODY, date, sender/reply-to references",
+		  "(\"Sun, 29 Nov 2026 03:16:34 +0000\" \"hi\" ((\"Ann Example\" NIL \"ann\" \"example.org\")) "
+		  "((\"Ann Example\" NIL \"ann\" \"example.org\")) ((\"Ann Example\" NIL \"ann\" \"example.org\")) "
+		  "((NIL NIL \"bob\" \"example.net\")) NIL NIL NIL \"<1@example.org>\")",
+		  "(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 4758 61 NIL NIL NIL NIL)",
+		  "(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 4758 61)", 0, 132 },
+		{ "multipart with extension data",
+		  "(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)",
+		  "((\"text\" \"plain\" (\"charset\" \"utf-8\") NIL NIL \"quoted-printable\" 10 1 NIL NIL NIL NIL)"
+		  "(\"application\" \"pdf\" (\"name\" \"a b.pdf\") \"<cid@x>\" \"desc\" \"base64\" 2000 \"md5==\" "
+		  "(\"attachment\" (\"filename\" \"a b.pdf\")) (\"en\" \"de\") \"http://x/y\") \"mixed\" "
+		  "(\"boundary\" \"=_b\") NIL NIL NIL)",
+		  "((\"text\" \"plain\" (\"charset\" \"utf-8\") NIL NIL \"quoted-printable\" 10 1)"
+		  "(\"application\" \"pdf\" (\"name\" \"a b.pdf\") \"<cid@x>\" \"desc\" \"base64\" 2000) \"mixed\")",
+		  0, 0 },
+		{ "message/rfc822: embedded envelope kept, embedded body derived",
+		  "(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)",
+		  "(\"message\" \"rfc822\" NIL NIL NIL \"7bit\" 300 (NIL \"in\" NIL NIL NIL NIL NIL NIL NIL NIL) "
+		  "((\"text\" \"plain\" NIL NIL NIL \"7bit\" 2 1 NIL NIL NIL NIL)(\"text\" \"html\" NIL NIL NIL "
+		  "\"7bit\" 3 1 NIL NIL NIL NIL) \"alternative\" NIL NIL NIL NIL) 12 NIL NIL NIL NIL)",
+		  "(\"message\" \"rfc822\" NIL NIL NIL \"7bit\" 300 (NIL \"in\" NIL NIL NIL NIL NIL NIL NIL NIL) "
+		  "((\"text\" \"plain\" NIL NIL NIL \"7bit\" 2 1)(\"text\" \"html\" NIL NIL NIL \"7bit\" 3 1) "
+		  "\"alternative\") 12)", 0, 0 },
+		{ "escapes, 8-bit literal, zero, big number",
+		  "(\"Mon, 1 Dec 2026 00:00:00 -0130\" {6}\r\n\xc3\xa9t\xc3\xa9 ((\"a \\\"q\\\" \\\\ b\" NIL \"x\" \"y\")) "
+		  "NIL NIL NIL NIL NIL NIL NIL)",
+		  "(\"text\" \"plain\" NIL NIL NIL \"8bit\" 0 18446744073709551615 NIL NIL NIL NIL)",
+		  "(\"text\" \"plain\" NIL NIL NIL \"8bit\" 0 18446744073709551615)", 0, 0 },
+		{ "dates not in the common form stay strings",
+		  "(\"Tue, 2 Dec 26 10:00 GMT\" \"Mon, 01 Dec 2026 24:00:00 +0000\" "
+		  "\"Sun, 29 Nov 2026 03:16:34 +0000 (UTC)\" "
+		  "\"01 Dec 2026 23:59:60 +1400\" NIL NIL NIL NIL NIL NIL)",
+		  "(\"text\" \"plain\" NIL NIL NIL \"7bit\" 1 1 NIL NIL NIL NIL)",
+		  "(\"text\" \"plain\" NIL NIL NIL \"7bit\" 1 1)", 0, 0 },
+		{ "BODY that is not the derived one is stored",
+		  "(NIL \"s\" NIL NIL NIL NIL NIL NIL NIL NIL)", "(\"text\" \"plain\")", "(\"text\")",
+		  PACKED_BODY_STORED, 0 },
+		{ "text that does not tokenise is stored raw",
+		  "(NIL  \"two spaces\")", "(\"text\" \"plain\" 007)", "garbage", PACKED_RAW, 0 },
+		{ "unbalanced text is stored raw", "((NIL)", "(\"a\")", "(\"a\")", PACKED_RAW, 0 },
+		{ "empty texts", "", "", "", PACKED_RAW, 0 },
+	};
+	struct buf packed = BUF_INIT;
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		for (int with_map = 0; with_map < 2; with_map++) {
+			pack_roundtrip(cases[i].label, cases[i].env, cases[i].bs, cases[i].body, with_map ? map : NULL,
+				       with_map ? sizeof(map) : 0, &packed);
+			unsigned flags = (uint8_t)packed.data[0] & 15u;
+			if (flags != cases[i].flags) {
+				print_error("%s: flags %u, want %u\n", cases[i].label, flags, cases[i].flags);
+				fail();
+			}
+			if (cases[i].max_len && packed.len > cases[i].max_len) {
+				print_error("%s: %zu packed bytes, want at most %zu\n", cases[i].label, packed.len,
+					    cases[i].max_len);
+				fail();
+			}
+		}
+	}
+	buf_free(&packed);
+}
+
+/* ---- a generator of varied messages, for the differential test ---------------------- */
+
+static const char *pick(unsigned *seed, const char *const *v, size_t n)
+{
+	return v[(size_t)rand_r(seed) % n];
+}
+#define PICK(seed, arr) pick(seed, arr, ARRAY_LEN(arr))
+
+static const char *const gen_dates[] = {
+	"Sun, 29 Nov 2026 03:16:34 +0000", "29 Nov 2026 03:16:34 -0500", "Mon, 1 Dec 2026 00:00:00 +0100",
+	"Mon, 01 Dec 2026 23:59:60 +1400", "Tue, 2 Dec 26 10:00 GMT", "not a date", NULL,
+};
+static const char *const gen_subjects[] = {
+	"hello", "Re: [list] \"quoted\" and \\backslash\\", "=?UTF-8?B?w6l0w6k=?= encoded",
+	"\xc3\xa9t\xc3\xa9 raw 8-bit",
+	"", "folded\r\n  subject", NULL,
+};
+static const char *const gen_addrs[] = {
+	"Ann Example <ann@example.org>", "bob@example.net", "\"Doe, John\" <jd@example.com>",
+	"team: a@x.org, b@y.org;", "undisclosed-recipients:;", "<no-domain>", "=?ISO-8859-1?Q?Andr=E9?= <a@b.fr>",
+	"a@x.org, \"B\" <b@y.org>, c@z.org",
+};
+static const char *const gen_leaf_types[] = {
+	"text/plain; charset=us-ascii", "text/plain; charset=\"UTF-8\"; format=flowed", "text/html",
+	"application/pdf; name=\"report 1.pdf\"", "image/png",
+	"application/octet-stream; name*=utf-8''%E2%82%AC.bin",
+	"application/x-custom; a=1; b=\"two words\"", NULL,
+};
+static const char *const gen_encodings[] = {
+	"7bit", "base64", "quoted-printable", "8BIT", "x-unknown", NULL,
+};
+static const char *const gen_dispositions[] = {
+	"attachment; filename=\"report 1.pdf\"", "inline", "attachment; filename*0=a; filename*1=b.txt", NULL,
+};
+static const char *const gen_languages[] = { "en", "en, de", "fr (French)", NULL };
+
+static void gen_opt_header(struct buf *m, unsigned *seed, const char *name, const char *const *v, size_t n)
+{
+	const char *x = pick(seed, v, n);
+	if (x != NULL)
+		buf_printf(m, "%s: %s\r\n", name, x);
+}
+
+static void gen_entity(struct buf *m, unsigned *seed, int depth, unsigned id);
+
+static void gen_leaf(struct buf *m, unsigned *seed)
+{
+	gen_opt_header(m, seed, "Content-Type", gen_leaf_types, ARRAY_LEN(gen_leaf_types));
+	gen_opt_header(m, seed, "Content-Transfer-Encoding", gen_encodings, ARRAY_LEN(gen_encodings));
+	gen_opt_header(m, seed, "Content-Disposition", gen_dispositions, ARRAY_LEN(gen_dispositions));
+	gen_opt_header(m, seed, "Content-Language", gen_languages, ARRAY_LEN(gen_languages));
+	if (rand_r(seed) % 4 == 0)
+		buf_append_str(m, "Content-ID: <part@example.org>\r\nContent-Description: a part\r\n");
+	if (rand_r(seed) % 8 == 0)
+		buf_append_str(m, "Content-MD5: Q2hlY2sgSW50ZWdyaXR5IQ==\r\nContent-Location: http://x.example/y\r\n");
+	buf_append_str(m, "\r\n");
+	for (int l = rand_r(seed) % 5; l >= 0; l--)
+		buf_append_str(m, "Some body text of a line.\r\n");
+}
+
+static void gen_message_header(struct buf *m, unsigned *seed)
+{
+	gen_opt_header(m, seed, "Date", gen_dates, ARRAY_LEN(gen_dates));
+	gen_opt_header(m, seed, "Subject", gen_subjects, ARRAY_LEN(gen_subjects));
+	const char *from = PICK(seed, gen_addrs);
+	buf_printf(m, "From: %s\r\n", from);
+	switch (rand_r(seed) % 3) {
+	case 0: buf_printf(m, "Sender: %s\r\nReply-To: %s\r\n", from, from); break;
+	case 1: buf_printf(m, "Reply-To: %s\r\n", PICK(seed, gen_addrs)); break;
+	default: break;
+	}
+	buf_printf(m, "To: %s\r\n", PICK(seed, gen_addrs));
+	if (rand_r(seed) % 2)
+		buf_printf(m, "Cc: %s\r\nBcc: %s\r\n", PICK(seed, gen_addrs), PICK(seed, gen_addrs));
+	if (rand_r(seed) % 2)
+		buf_printf(m, "In-Reply-To: <parent.%u@example.org>\r\n", (unsigned)rand_r(seed));
+	buf_printf(m, "Message-ID: <%u.%u@example.org>\r\n", (unsigned)rand_r(seed), (unsigned)rand_r(seed));
+}
+
+static void gen_entity(struct buf *m, unsigned *seed, int depth, unsigned id)
+{
+	unsigned kind = depth >= 3 ? 0 : (unsigned)rand_r(seed) % 4;
+	if (kind <= 1) {
+		gen_leaf(m, seed);
+		return;
+	}
+	if (kind == 2) {
+		buf_append_str(m, "Content-Type: message/rfc822\r\n\r\n");
+		gen_message_header(m, seed);
+		gen_entity(m, seed, depth + 1, id * 10 + 1);
+		return;
+	}
+	static const char *const subs[] = { "mixed", "alternative", "related", "digest", "signed; protocol=x" };
+	buf_printf(m, "Content-Type: multipart/%s; boundary=\"b%u.%d\"\r\n", PICK(seed, subs), id, depth);
+	gen_opt_header(m, seed, "Content-Disposition", gen_dispositions, ARRAY_LEN(gen_dispositions));
+	buf_append_str(m, "\r\npreamble\r\n");
+	unsigned n = 1 + (unsigned)rand_r(seed) % 3;
+	for (unsigned i = 0; i < n; i++) {
+		buf_printf(m, "--b%u.%d\r\n", id, depth);
+		gen_entity(m, seed, depth + 1, id * 10 + i + 1);
+	}
+	buf_printf(m, "--b%u.%d--\r\nepilogue\r\n", id, depth);
+}
+
+/* Old text vs new rendering: for thousands of generated messages and the
+ * corpus, the texts mime_parse_mem computes come back from their packed
+ * form byte for byte, tokenised (never raw), BODY derived, and smaller. */
+static void test_pack_differential(void **state)
+{
+	(void)state;
+	unsigned seed = 20261129;
+	size_t texts = 0, packed_total = 0;
+	struct buf packed = BUF_INIT;
+	for (unsigned i = 0; i < 3000; i++) {
+		struct buf m = BUF_INIT;
+		gen_message_header(&m, &seed);
+		buf_append_str(&m, "MIME-Version: 1.0\r\n");
+		gen_entity(&m, &seed, 0, i);
+		struct mime_summary sum;
+		mime_parse_mem(m.data, m.len, &sum);
+		char label[64];
+		snprintf(label, sizeof(label), "generated message %u", i);
+		pack_roundtrip(label, sum.envelope, sum.bodystructure, sum.body, sum.parts, sum.parts_len, &packed);
+		if (((uint8_t)packed.data[0] & 15u) != 0) {
+			print_error("%s: packed with flags %u\n  message:\n%s\n", label, (uint8_t)packed.data[0] & 15u,
+				    m.data);
+			fail();
+		}
+		texts += strlen(sum.envelope) + strlen(sum.bodystructure) + strlen(sum.body) + sum.parts_len;
+		packed_total += packed.len;
+		mime_summary_free(&sum);
+		buf_free(&m);
+	}
+	print_message("generated: %zu packed bytes for %zu bytes of texts and maps\n", packed_total, texts);
+	assert_true(packed_total * 2 < texts);
+	buf_free(&packed);
+}
+
+/* Every truncation and many byte changes of packed records: refused, or
+ * decoded to balanced texts; never a crash or a read out of bounds. */
+static void test_pack_damage(void **state)
+{
+	(void)state;
+	static const char *const names[] = { "nested_rfc822", "rfc2231", "mixed_attachment", "eightbit_header" };
+	unsigned seed = 7;
+	for (size_t n = 0; n < ARRAY_LEN(names); n++) {
+		char path[PATH_MAX + 64];
+		snprintf(path, sizeof(path), "%s/%s.eml", data_dir, names[n]);
+		size_t raw_len, len;
+		char *raw = read_all(path, &raw_len);
+		char *msg = to_crlf(raw, raw_len, &len);
+		free(raw);
+		struct mime_summary sum;
+		mime_parse_mem(msg, len, &sum);
+		struct buf packed = BUF_INIT;
+		pack_roundtrip(names[n], sum.envelope, sum.bodystructure, sum.body, sum.parts, sum.parts_len, &packed);
+		for (size_t cut = 0; cut < packed.len; cut++) {
+			struct mime_summary m;
+			uint8_t *copy = xmalloc(cut ? cut : 1);
+			memcpy(copy, packed.data, cut);
+			if (mime_unpack(copy, cut, &m)) {
+				print_error("%s: a record cut at %zu of %zu bytes decodes\n", names[n], cut, packed.len);
+				fail();
+			}
+			free(copy);
+		}
+		for (int round = 0; round < 4000; round++) {
+			uint8_t *copy = xmalloc(packed.len);
+			memcpy(copy, packed.data, packed.len);
+			for (int k = 0; k < 1 + rand_r(&seed) % 3; k++)
+				copy[(size_t)rand_r(&seed) % packed.len] = (uint8_t)rand_r(&seed);
+			struct mime_summary m;
+			if (mime_unpack(copy, packed.len, &m)) {
+				if (!balanced(m.envelope) || !balanced(m.bodystructure) || !balanced(m.body)) {
+					print_error("%s: damaged record %d decodes unbalanced\n  %s\n  %s\n", names[n],
+						    round, m.envelope, m.bodystructure);
+					fail();
+				}
+				mime_summary_free(&m);
+			}
+			free(copy);
+		}
+		buf_free(&packed);
+		mime_summary_free(&sum);
+		free(msg);
+	}
+	struct mime_summary m;
+	assert_false(mime_unpack(NULL, 0, &m));
+	assert_false(mime_unpack((const uint8_t *)"\x20", 1, &m));   /* unknown version */
+	/* A reference chain cannot blow up: each list reference copies a
+	 * list the text already holds, and the text is capped. */
+	struct buf bomb = BUF_INIT;
+	buf_append_char(&bomb, 0x10);
+	buf_append(&bomb, "\x01\x04\x08xxxxxxxx\x02", 12);
+	for (int i = 0; i < 20000; i++)
+		buf_append(&bomb, "\x88\x00", 2);
+	buf_append(&bomb, "\x00\x01\x03\x02\x00\x00", 6);
+	if (mime_unpack((const uint8_t *)bomb.data, bomb.len, &m)) {
+		assert_true(strlen(m.envelope) < 64u * 1024u * 1024u);
+		mime_summary_free(&m);
+	}
+	buf_free(&bomb);
+}
+
 int main(void)
 {
 	find_data_dir();
@@ -1051,6 +1357,9 @@ int main(void)
 		cmocka_unit_test(test_msgid_and_date),
 		cmocka_unit_test(test_decode_hostile),
 		cmocka_unit_test(test_sort_key),
+		cmocka_unit_test(test_pack_cases),
+		cmocka_unit_test(test_pack_differential),
+		cmocka_unit_test(test_pack_damage),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
