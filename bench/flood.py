@@ -15,7 +15,15 @@ What it does, for each stack in turn (Strata first, then the reference):
      connect flood from 10,000 addresses of 127.10.0.0/16, 5,000 slowloris
      connections, early talkers and junk, while 10 legitimate senders
      (127.20.0.1-10) each start a full SMTP transaction with a 4 KB message
-     to an existing user every 2 s and the IMAP probe keeps measuring;
+     to an existing user every 2 s and the IMAP probe keeps measuring.
+     The probe runs in a second bench/flood process of its own, like a
+     user's mail client on another machine: in the flood's own process its
+     rounds would wait behind the flood's 10,000 sockets in the tool's
+     event loop, and the tool's stalls would be counted as the server's
+     latency.  Per second, `loop_lag_ms` is then the probe process's lag
+     (what can inflate a probe figure) and `flood_loop_lag_ms` the flood
+     process's.  --probe-in-flood-tool runs it inside the flood's process
+     as before (to compare with older results);
   4. idle control: the IMAP probe alone again for --idle-seconds, after the
      flood (on a shared machine the background load changes during a run;
      the control shows how much);
@@ -216,6 +224,43 @@ class Flood:
 
     def __init__(self, binary):
         self.binary = binary
+
+    def run_under_flood(self, smtp_port, imap_port, seconds, probe_apart):
+        """Every role for `seconds`; with probe_apart the IMAP probe runs in a
+        process of its own at the same time, and its per-second figures
+        replace the flood process's (see the module comment)."""
+        if not probe_apart:
+            return self.run(smtp_port, imap_port, seconds, ALL_ROLES)
+        out, errors = {}, []
+
+        def flood_roles():
+            try:
+                out["flood"] = self.run(smtp_port, imap_port, seconds,
+                                        [r for r in ALL_ROLES if r != "imap-probe"])
+            except BenchError as e:   # reported by the caller's thread
+                errors.append(e)
+        t = threading.Thread(target=flood_roles)
+        t.start()
+        try:
+            probe = self.run(smtp_port, imap_port, seconds, ["imap-probe"])
+        finally:
+            t.join(seconds + 240)
+        if errors:
+            raise errors[0]
+        if "flood" not in out:
+            raise BenchError("the flood process did not finish")
+        res = out["flood"]
+        res["roles"]["imap-probe"] = probe["roles"]["imap-probe"]
+        res["flood_max_loop_lag_ms"] = res.get("max_loop_lag_ms")
+        res["max_loop_lag_ms"] = probe.get("max_loop_lag_ms")
+        by_t = {x["t"]: x for x in probe["seconds"]}
+        for x in res["seconds"]:
+            p = by_t.get(x["t"], {})
+            x["flood_loop_lag_ms"] = x.get("loop_lag_ms", 0)
+            x["loop_lag_ms"] = p.get("loop_lag_ms", 0)
+            x["imap_rounds"] = p.get("imap_rounds", 0)
+            x["imap_p99_ms"] = p.get("imap_p99_ms", -1)
+        return res
 
     def run(self, smtp_port, imap_port, seconds, roles, extra=()):
         args = [self.binary, "--smtp-port", str(smtp_port), "--imap-port", str(imap_port),
@@ -426,7 +471,7 @@ def load_average():
         return None
 
 
-def run_strata(strata_bin, flood, workroot, seconds, idle_seconds, options=()):
+def run_strata(strata_bin, flood, workroot, seconds, idle_seconds, options=(), probe_apart=True):
     work = tempfile.mkdtemp(prefix="flood-strata-", dir=workroot)
     os.chmod(work, 0o755)
     st = FloodStrata(strata_bin, work, overrides=list(STRATA_UNDER_ATTACK) + list(options))
@@ -451,7 +496,7 @@ def run_strata(strata_bin, flood, workroot, seconds, idle_seconds, options=()):
         log("strata: flood, %ds" % seconds)
         t0 = time.monotonic()
         try:
-            res["flood"] = flood.run(PORT_SMTP_STRATA, PORT_IMAP_STRATA, seconds, ALL_ROLES)
+            res["flood"] = flood.run_under_flood(PORT_SMTP_STRATA, PORT_IMAP_STRATA, seconds, probe_apart)
         finally:
             timer.cancel()
             res["rss_samples_kb"] = sampler.stop()
@@ -473,7 +518,7 @@ def run_strata(strata_bin, flood, workroot, seconds, idle_seconds, options=()):
         st.stop()
 
 
-def run_reference(flood, workroot, seconds, idle_seconds):
+def run_reference(flood, workroot, seconds, idle_seconds, probe_apart=True):
     work = tempfile.mkdtemp(prefix="flood-reference-", dir=workroot)
     os.chmod(work, 0o755)
     ref = FloodReference(work)
@@ -491,7 +536,7 @@ def run_reference(flood, workroot, seconds, idle_seconds):
         log("reference: flood, %ds" % seconds)
         t0 = time.monotonic()
         try:
-            res["flood"] = flood.run(PORT_SMTP_REF, PORT_IMAP_REF, seconds, ALL_ROLES)
+            res["flood"] = flood.run_under_flood(PORT_SMTP_REF, PORT_IMAP_REF, seconds, probe_apart)
         finally:
             res["rss_samples_kb"] = sampler.stop()
         elapsed = time.monotonic() - t0
@@ -560,12 +605,13 @@ def verdict(results):
 
 
 def run_flood(strata_bin, flood_bin, workroot, seconds=DEFAULT_SECONDS, only=None,
-              idle_seconds=IDLE_SECONDS, strata_options=()):
+              idle_seconds=IDLE_SECONDS, strata_options=(), probe_apart=True):
     """Both stacks (or `only` one of them); returns the results dict."""
     limits = raise_fd_limit()
     flood = Flood(flood_bin)
     results = {"meta": {"started": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"),
                         "seconds": seconds, "idle_seconds": idle_seconds,
+                        "probe": "own process" if probe_apart else "in the flood tool",
                         "fd_limit": list(limits), "cores": os.cpu_count(),
                         "load_start": load_average(),
                         "nice": os.getpriority(os.PRIO_PROCESS, 0),
@@ -574,11 +620,11 @@ def run_flood(strata_bin, flood_bin, workroot, seconds=DEFAULT_SECONDS, only=Non
                         "packages": ingest.package_versions()}}
     if only in (None, "strata"):
         results["strata"] = run_strata(strata_bin, flood, workroot, seconds, idle_seconds,
-                                       strata_options)
+                                       strata_options, probe_apart)
         results["strata"]["summary"] = summary(results["strata"])
         log("strata: %s" % json.dumps(results["strata"]["summary"]))
     if only in (None, "postfix"):
-        results["reference"] = run_reference(flood, workroot, seconds, idle_seconds)
+        results["reference"] = run_reference(flood, workroot, seconds, idle_seconds, probe_apart)
         results["reference"]["summary"] = summary(results["reference"])
         log("reference: %s" % json.dumps(results["reference"]["summary"]))
     results["verdict"] = verdict(results)
@@ -644,6 +690,9 @@ def parse_args():
     ap.add_argument("--idle-seconds", type=int, default=IDLE_SECONDS,
                     help="idle IMAP baseline length (5-120)")
     ap.add_argument("--only", choices=("strata", "postfix"))
+    ap.add_argument("--probe-in-flood-tool", action="store_true",
+                    help="run the IMAP probe inside the flood's own process (as runs before "
+                    "the probe had a process of its own did)")
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     ap.add_argument("--workdir", default=os.environ.get("STRATA_BENCH_DIR", "/var/tmp"))
     ap.add_argument("--keep", action="store_true", help="keep the stacks' state for inspection")
@@ -690,7 +739,7 @@ def main():
     os.chmod(workroot, 0o755)
     try:
         results = run_flood(args.strata, args.flood, workroot, args.seconds, args.only,
-                            args.idle_seconds, args.strata_option)
+                            args.idle_seconds, args.strata_option, not args.probe_in_flood_tool)
         jpath, ppath = write_results(results, args.results)
         log("wrote %s and %s" % (os.path.relpath(jpath, ROOT), os.path.relpath(ppath, ROOT)))
         log("verdict: %s" % json.dumps(results["verdict"]))

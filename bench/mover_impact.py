@@ -87,6 +87,8 @@ def main():
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--iterations", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--results", default=os.path.join(HERE, "results"),
+                    help="directory for mover-impact-<date>.json")
     args = ap.parse_args()
     workdir = tempfile.mkdtemp(prefix="strata-mover-", dir="/var/tmp")
     os.chmod(workdir, 0o755)
@@ -134,8 +136,8 @@ def main():
         result[mode] = {k: med(mode, k) for k in ("fetch_p50_ms", "fetch_p99_ms", "moved_mb")}
     ratio = result["busy"]["fetch_p99_ms"] / result["idle"]["fetch_p99_ms"]
     result["p99_ratio"] = ratio
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    path = os.path.join(HERE, "results", "mover-impact-%s.json" % time.strftime("%Y-%m-%d", time.gmtime()))
+    os.makedirs(args.results, exist_ok=True)
+    path = os.path.join(args.results, "mover-impact-%s.json" % time.strftime("%Y-%m-%d", time.gmtime()))
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     print("| mover | FETCH p50 (ms) | FETCH p99 (ms) | moved during the load (MB) |")

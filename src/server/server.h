@@ -2,10 +2,13 @@
  * server.h - the daemon: `strata serve`.
  *
  * Owns: start-up (config, store open and recovery, TLS context, listening
- * sockets bound as root, privilege drop), the network threads (one
- * event_base each, every listener opened once per thread with SO_REUSEPORT
- * so the kernel spreads connections), the admin HTTP endpoint (evhttp on
- * the main thread: /metrics, /health), and signals:
+ * sockets bound as root, privilege drop), the network threads in two
+ * pools - MX (smtp.listen; `threads`) and user-facing (IMAP, POP3,
+ * submission; `threads.user`) - so a flood on port 25 never shares an
+ * event loop with users (one event_base per thread, every listener of a
+ * pool opened once per thread of that pool with SO_REUSEPORT so the kernel
+ * spreads connections), the admin HTTP endpoint (evhttp on the main
+ * thread: /metrics, /health), and signals:
  *   SIGTERM/SIGINT - stop accepting, finish or abort in-flight transactions
  *                    (never a half-written visible message), drain the queue,
  *                    exit 0;

@@ -40,7 +40,16 @@ enum server_proto {
 	SERVER_PROTO_IMAPS,     /* implicit TLS (993) */
 	SERVER_PROTO_POP3,
 	SERVER_PROTO_POP3S,     /* implicit TLS (995) */
+	SERVER_PROTO_SUBMISSION,  /* SMTP submission, STARTTLS then AUTH (587) */
+	SERVER_PROTO_SUBMISSIONS, /* SMTP submission over implicit TLS (465) */
 };
+
+/* MX listeners (smtp.listen) are served by the MX network threads, every
+ * other protocol by the user-facing ones. */
+static inline bool server_proto_is_mx(enum server_proto proto)
+{
+	return proto == SERVER_PROTO_SMTP;
+}
 
 struct server_addr {
 	struct sockaddr_storage ss;
@@ -75,12 +84,18 @@ bool server_addr_listen(struct server_addr *a, size_t count, bool reuseport, int
 
 struct server_net;
 
-/* Binds every address once per network thread (as root, before the drop). */
-struct server_net *server_listener_bind(struct server_addr *addrs, size_t n_addrs, size_t n_threads,
-					char **error_r);
-/* Creates each thread's event_base, smtp_worker, imap_worker and listeners
- * (each listener hands connections to the worker of its addr's proto), then starts
- * the threads.  After the privilege drop (workers open store readers). */
+/* The network threads form two pools: `n_mx` threads serve the MX
+ * listeners, `n_user` threads the user-facing ones (IMAP, POP3, submission),
+ * so that a flood on port 25 never shares an event loop with users.  Each
+ * address is bound once per thread of its pool (as root, before the drop).
+ * A pool whose listeners are all absent must have 0 threads, and one with
+ * listeners at least 1. */
+struct server_net *server_listener_bind(struct server_addr *addrs, size_t n_addrs, size_t n_mx,
+					size_t n_user, char **error_r);
+/* Creates each thread's event_base, the workers of the protocols its pool
+ * serves and its listeners (each hands connections to the worker of its
+ * addr's proto), then starts the threads.  After the privilege drop (workers
+ * open store readers). */
 bool server_listener_start(struct server_net *n, const struct settings *s, struct queue *q,
 			   SSL_CTX *tls, char **error_r);
 size_t server_listener_threads(const struct server_net *n);

@@ -6,7 +6,9 @@
  * process runs as the service user, before any network byte is read.
  *
  * Policy: a deny list.  The daemon's own work (sockets, files, fsync,
- * mmap, threads, futexes, timers, epoll) is allowed; what a compromised
+ * mmap, threads, futexes, timers, epoll, and a thread lowering its own
+ * priority: setpriority, sched_setscheduler to SCHED_IDLE and ioprio_set
+ * by the tier mover and the MX network threads) is allowed; what a compromised
  * parser would need to leave the process or act on the machine is refused
  * with EPERM: starting programs (execve, execveat), inspecting or writing
  * other processes (ptrace, process_vm_*), new namespaces (unshare, setns),

@@ -8,8 +8,28 @@
  * token-bucket budget, sleeping between moves in slices of at most 100 ms
  * so a stop request is honoured promptly.
  *
- * The thread: drains access events into the heat table every 2 seconds,
- * and every tier.interval takes the mover lock without waiting (a running
+ * Gentleness: the mover only ever uses what the users leave.
+ *   - CPU: its thread runs at SCHED_IDLE (nice 19 first, which stays if
+ *     SCHED_IDLE is refused): any runnable foreground thread preempts it.
+ *   - Disk: its thread is in the idle I/O class (ioprio_set): schedulers
+ *     that implement classes (BFQ, mq-deadline since Linux 5.14) dispatch
+ *     its reads, writes and fsyncs only when no other class has requests
+ *     queued (BFQ after a short grace period; mq-deadline ages a starved
+ *     request after 10 s).  With "none" (NVMe, virtio defaults) the class
+ *     is ignored, and the pacing below is what protects the users.
+ *   - Pacing: after each move it rests for a multiple of the time the move
+ *     took (MOVE_REST_BASE, more as the back-off lowers its factor: at
+ *     factor f the rest is move time x (MOVE_REST_BASE + 1/f - 1)), so at
+ *     most ~89% duty cycle when nobody waits and a long pause per move
+ *     while foreground latency is high; a slow disk makes moves slower and
+ *     so the rests longer by itself.  The token bucket still caps bytes and
+ *     files per second on top.
+ *   The index transactions of a move are short, and a SCHED_IDLE thread
+ *   still gets CPU time on a busy machine (a weight of 3 against 1024), far
+ *   within the writers' 10 s busy timeout.
+ *
+ * The thread: drains access events into the heat table every 2 seconds
+ * (also between the moves of a pass), and every tier.interval takes the mover lock without waiting (a running
  * `strata tier move` makes it skip the pass), runs recovery and a pass,
  * and refreshes the per-tier gauges; with every flush, and while a pass
  * waits for its budget, the back-off (tier_backoff.c) rescales the budget
@@ -24,15 +44,22 @@
 #include "tier.h"
 
 #include <errno.h>
+#include <linux/ioprio.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "metrics.h"
 
 #define FLUSH_MS 2000
 #define DRAIN_MAX 8192
+#define MOVE_REST_BASE 0.125        /* rest per move / move time, back-off at 1 */
+#define MOVE_REST_MAX_US 2000000    /* longest rest after one move */
 
 struct fold_ctx {
 	const struct settings *s;
@@ -83,6 +110,46 @@ static void sleep_us(uint64_t us)
 		;
 }
 
+/* Sleeps `us` in slices of at most 100 ms; false when stopped meanwhile. */
+static bool rest_us(uint64_t us, const volatile bool *stop)
+{
+	for (int i = 0; us > 0 && i < 100000; i++) {
+		if (*stop)
+			return false;
+		uint64_t slice = us < 100000 ? us : 100000;
+		sleep_us(slice);
+		us -= slice;
+	}
+	return !*stop;
+}
+
+/* The rest after a move of `move_us` (the daemon's mover only). */
+static uint64_t move_rest_us(uint64_t move_us)
+{
+	struct tier_backoff bo;
+	tier_backoff_get(&bo);
+	double f = bo.factor >= TIER_BACKOFF_FLOOR ? bo.factor : TIER_BACKOFF_FLOOR;
+	double rest = (double)move_us * (MOVE_REST_BASE + 1.0 / f - 1.0);
+	return rest < MOVE_REST_MAX_US ? (uint64_t)rest : MOVE_REST_MAX_US;
+}
+
+/* A long pass (rests, a lowered budget) must not let the access ring
+ * overflow: the daemon's pass drains it every FLUSH_MS, as the thread does
+ * between passes. */
+static void pass_drain_heat(struct store *st, const struct settings *s, uint64_t *next_ms)
+{
+	uint64_t now = time_mono_ms();
+	if (now < *next_ms)
+		return;
+	*next_ms = now + FLUSH_MS;
+	char *err = NULL;
+	(void)tier_access_drain(st, s->tier_half_life_ms / 1000, DRAIN_MAX, &err);
+	if (err) {
+		log_warn("tier: heat flush failed: %s", err);
+		free(err);
+	}
+}
+
 /* Waits for the budget; false when stopped meanwhile. */
 static bool wait_budget(struct tier_budget *b, uint64_t bytes, const volatile bool *stop)
 {
@@ -120,13 +187,16 @@ enum status tier_pass(struct store *st, const struct settings *s, struct tier_bu
 	struct tier_plan *plan = xcalloc(s->tier_batch, sizeof(*plan));
 	size_t n = tier_place(f.c, f.n, cap, s->n_tiers, s->tier_batch, plan);
 	out->planned = n;
+	uint64_t next_drain_ms = time_mono_ms() + FLUSH_MS;
 	for (size_t i = 0; i < n; i++) {
 		const struct tier_cand *c = &f.c[plan[i].cand];
 		if (!wait_budget(b, c->size, stop))
 			break;
 		uint64_t bytes = 0;
 		char *err = NULL;
+		uint64_t t0 = time_mono_us();
 		enum status mr = tier_move_blob(st, s, c->blob_id, &c->id, c->tier, plan[i].to, &bytes, &err);
+		uint64_t move_us = time_mono_us() - t0;
 		if (mr == ST_OK) {
 			out->moved++;
 			out->bytes += bytes;
@@ -137,6 +207,11 @@ enum status tier_pass(struct store *st, const struct settings *s, struct tier_bu
 				 plan[i].to, err ? err : status_info(mr)->name);
 		}
 		free(err);
+		if (stop != NULL) {
+			if (!rest_us(move_rest_us(move_us), stop))
+				break;
+			pass_drain_heat(st, s, &next_drain_ms);
+		}
 	}
 	free(plan);
 	free(f.c);
@@ -229,9 +304,27 @@ static void wait_until_ms(struct tier_mover *m, uint64_t until_ms)
 	pthread_cond_timedwait(&m->cv, &m->mu, &ts);
 }
 
+/* See "Gentleness" above.  Each step is on this thread only (Linux applies
+ * nice, policy and I/O priority per thread); a refusal is logged and the
+ * mover runs anyway, paced by its back-off. */
+static void mover_be_gentle(void)
+{
+	pid_t tid = (pid_t)syscall(SYS_gettid);
+	if (setpriority(PRIO_PROCESS, (id_t)tid, 19) != 0)
+		log_warn("tier: cannot lower the mover's priority: %s", strerror(errno));
+	struct sched_param sp = { 0 };
+	int e = pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
+	if (e != 0)
+		log_warn("tier: cannot run the mover at SCHED_IDLE: %s", strerror(e));
+	if (syscall(SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid, IOPRIO_PRIO_VALUE(IOPRIO_CLASS_IDLE, 0)) != 0)
+		log_warn("tier: cannot put the mover in the idle I/O class: %s", strerror(errno));
+}
+
 static void *mover_main(void *arg)
 {
 	struct tier_mover *m = arg;
+	mover_be_gentle();
+	(void)pthread_setname_np(pthread_self(), "tier-mover");
 	/* The gauges scan every blob row: here, not in the daemon's start-up. */
 	tier_metrics_update(m->st, m->s);
 	uint64_t now = time_mono_ms();
