@@ -135,6 +135,35 @@ def test_too_many_commands(strata_factory):
     expect_refused(s, src)
 
 
+def test_accepted_messages_restart_the_command_count(strata_factory):
+    # A relay that keeps one connection for many messages sends far more
+    # than smtp.max_commands in total: only the commands since the last
+    # accepted message count.
+    s = strata_factory.new(options=options(smtp__max_commands="10"), populate=True)
+    src = "127.21.3.2"
+    before = offences(s, "commands")
+    c = SourcedSMTP(s.smtp_port, src)
+    try:
+        check_reply(c.reply(), 220)
+        check_reply(c.cmd("EHLO relay.example"), 250)
+        for i in range(6):   # 6 x (MAIL, RCPT, DATA, body, RSET, NOOP): 30 commands
+            check_reply(c.cmd("MAIL FROM:<x@remote.example>"), 250)
+            check_reply(c.cmd("RCPT TO:<alice@%s>" % LOCAL), 250)
+            check_reply(c.cmd("DATA"), 354)
+            c.send(make_message(subject="kept %d" % i, to="alice@%s" % LOCAL) + b".\r\n")
+            check_reply(c.reply(), 250, "2.0.0", what="message %d" % i)
+            check_reply(c.cmd("RSET"), 250)
+            check_reply(c.cmd("NOOP"), 250)
+        # 2 commands since the last 250; 8 more are allowed, the 9th is not.
+        for _ in range(8):
+            check_reply(c.cmd("NOOP"), 250)
+        c.send(b"NOOP\r\n")
+        closed_with(c, "too many commands")
+    finally:
+        c.close()
+    assert offences(s, "commands") == before + 1
+
+
 def test_allowlisted_offender_not_banned(strata_factory):
     o = options(smtp__max_errors="2")
     o["guard.allow"] = "127.0.0.1, 127.21.4.0/24"
