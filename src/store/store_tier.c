@@ -616,6 +616,46 @@ enum status store_tier_set(struct store *st, int64_t blob_id, unsigned tier, cha
 	return run_tx(st, sql, ARRAY_LEN(sql), blob_id, 0, tier, NULL, error_r);
 }
 
+#define TIER_SET_CHUNK 50000
+
+/* One transaction: rows [i, end) of v. */
+static enum status tier_set_chunk(struct store *st, const struct store_tier_placement *v, size_t i, size_t end,
+				  char **error_r)
+{
+	enum status s = store_db_begin(st, error_r);
+	if (s != ST_OK)
+		return s;
+	sqlite3_stmt *q = NULL;
+	s = store_db_prepare(st, "UPDATE blobs SET tier = ?2 WHERE id = ?1", &q, error_r);
+	if (s == ST_OK) {
+		for (; s == ST_OK && i < end; i++) {
+			sqlite3_bind_int64(q, 1, v[i].blob_id);
+			sqlite3_bind_int64(q, 2, v[i].tier);
+			int rc = sqlite3_step(q);
+			if (rc != SQLITE_DONE)
+				s = store_db_fail(st->db, rc, "tier placement", error_r);
+			sqlite3_reset(q);
+		}
+		store_db_release(st, q);
+	}
+	if (s != ST_OK) {
+		store_db_rollback(st);
+		return s;
+	}
+	return store_db_commit(st, error_r);
+}
+
+enum status store_tier_set_many(struct store *st, const struct store_tier_placement *v, size_t n,
+				char **error_r)
+{
+	for (size_t i = 0; i < n; i += TIER_SET_CHUNK) {
+		enum status s = tier_set_chunk(st, v, i, i + TIER_SET_CHUNK < n ? i + TIER_SET_CHUNK : n, error_r);
+		if (s != ST_OK)
+			return s;
+	}
+	return ST_OK;
+}
+
 enum status store_tier_moves(struct store *st, struct store_tier_move **out, size_t *n_r,
 			     char **error_r)
 {

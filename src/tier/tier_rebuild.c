@@ -10,19 +10,23 @@
  *     rebuild by hand loses no heat.
  *  2. The move journal, when it survived: tier_recover settles it.
  *  3. Placement from the files: for every blob row, the tiers holding a
- *     copy.  A single copy on the index's tier is kept without reading it
- *     (trailers are `verify`'s business).  Otherwise the index's tier wins
- *     when its copy has a valid trailer for the blob, else the fastest
- *     tier with a valid copy is written into the index.  Other copies (a move interrupted without its
- *     journal) are removed once the kept one is known good.  A blob with
- *     no valid copy anywhere is counted and left to `strata tier verify`.
+ *     copy.  A single copy is kept without reading it, wherever it is
+ *     (trailers are `verify`'s business; a copy reaches a tier directory
+ *     only whole, by rename after fsync).  With several (a move
+ *     interrupted without its journal) the index's tier wins when its copy
+ *     has a valid trailer for the blob, else the fastest tier with a valid
+ *     copy.  The corrections are written to the index in transactions of
+ *     50,000 rows, and only then are the other copies removed, so the
+ *     index never names a removed file.  A blob with no valid copy
+ *     anywhere is counted and left to `strata tier verify`.
  *  4. Heat: the newest valid checkpoint replaces the heat table; blobs it
  *     does not cover have no heat row, so placement ranks them by their
  *     priors alone (TIERING.md, "Heat"), which need no history.  Without
  *     any valid checkpoint the table is left empty: priors only.
  *
  * Memory: one 32-byte row per blob for step 3 (a store statement cannot
- * stay open while the index is written).  The caller's thread, own handle.
+ * stay open while the index is written), and one 40-byte fix per blob
+ * whose placement changes.  The caller's thread, own handle.
  */
 #include "tier.h"
 
@@ -78,43 +82,93 @@ static void remove_copy(const struct settings *s, unsigned t, const struct msgid
 		log_warn("tier: rebuild: cannot remove the extra copy %s: %s", path, strerror(errno));
 }
 
-/* Step 3 for one blob. */
-static enum status place_one(struct store *st, const struct settings *s, const struct brow *b,
-			     struct tier_rebuild_result *out, char **error_r)
+/* Step 3's decisions, applied after the scan: the index first (in large
+ * transactions), then the extra copies, so the index never names a file
+ * that was removed. */
+struct fix { int64_t blob_id; struct msgid id; unsigned keep, from, extra; };
+struct fixes { struct fix *v; size_t n, cap; };
+
+#define REBUILD_LOG_EACH 20   /* corrections logged one by one, then counted */
+
+/* Step 3 for one blob: which copy is kept.  A single copy is kept without
+ * reading it, wherever it is (trailers are `verify`'s business: a copy
+ * only ever reaches a tier directory whole, by rename after fsync); with
+ * several, the index's tier wins when its copy is valid, else the fastest
+ * valid one. */
+static void place_one(const struct settings *s, const struct brow *b, struct fixes *f,
+		      struct tier_rebuild_result *out)
 {
 	bool have[CONFIG_TIER_MAX];
 	size_t copies = 0;
-	for (unsigned t = 0; t < s->n_tiers; t++)
+	unsigned only = UINT32_MAX;
+	for (unsigned t = 0; t < s->n_tiers; t++) {
 		copies += have[t] = has_copy(s, t, &b->id);
-	bool index_ok = b->tier < s->n_tiers && have[b->tier];
-	/* With one copy on the index's tier nothing needs reading. */
-	if (index_ok && copies == 1)
-		return ST_OK;
-	unsigned keep = UINT32_MAX;
-	if (index_ok && valid_copy(s, b->tier, &b->id))
-		keep = b->tier;
-	for (unsigned t = 0; keep == UINT32_MAX && t < s->n_tiers; t++) {
-		if (have[t] && t != b->tier && valid_copy(s, t, &b->id))
-			keep = t;
+		if (have[t])
+			only = t;
 	}
-	char text[MSGID_TEXT_LEN + 1];
-	msgid_format(&b->id, text);
+	unsigned keep = UINT32_MAX;
+	if (copies == 1) {
+		keep = only;
+	} else if (copies > 1) {
+		if (b->tier < s->n_tiers && have[b->tier] && valid_copy(s, b->tier, &b->id))
+			keep = b->tier;
+		for (unsigned t = 0; keep == UINT32_MAX && t < s->n_tiers; t++) {
+			if (have[t] && t != b->tier && valid_copy(s, t, &b->id))
+				keep = t;
+		}
+	}
 	if (keep == UINT32_MAX) {
+		char text[MSGID_TEXT_LEN + 1];
+		msgid_format(&b->id, text);
 		out->missing++;
 		log_warn("tier: rebuild: blob %s has no valid copy on any tier", text);
-		return ST_OK;
+		return;
 	}
-	if (keep != b->tier) {
-		enum status r = store_tier_set(st, b->blob_id, keep, error_r);
-		if (r != ST_OK)
-			return r;
-		out->corrected++;
-		log_info("tier: rebuild: blob %s is on tier %s (the index said %u)", text, s->tiers[keep].name, b->tier);
+	unsigned extra = 0;
+	for (unsigned t = 0; t < s->n_tiers; t++)
+		if (t != keep && have[t])
+			extra |= 1u << t;
+	if (keep == b->tier && extra == 0)
+		return;
+	if (f->n == f->cap) {
+		f->cap = f->cap ? f->cap * 2 : 1024;
+		f->v = xreallocarray(f->v, f->cap, sizeof(*f->v));
 	}
-	for (unsigned t = 0; t < s->n_tiers; t++) {
-		if (t != keep && have[t]) {
-			remove_copy(s, t, &b->id);
-			out->removed++;
+	f->v[f->n++] = (struct fix){ b->blob_id, b->id, keep, b->tier, extra };
+}
+
+/* The index half of the fixes, then the files. */
+static enum status apply_fixes(struct store *st, const struct settings *s, const struct fixes *f,
+			       struct tier_rebuild_result *out, char **error_r)
+{
+	struct store_tier_placement *p = xreallocarray(NULL, f->n ? f->n : 1, sizeof(*p));
+	size_t n = 0;
+	for (size_t i = 0; i < f->n; i++) {
+		const struct fix *x = &f->v[i];
+		if (x->keep == x->from)
+			continue;
+		p[n++] = (struct store_tier_placement){ x->blob_id, x->keep };
+		if (n <= REBUILD_LOG_EACH) {
+			char text[MSGID_TEXT_LEN + 1];
+			msgid_format(&x->id, text);
+			log_info("tier: rebuild: blob %s is on tier %s (the index said %u)", text,
+				 s->tiers[x->keep].name, x->from);
+		}
+	}
+	enum status r = store_tier_set_many(st, p, n, error_r);
+	free(p);
+	if (r != ST_OK)
+		return r;
+	out->corrected = n;
+	if (n > REBUILD_LOG_EACH)
+		log_info("tier: rebuild: %zu more blob(s) were on another tier than the index said",
+			 n - REBUILD_LOG_EACH);
+	for (size_t i = 0; i < f->n; i++) {
+		for (unsigned t = 0; t < s->n_tiers; t++) {
+			if (f->v[i].extra & (1u << t)) {
+				remove_copy(s, t, &f->v[i].id);
+				out->removed++;
+			}
 		}
 	}
 	return ST_OK;
@@ -150,11 +204,15 @@ static enum status place_all(struct store *st, const struct settings *s, struct 
 			     char **error_r)
 {
 	struct brows b = { NULL, 0, 0 };
+	struct fixes f = { NULL, 0, 0 };
 	enum status r = store_tier_blobs(st, collect, &b, error_r);
 	for (size_t i = 0; r == ST_OK && i < b.n; i++)
-		r = place_one(st, s, &b.v[i], out, error_r);
+		place_one(s, &b.v[i], &f, out);
 	out->blobs = b.n;
 	free(b.v);
+	if (r == ST_OK)
+		r = apply_fixes(st, s, &f, out, error_r);
+	free(f.v);
 	return r;
 }
 
