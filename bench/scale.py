@@ -33,7 +33,10 @@ message, and no figure more than 20% worse than at 1,000 accounts.
 Safety and bounds: loopback only (127.0.0.1 and 127.77.x.y sources); every
 phase has a count and a deadline; the daemon is stopped in a finally block.
 Disk: about 20 KB per message (17 GB at the full size): --messages and
---accounts scale it down (the report says what was run).  Run as root (the
+--accounts scale it down (the report says what was run).  --keep keeps
+the state; --reuse DIR measures such a kept state again with another build
+(no import, no bulk load: only the timed window is delivered on top, so
+the message count grows by --window each time).  Run as root (the
 daemon drops to the strata user) or as any user (then it stays that user).
 
 Output: JSON in bench/results/scale-<date>.json and a Markdown table on
@@ -93,10 +96,10 @@ def rss_kib(pid, field="VmRSS"):
 class Node:
     """One strata serve on its own state directory."""
 
-    def __init__(self, binary, workdir, name):
+    def __init__(self, binary, workdir, name, reuse=False):
         self.binary = binary
         self.dir = os.path.join(workdir, name)
-        os.makedirs(self.dir)
+        os.makedirs(self.dir, exist_ok=reuse)
         os.chmod(self.dir, 0o755)
         self.state = os.path.join(self.dir, "state")
         self.smtp = free_port()
@@ -352,15 +355,19 @@ def has_tier_rebuild(binary):
     return "tier rebuild" in (p.stdout + p.stderr)
 
 
-def measure(binary, workdir, name, accounts, messages, window, idle_conns):
-    node = Node(binary, workdir, name)
-    res = {"accounts": accounts, "messages": messages}
+def measure(binary, workdir, name, accounts, messages, window, idle_conns, reuse=False):
+    """With reuse, the state of an earlier --keep run is measured again
+    (by a newer build, say): no import and no bulk load, only the timed
+    window is delivered on top of what is there."""
+    node = Node(binary, workdir, name, reuse)
+    res = {"accounts": accounts, "messages": messages, "reused": reuse}
     try:
-        res["import_s"] = import_accounts(node, accounts)
-        log("%s: %d accounts imported in %.1f s" % (name, accounts, res["import_s"]))
+        if not reuse:
+            res["import_s"] = import_accounts(node, accounts)
+            log("%s: %d accounts imported in %.1f s" % (name, accounts, res["import_s"]))
         node.start()
         bulk = max(0, messages - window)
-        if bulk:
+        if bulk and not reuse:
             t0 = time.monotonic()
             r = smtp_load(node, accounts, bulk, SEED)
             log("%s: %d messages loaded in %.0f s (%.0f/s), %d failed" %
@@ -467,27 +474,37 @@ def main():
     ap.add_argument("--idle", type=int, default=10000, help="idle IMAP connections")
     ap.add_argument("--workdir", default=None, help="where the state goes (default: a new dir in /var/tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the state directories")
+    ap.add_argument("--reuse", default=None, metavar="DIR",
+                    help="measure the kept state of an earlier run (its strata-scale-* directory) again: "
+                         "no import, no bulk load; implies --keep")
     args = ap.parse_args()
     if args.accounts < 1 or args.messages < args.accounts or args.small_accounts < 1:
         ap.error("need accounts >= 1 and messages >= accounts")
     per_account = args.messages / args.accounts
     small_messages = int(args.small_accounts * per_account)
-    workdir = tempfile.mkdtemp(prefix="strata-scale-", dir=args.workdir or "/var/tmp")
-    os.chmod(workdir, 0o755)
+    if args.reuse:
+        workdir = args.reuse
+        args.keep = True
+        for name in ("small", "full"):
+            if not os.path.exists(os.path.join(workdir, name, "state", "index.db")):
+                ap.error("--reuse %s: no %s/state/index.db there" % (workdir, name))
+    else:
+        workdir = tempfile.mkdtemp(prefix="strata-scale-", dir=args.workdir or "/var/tmp")
+        os.chmod(workdir, 0o755)
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(sys.argv), "uname": " ".join(os.uname()), "cpus": os.cpu_count()}
     try:
         window = min(args.window, small_messages // 2)
         result["small"] = measure(args.strata, workdir, "small", args.small_accounts, small_messages, window,
-                                  min(args.idle, 2000))
+                                  min(args.idle, 2000), bool(args.reuse))
         result["full"] = measure(args.strata, workdir, "full", args.accounts, args.messages,
-                                 min(args.window, args.messages // 2), args.idle)
+                                 min(args.window, args.messages // 2), args.idle, bool(args.reuse))
         result["checks"] = verdict(result["small"], result["full"])
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    path = os.path.join(HERE, "results", "scale-%s.json" % result["date"][:10])
+    path = os.path.join(HERE, "results", "scale-%s%s.json" % (result["date"][:10], "-reuse" if args.reuse else ""))
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     log("results in %s" % os.path.relpath(path, ROOT))
