@@ -11,16 +11,15 @@ unchanged (no AUTH, no relaying).
 import base64
 import re
 import smtplib
-import socket
 import ssl
 import subprocess
-import threading
 import time
 
 import pytest
 
 import harness
 from harness import HOSTNAME, SLOW, RawSMTP, check_reply, free_port, wait_until
+from smtp_sink import Sink
 from test_guard import REFUSAL, SourcedSMTP, expect_refused, options
 
 LOCAL = "local.example"
@@ -42,76 +41,6 @@ def b64(text):
 
 def plain(user, password, authz=""):
     return b64("%s\0%s\0%s" % (authz, user, password))
-
-
-class Sink:
-    """A minimal SMTP server on 127.0.0.1 for relay.transport: records each
-    message's envelope and data."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.messages = []
-        self.stop = False
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self):
-        self.sock.settimeout(0.2)
-        while not self.stop:
-            try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            try:
-                self.session(conn)
-            except OSError:
-                pass
-            finally:
-                conn.close()
-
-    def session(self, conn):
-        conn.settimeout(30)
-        f = conn.makefile("rb")
-        conn.sendall(b"220 sink.test ESMTP\r\n")
-        sender, rcpts = None, []
-        for _ in range(1000):
-            line = f.readline()
-            if not line:
-                return
-            verb = line[:4].upper()
-            if verb in (b"EHLO", b"HELO"):
-                conn.sendall(b"250-sink.test\r\n250 8BITMIME\r\n")
-            elif verb == b"MAIL":
-                sender, rcpts = re.search(rb"<([^>]*)>", line).group(1).decode(), []
-                conn.sendall(b"250 ok\r\n")
-            elif verb == b"RCPT":
-                rcpts.append(re.search(rb"<([^>]*)>", line).group(1).decode())
-                conn.sendall(b"250 ok\r\n")
-            elif verb == b"DATA":
-                conn.sendall(b"354 go\r\n")
-                data = b""
-                while True:
-                    l2 = f.readline()
-                    if not l2 or l2 == b".\r\n":
-                        break
-                    data += l2
-                self.messages.append((sender, rcpts, data))
-                conn.sendall(b"250 queued\r\n")
-            elif verb == b"QUIT":
-                conn.sendall(b"221 bye\r\n")
-                return
-            else:
-                conn.sendall(b"250 ok\r\n")
-
-    def close(self):
-        self.stop = True
-        self.sock.close()
-        self.thread.join(5)
 
 
 @pytest.fixture(scope="module")
@@ -360,7 +289,8 @@ def test_remote_recipient_goes_to_the_outbound_queue(sub, sink):
         rows = sub.query("SELECT sender, recipient FROM outbound")
         if ("alice@local.example", "Someone@Remote.Example") in rows:
             return "queued"
-        for sender, rcpts, data in sink.messages:
+        for _helo, mail, rcpts, data in sink.messages:
+            sender = re.search(r"<([^>]*)>", mail).group(1)
             if ("Subject: %s" % subject).encode() in data:
                 assert sender == ALICE and rcpts == ["Someone@Remote.Example"], (sender, rcpts)
                 return "relayed"
