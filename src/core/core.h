@@ -94,6 +94,12 @@ char *log_escape(const char *in, size_t in_len, char *out, size_t max_out);
 bool str_ieq(const char *a, const char *b);
 bool str_istarts(const char *s, const char *prefix);
 void str_lower(char *s);
+/* Strict base64 (RFC 4648 4: the standard alphabet, padding, no blanks)
+ * of b64[0, len) into out[0, cap); false on any other octet, a bad length
+ * or padding, or a result longer than cap.  len 0 decodes to nothing.  Use
+ * it rather than sodium_base642bin directly: libsodium 1.0.18 (Debian 12)
+ * decodes octets 0x80-0xff as '/'. */
+bool base64_decode_strict(const char *b64, size_t len, void *out, size_t cap, size_t *n_r);
 char *str_trim(char *s);                /* in place; returns start */
 /* Parses a byte size "10M", "512k", "1G", "123" (powers of 1024). */
 bool str_parse_size(const char *s, uint64_t *out);

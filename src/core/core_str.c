@@ -1,5 +1,5 @@
 /*
- * core_str.c - small string and number parsing helpers.
+ * core_str.c - small string and number parsing helpers, strict base64.
  *
  * All parsers reject trailing garbage and overflow; none allocate.
  */
@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+
+#include <sodium.h>
 
 bool str_ieq(const char *a, const char *b)
 {
@@ -25,6 +27,28 @@ void str_lower(char *s)
 {
 	for (; *s; s++)
 		*s = (char)tolower((unsigned char)*s);
+}
+
+static bool base64_octet(unsigned char c)
+{
+	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' || c == '/' ||
+	       c == '=';
+}
+
+bool base64_decode_strict(const char *b64, size_t len, void *out, size_t cap, size_t *n_r)
+{
+	*n_r = 0;
+	if (len == 0)
+		return true;
+	if (len % 4 != 0)
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if (!base64_octet((unsigned char)b64[i]))
+			return false;
+	const char *end = NULL;
+	if (sodium_base642bin(out, cap, b64, len, NULL, n_r, &end, sodium_base64_VARIANT_ORIGINAL) != 0)
+		return false;
+	return end == b64 + len;
 }
 
 char *str_trim(char *s)

@@ -281,8 +281,7 @@ static void sasl_plain(struct imap_session *s, const char *b64, size_t len)
 {
 	unsigned char raw[1400];
 	size_t n = 0;
-	if (len > 1800 || sodium_base642bin(raw, sizeof(raw), b64, len, NULL, &n, NULL,
-					    sodium_base64_VARIANT_ORIGINAL) != 0) {
+	if (len > 1800 || !base64_decode_strict(b64, len, raw, sizeof(raw), &n)) {
 		imap_session_bad(s, s->tag, "Invalid base64 in SASL response");
 		return;
 	}
@@ -330,8 +329,7 @@ static void sasl_challenge(struct imap_session *s, enum imap_sasl step)
 static bool sasl_login_decode(struct imap_session *s, const char *b64, size_t len, unsigned char *out,
 			      size_t cap, size_t *n_r)
 {
-	if (len > 4 * (cap / 3) || sodium_base642bin(out, cap - 1, b64, len, NULL, n_r, NULL,
-						    sodium_base64_VARIANT_ORIGINAL) != 0) {
+	if (len > 4 * (cap / 3) || !base64_decode_strict(b64, len, out, cap - 1, n_r)) {
 		imap_session_bad(s, s->tag, "Invalid base64 in SASL response");
 		return false;
 	}

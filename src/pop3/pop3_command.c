@@ -314,8 +314,7 @@ static void sasl_plain(struct pop3_session *s, const char *b64, size_t len)
 {
 	unsigned char raw[1400];
 	size_t n = 0;
-	if (len > 1800 || sodium_base642bin(raw, sizeof(raw), b64, len, NULL, &n, NULL,
-					    sodium_base64_VARIANT_ORIGINAL) != 0) {
+	if (len > 1800 || !base64_decode_strict(b64, len, raw, sizeof(raw), &n)) {
 		pop3_session_bad(s, "[AUTH] Invalid base64 data in SASL response");
 		return;
 	}

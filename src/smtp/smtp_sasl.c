@@ -2,8 +2,9 @@
  * smtp_sasl.c - AUTH argument parsing, SASL PLAIN/LOGIN decoding and the
  * sender ownership decision for submission.
  *
- * Contract: see smtp_sasl.h.  Pure functions over caller-owned memory; the
- * only library call is libsodium's constant-time base64 decoder.  Every
+ * Contract: see smtp_sasl.h.  Pure functions over caller-owned memory;
+ * base64 goes through core's strict decoder (base64_decode_strict, which
+ * IMAP and POP3 SASL use too).  Every
  * decoded buffer that held a password is wiped before returning, whatever
  * the outcome.
  */
@@ -64,22 +65,7 @@ bool smtp_sasl_is_cancel(const char *line, size_t len)
 static bool b64_decode(const char *b64, size_t len, unsigned char *out, size_t cap, size_t *n_r)
 {
 	*n_r = 0;
-	if (len == 0)
-		return true;
-	if (len > SMTP_SASL_B64_MAX || len % 4 != 0)
-		return false;
-	/* libsodium 1.0.18 decodes octets 0x80-0xff as '/': the alphabet is
-	 * checked here, strictly (RFC 4648 4: no blanks, no other octets). */
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)b64[i];
-		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
-		      c == '/' || c == '='))
-			return false;
-	}
-	const char *end = NULL;
-	if (sodium_base642bin(out, cap, b64, len, NULL, n_r, &end, sodium_base64_VARIANT_ORIGINAL) != 0)
-		return false;
-	return end == b64 + len;
+	return len <= SMTP_SASL_B64_MAX && base64_decode_strict(b64, len, out, cap, n_r);
 }
 
 enum smtp_sasl_err smtp_sasl_login_field(const char *b64, size_t len, char *out, size_t cap, bool nonempty)

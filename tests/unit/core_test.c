@@ -210,6 +210,33 @@ static void test_str_parsers(void **state)
 	assert_int_equal(failures, 0);
 }
 
+static void test_base64_decode_strict(void **state)
+{
+	(void)state;
+	struct { const char *label, *in; size_t cap; bool ok; const char *want; } cases[] = {
+		{ "plain", "QUJD", 8, true, "ABC" },
+		{ "padding", "QUI=", 8, true, "AB" },
+		{ "empty", "", 8, true, "" },
+		{ "high octet (libsodium 1.0.18 reads it as '/')", "QUJ\x80", 8, false, NULL },
+		{ "blank inside", "QU JD", 8, false, NULL },
+		{ "no padding", "QUI", 8, false, NULL },
+		{ "data after padding", "QUI=QUJD", 8, false, NULL },
+		{ "does not fit", "QUJDREVG", 4, false, NULL },
+		{ "url-safe alphabet", "QU-_", 8, false, NULL },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		unsigned char out[16];
+		size_t n = 99;
+		bool ok = base64_decode_strict(cases[i].in, strlen(cases[i].in), out, cases[i].cap, &n);
+		if (ok != cases[i].ok)
+			fail_msg("%s: expected %s, got %s", cases[i].label, cases[i].ok ? "ok" : "refused",
+				 ok ? "ok" : "refused");
+		if (ok && (n != strlen(cases[i].want) || memcmp(out, cases[i].want, n) != 0))
+			fail_msg("%s: expected '%s', got %zu bytes '%.*s'", cases[i].label, cases[i].want, n, (int)n,
+				 (const char *)out);
+	}
+}
+
 static void test_str_helpers(void **state)
 {
 	(void)state;
@@ -647,6 +674,7 @@ int main(void)
 		cmocka_unit_test(test_msgid_round_trip),
 		cmocka_unit_test(test_msgid_ordering),
 		cmocka_unit_test(test_msgid_parse_rejects),
+		cmocka_unit_test(test_base64_decode_strict),
 		cmocka_unit_test(test_log_escape),
 		cmocka_unit_test(test_status_table),
 		cmocka_unit_test_setup_teardown(test_fs_write_durable_ok, fs_setup, fs_teardown),
