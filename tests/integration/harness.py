@@ -16,6 +16,7 @@ Invariants the fixtures rely on:
     started daemon switches to the unprivileged user `strata`.
 """
 import os
+import random
 import re
 import signal
 import socket
@@ -87,11 +88,33 @@ def proc_env(extra=None):
     return env
 
 
+# Listening ports for the daemons come from below the kernel's ephemeral
+# range (net.ipv4.ip_local_port_range, 32768-60999 by default): a port
+# taken from that range by binding to port 0 can be given to some outgoing
+# connection (the relay's, a client's) before the daemon binds it, and the
+# daemon then fails to start with "Address already in use".
+_PORT_LOW, _PORT_HIGH = 20000, 32000
+_handed_out = []
+
+
 def free_port():
-    """A port the kernel just handed out for 127.0.0.1 (bind to port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port of 127.0.0.1 outside the ephemeral range, free right now and
+    not handed out recently (the last 256), so that a daemon's several
+    ports never collide."""
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(_PORT_LOW, _PORT_HIGH)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.append(port)
+        del _handed_out[:-256]
+        return port
+    raise RuntimeError("free_port: no free port in %d-%d" % (_PORT_LOW, _PORT_HIGH))
 
 
 def make_traversable(path):
