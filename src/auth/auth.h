@@ -5,7 +5,8 @@
  * "{ARGON2ID}$argon2id$..."), and verifying imported Dovecot-style hashes:
  * {ARGON2ID}, {ARGON2I}, {SHA512-CRYPT} ($6$), {SHA256-CRYPT} ($5$),
  * {BLF-CRYPT} ($2y$/$2b$/$2a$), through libcrypt for the crypt(3) families,
- * and {PLAIN} for migrations only.
+ * and {PLAIN} for migrations only; and the cache of verified passwords the
+ * login paths go through (auth_verify_password_cached).
  *
  * New hashes: Argon2id with libsodium's INTERACTIVE limits (2 passes over
  * 64 MiB, one lane): on the order of 0.1 s of one core and 64 MiB of memory
@@ -29,6 +30,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "core.h"
 
@@ -55,5 +57,39 @@ bool auth_hash_is_supported(const char *hash);
  * unsupported or malformed hashes and when out (outlen bytes) is too small;
  * out is then left empty. */
 bool auth_hash_normalize(const char *in, char *out, size_t outlen);
+
+/* ---- verified-password cache (auth_cache.c) ------------------------------
+ * A bounded in-memory cache of successful verifications, so that a client
+ * opening several sessions does not pay for SHA512-crypt, bcrypt or Argon2
+ * at each one.  An entry is a keyed BLAKE2b tag over (stored hash,
+ * password) under a random per-process key, with an expiry: it holds
+ * neither the password nor anything that can be checked without the key.
+ * Because the stored hash is part of the tag, changing a password (a new
+ * stored hash) makes every entry of the old one unreachable at once.
+ * Failures are never cached.  See auth_cache.c for the full contract. */
+
+/* Largest cache accepted (entries); auth.cache_size in config.c matches. */
+#define AUTH_CACHE_MAX_ENTRIES (16u * 1024u * 1024u)
+
+/* Sets the process-wide cache up: `entries` slots (rounded up to a whole
+ * 4-way bucket; at most AUTH_CACHE_MAX_ENTRIES), each valid `ttl_ms` after
+ * the verification that made it (a hit does not extend it).  entries 0 or
+ * ttl_ms 0 leaves the cache off.  Memory: 40 bytes per slot, mapped once,
+ * excluded from core dumps, never grown.  Call before any thread verifies
+ * passwords (daemon start-up), at most once between auth_cache_free calls.
+ * False (with *error_r, caller frees) when the memory cannot be mapped;
+ * the cache is then off. */
+bool auth_cache_init(size_t entries, uint64_t ttl_ms, char **error_r);
+/* Wipes the key and every entry and unmaps them; the cache is off again.
+ * Only once no thread can verify any more.  Safe when never initialised. */
+void auth_cache_free(void);
+/* auth_verify_password through the cache: a live entry for (stored,
+ * password) answers true at once (a hit); otherwise the full verification
+ * runs (a miss) and, on success only, is remembered.  With the cache off it
+ * is exactly auth_verify_password.  Counts strata_auth_cache_total
+ * {result="hit"|"miss"}.  Thread-safe; allocates nothing. */
+bool auth_verify_password_cached(const char *password, const char *stored);
+/* Slots in the table (0: off). */
+size_t auth_cache_capacity(void);
 
 #endif

@@ -119,6 +119,9 @@ struct settings {
 	uint64_t pop3_timeout_login_ms;
 	uint64_t pop3_timeout_idle_ms;
 	uint64_t pop3_store_threads;
+	/* auth: the verified-password cache of the login paths (src/auth/auth_cache.c) */
+	uint64_t auth_cache_ttl_ms;       /* 0 = no cache */
+	uint64_t auth_cache_size;         /* entries; 0 = no cache */
 	/* tls */
 	char *tls_cert_file;       /* resolved: default under state_dir */
 	char *tls_key_file;

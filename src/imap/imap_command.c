@@ -206,7 +206,7 @@ static void login_run(struct imap_job *j, struct store *st)
 	str_lower(addr);
 	j->status = ST_NOT_FOUND;
 	if (store_user_get(st, addr, &a) == ST_OK && a.pwhash[0] != '\0' &&
-	    auth_verify_password(lj->password, a.pwhash)) {
+	    auth_verify_password_cached(lj->password, a.pwhash)) {
 		j->status = ST_OK;
 		lj->account_id = a.id;
 		snprintf(lj->address, sizeof(lj->address), "%s", a.address);

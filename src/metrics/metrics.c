@@ -65,6 +65,8 @@ static const struct { const char *name; const char *help; } counter_meta[M_COUNT
 	[M_RELAY_BOUNCED] = { "strata_relay_deliveries_total{status=\"bounced\"}", "Outbound deliveries to remote hosts (one per recipient and attempt), by result" },
 	[M_SMTP_AUTH_SUCCESS] = { "strata_smtp_auth_total{result=\"success\"}", "SMTP AUTH exchanges on the submission listeners, by result" },
 	[M_SMTP_AUTH_FAILURES] = { "strata_smtp_auth_total{result=\"failure\"}", "SMTP AUTH exchanges on the submission listeners, by result" },
+	[M_AUTH_CACHE_HITS] = { "strata_auth_cache_total{result=\"hit\"}", "Password checks of IMAP, POP3 and submission logins, by result: hit (answered by the verified-password cache) or miss (full verification)" },
+	[M_AUTH_CACHE_MISSES] = { "strata_auth_cache_total{result=\"miss\"}", "Password checks of IMAP, POP3 and submission logins, by result: hit (answered by the verified-password cache) or miss (full verification)" },
 };
 
 static const struct { const char *name; const char *help; } gauge_meta[M_GAUGE__COUNT] = {

@@ -68,6 +68,8 @@ enum metric_counter {
 	M_RELAY_BOUNCED,
 	M_SMTP_AUTH_SUCCESS,            /* submission AUTH, by result */
 	M_SMTP_AUTH_FAILURES,
+	M_AUTH_CACHE_HITS,              /* IMAP/POP3/submission password checks answered by the cache */
+	M_AUTH_CACHE_MISSES,            /* ... that ran the full verification (src/auth/auth_cache.c) */
 	M_COUNTER__COUNT
 };
 

@@ -151,7 +151,7 @@ static void login_run(struct pop3_job *j, struct store *st)
 	str_lower(addr);
 	lj->result = LOGIN_FAILED;
 	bool ok = store_user_get(st, addr, &a) == ST_OK && a.pwhash[0] != '\0' &&
-		  auth_verify_password(lj->password, a.pwhash);
+		  auth_verify_password_cached(lj->password, a.pwhash);
 	sodium_memzero(lj->password, sizeof(lj->password));
 	if (!ok)
 		return;

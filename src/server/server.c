@@ -27,7 +27,8 @@
  *      tier mover (tier_mover_start: recovery of interrupted moves, its own
  *      store handle and thread), the admin's own store handle, the network
  *      threads and their workers
- *      (each opens a store reader).
+ *      (each opens a store reader).  Before the store: the verified-
+ *      password cache (auth_cache_init, auth.cache_size/auth.cache_ttl).
  *      The store is deliberately opened after the drop, not before: every
  *      file SQLite creates from then on (index.db, -wal, -shm, whenever
  *      they are recreated) is owned by the service user by construction,
@@ -76,6 +77,7 @@
 #include <unistd.h>
 
 #include "server_int.h"
+#include "auth.h"
 #include "guard.h"
 #include "relay.h"
 #include "tier.h"
@@ -599,6 +601,15 @@ static bool server_open_store(struct server *srv, char **error_r)
 	return true;
 }
 
+/* The verified-password cache (src/auth/auth_cache.c): after the privilege
+ * drop (the nft helper forked as root never holds its key) and before any
+ * login can run; freed once every thread is joined. */
+static bool server_open_auth_cache(struct server *srv, char **error_r)
+{
+	const struct settings *s = srv->cur;
+	return auth_cache_init((size_t)s->auth_cache_size, s->auth_cache_ttl_ms, error_r);
+}
+
 /* The connection guard (src/guard), published for every listener's accept
  * callback before the network threads start; freed after they are joined
  * and their sessions (which hold its tickets) are freed. */
@@ -650,6 +661,7 @@ static void server_cleanup(struct server *srv)
 	queue_stop(&srv->queue);
 	tier_mover_stop(&srv->tier);
 	server_listener_free(&srv->net);
+	auth_cache_free();   /* no thread left that verifies passwords */
 	guard_process_set(NULL);
 	char *guard_err = NULL;
 	if (srv->guard != NULL && !guard_state_save(srv->guard, time_mono_ms(), &guard_err)) {
@@ -694,7 +706,7 @@ int server_run(struct settings *s, const char *config_path, char *const *overrid
 	bool ok = err == NULL && server_add_signals(&srv, &err) && server_parse_addrs(&srv, &err) &&
 		  server_prepare_state(&srv, &err) && server_open_tls(&srv, &err) &&
 		  server_bind(&srv, &err) && server_drop_privileges(&srv, &err) &&
-		  server_restrict_calls(&srv, &err) &&
+		  server_restrict_calls(&srv, &err) && server_open_auth_cache(&srv, &err) &&
 		  server_open_store(&srv, &err) && server_open_guard(&srv, &err) &&
 		  server_listener_start(srv.net, s, srv.queue, srv.tls, &err);
 	if (!ok) {

@@ -7,7 +7,7 @@
  *  - AUTH exists only on SUBMISSION/SUBMISSIONS, and only over TLS unless
  *    submission.require_tls = no; on MX the verb stays unknown (500).
  *  - The password is verified on one of the worker's store threads
- *    (queue_pool): store_user_get + auth_verify_password (Argon2), never
+ *    (queue_pool): store_user_get + auth_verify_password_cached (auth.cache_*), never
  *    on the network thread.  While it runs the session reads nothing
  *    (PAUSE_AUTH), so pipelined commands wait for the verdict.
  *  - A failure is reported to the guard (guard_auth_failure, the same
@@ -80,7 +80,7 @@ static void auth_job_run(struct queue_job *qj, struct store *st)
 	str_lower(addr);
 	struct account a;
 	enum status rc = store_user_get(st, addr, &a);
-	if (rc == ST_OK && a.pwhash[0] != '\0' && auth_verify_password(j->pass, a.pwhash)) {
+	if (rc == ST_OK && a.pwhash[0] != '\0' && auth_verify_password_cached(j->pass, a.pwhash)) {
 		j->status = ST_OK;
 		j->account = a.id;
 		snprintf(j->address, sizeof(j->address), "%s", a.address);

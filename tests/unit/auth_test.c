@@ -17,8 +17,10 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "auth.h"
+#include "metrics.h"
 
 #define PW "correct horse"
 #define SHA512_PW "$6$saltsaltsalt$Cy2drr8kDRji6smvDcT28wkqtq0R0VzVL5CkrjPQCITc5d/31j94knt9rGTcVSyjLXfjsiIsBh5ee8qR/3QDx1"
@@ -227,6 +229,279 @@ static void test_verify_threads(void **state)
 	}
 }
 
+/* ---- the verified-password cache (auth_cache.c) ------------------------- */
+
+struct cache_counts {
+	uint64_t hits, misses;
+};
+
+static struct cache_counts cache_counts_now(void)
+{
+	struct cache_counts c = { metric_get(M_AUTH_CACHE_HITS), metric_get(M_AUTH_CACHE_MISSES) };
+	return c;
+}
+
+/* One step of a scripted sequence: verify `password` against `stored` through
+ * the cache and expect this verdict and this outcome in the counters. */
+struct cache_step {
+	const char *label;
+	const char *stored;
+	const char *password;
+	bool expect;
+	bool expect_hit;
+};
+
+/* Sets the cache up; a failure (no memory to map) fails the test. */
+static void cache_up(size_t entries, uint64_t ttl_ms)
+{
+	char *err = NULL;
+	if (!auth_cache_init(entries, ttl_ms, &err))
+		fail_msg("auth_cache_init(%zu, %llu): %s", entries, (unsigned long long)ttl_ms, err);
+}
+
+static int cache_run_steps(const struct cache_step *steps, size_t n)
+{
+	int failures = 0;
+	for (size_t i = 0; i < n; i++) {
+		const struct cache_step *st = &steps[i];
+		struct cache_counts before = cache_counts_now();
+		bool got = auth_verify_password_cached(st->password, st->stored);
+		struct cache_counts after = cache_counts_now();
+		bool hit = after.hits == before.hits + 1 && after.misses == before.misses;
+		bool miss = after.misses == before.misses + 1 && after.hits == before.hits;
+		if (got != st->expect || (st->expect_hit ? !hit : !miss)) {
+			print_error("step '%s': expected %s and a %s, got %s with hits +%llu misses +%llu\n",
+				    st->label, st->expect ? "match" : "no match", st->expect_hit ? "hit" : "miss",
+				    got ? "match" : "no match", (unsigned long long)(after.hits - before.hits),
+				    (unsigned long long)(after.misses - before.misses));
+			failures++;
+		}
+	}
+	return failures;
+}
+
+#define S512 "{SHA512-CRYPT}" SHA512_PW
+#define S512_ROUNDS "{SHA512-CRYPT}" SHA512_ROUNDS
+
+static const struct cache_step cache_basic_steps[] = {
+	{ "first login verifies", S512, PW, true, false },
+	{ "second login hits", S512, PW, true, true },
+	{ "third login hits", S512, PW, true, true },
+	{ "wrong password right after a success", S512, "correct horsf", false, false },
+	{ "same wrong password again: never cached", S512, "correct horsf", false, false },
+	{ "prefix of the password", S512, "correct hors", false, false },
+	{ "password plus a byte", S512, PW "x", false, false },
+	{ "empty password", S512, "", false, false },
+	{ "right password still hits", S512, PW, true, true },
+	/* same password, another stored hash: what a password change looks like */
+	{ "changed stored hash misses", S512_ROUNDS, PW, true, false },
+	{ "then hits under the new hash", S512_ROUNDS, PW, true, true },
+	{ "old hash's entry unaffected", S512, PW, true, true },
+	/* a stored hash that is a prefix of another, password moved across */
+	{ "plain ab + c", "{PLAIN}abc", "abc", true, false },
+	{ "plain ab + c hits", "{PLAIN}abc", "abc", true, true },
+	{ "split moved: no collision", "{PLAIN}ab", "cabc", false, false },
+	{ "unsupported stored hash", "{MD5}xyz", PW, false, false },
+};
+
+/* Run on a large table and on a single bucket, where every stored hash
+ * lands in the same four ways and only the tag tells entries apart. */
+static void test_cache_basic(void **state)
+{
+	(void)state;
+	static const size_t sizes[] = { 1024, 4 };
+	for (size_t i = 0; i < ARRAY_LEN(sizes); i++) {
+		cache_up(sizes[i], 3600 * 1000);
+		assert_int_equal(auth_cache_capacity(), sizes[i]);
+		int failures = cache_run_steps(cache_basic_steps, ARRAY_LEN(cache_basic_steps));
+		auth_cache_free();
+		if (failures != 0)
+			fail_msg("%d failed steps with a table of %zu entries", failures, sizes[i]);
+		assert_int_equal(auth_cache_capacity(), 0);
+	}
+}
+
+/* A new process key at every init: nothing survives auth_cache_free. */
+static const struct cache_step cache_reinit_steps[] = {
+	{ "after re-init the first login verifies", S512, PW, true, false },
+	{ "then hits", S512, PW, true, true },
+};
+
+static void test_cache_reinit(void **state)
+{
+	(void)state;
+	cache_up(64, 3600 * 1000);
+	assert_true(auth_verify_password_cached(PW, S512));
+	auth_cache_free();
+	cache_up(64, 3600 * 1000);
+	int failures = cache_run_steps(cache_reinit_steps, ARRAY_LEN(cache_reinit_steps));
+	auth_cache_free();
+	assert_int_equal(failures, 0);
+}
+
+/* Size 0 or ttl 0: the cache is off, every check is a full verification. */
+static const struct cache_step cache_off_steps[] = {
+	{ "off: first", S512, PW, true, false },
+	{ "off: second still verifies", S512, PW, true, false },
+	{ "off: wrong", S512, "nope", false, false },
+	{ "off: plain", "{PLAIN}abc", "abc", true, false },
+	{ "off: plain again", "{PLAIN}abc", "abc", true, false },
+};
+
+static void test_cache_off(void **state)
+{
+	(void)state;
+	int failures = cache_run_steps(cache_off_steps, ARRAY_LEN(cache_off_steps)); /* never set up */
+	cache_up(0, 3600 * 1000);
+	assert_int_equal(auth_cache_capacity(), 0);
+	failures += cache_run_steps(cache_off_steps, ARRAY_LEN(cache_off_steps));
+	auth_cache_free();
+	cache_up(1024, 0);
+	assert_int_equal(auth_cache_capacity(), 0);
+	failures += cache_run_steps(cache_off_steps, ARRAY_LEN(cache_off_steps));
+	auth_cache_free();
+	assert_int_equal(failures, 0);
+}
+
+static void test_cache_sizes(void **state)
+{
+	(void)state;
+	static const struct { const char *label; size_t entries; size_t capacity; } cases[] = {
+		{ "one entry: one bucket", 1, 4 },
+		{ "rounded up to a bucket", 5, 8 },
+		{ "exact", 65536, 65536 },
+		{ "capped", AUTH_CACHE_MAX_ENTRIES + 1000u, AUTH_CACHE_MAX_ENTRIES },
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		cache_up(cases[i].entries, 1000);
+		size_t got = auth_cache_capacity();
+		auth_cache_free();
+		if (got != cases[i].capacity)
+			fail_msg("case '%s': %zu entries: expected capacity %zu, got %zu", cases[i].label,
+				 cases[i].entries, cases[i].capacity, got);
+	}
+}
+
+/* An entry lives ttl from its verification; a hit does not extend it. */
+static void test_cache_expiry(void **state)
+{
+	(void)state;
+	const uint64_t ttl_ms = 1000;
+	cache_up(64, ttl_ms);
+	uint64_t t0 = time_mono_ms();
+	struct cache_counts c0 = cache_counts_now();
+	assert_true(auth_verify_password_cached("abc", "{PLAIN}abc"));
+	assert_true(auth_verify_password_cached("abc", "{PLAIN}abc"));
+	struct cache_counts c1 = cache_counts_now();
+	/* The hit is only required when the machine answered within the ttl. */
+	if (time_mono_ms() - t0 < ttl_ms && c1.hits != c0.hits + 1)
+		fail_msg("expected a hit within the ttl: hits +%llu misses +%llu",
+			 (unsigned long long)(c1.hits - c0.hits), (unsigned long long)(c1.misses - c0.misses));
+	struct timespec ts = { 1, 150 * 1000 * 1000 };
+	nanosleep(&ts, NULL);
+	const struct cache_step after[] = {
+		{ "expired: verifies again", "{PLAIN}abc", "abc", true, false },
+		{ "wrong password after expiry", "{PLAIN}abc", "abd", false, false },
+	};
+	int failures = cache_run_steps(after, ARRAY_LEN(after));
+	auth_cache_free();
+	assert_int_equal(failures, 0);
+}
+
+/* Many distinct accounts through a table of 8: the table never grows (at
+ * most 8 of them can hit afterwards), answers stay right, the newest
+ * entry is always there. */
+#define EVICT_ACCOUNTS 300
+static void test_cache_eviction(void **state)
+{
+	(void)state;
+	cache_up(8, 3600 * 1000);
+	assert_int_equal(auth_cache_capacity(), 8);
+	char stored[64], pw[64], wrong[64];
+	int failures = 0;
+	for (int i = 0; i < EVICT_ACCOUNTS; i++) {
+		snprintf(stored, sizeof(stored), "{PLAIN}pw-%d", i);
+		snprintf(pw, sizeof(pw), "pw-%d", i);
+		const struct cache_step steps[] = {
+			{ "new account verifies", stored, pw, true, false },
+			{ "just inserted: hit", stored, pw, true, true },
+		};
+		failures += cache_run_steps(steps, ARRAY_LEN(steps));
+	}
+	struct cache_counts c0 = cache_counts_now();
+	for (int i = 0; i < EVICT_ACCOUNTS; i++) {
+		snprintf(stored, sizeof(stored), "{PLAIN}pw-%d", i);
+		snprintf(pw, sizeof(pw), "pw-%d", i);
+		snprintf(wrong, sizeof(wrong), "pw-%d", i + 1);
+		if (!auth_verify_password_cached(pw, stored) || auth_verify_password_cached(wrong, stored)) {
+			print_error("account %d: wrong verdict after eviction\n", i);
+			failures++;
+		}
+	}
+	struct cache_counts c1 = cache_counts_now();
+	auth_cache_free();
+	assert_int_equal(failures, 0);
+	if (c1.hits - c0.hits > 8 || c1.hits - c0.hits + c1.misses - c0.misses != 2 * EVICT_ACCOUNTS)
+		fail_msg("table of 8: expected at most 8 hits of %d checks, got hits %llu misses %llu",
+			 2 * EVICT_ACCOUNTS, (unsigned long long)(c1.hits - c0.hits),
+			 (unsigned long long)(c1.misses - c0.misses));
+}
+
+/* 4 threads over a small table (eviction under contention): every verdict
+ * must be the single-threaded one, and every check counted exactly once. */
+#define CACHE_THREADS 4
+#define CACHE_ROUNDS 3000
+struct cache_worker {
+	int id;
+	int bad;
+};
+
+static void *cache_worker_run(void *arg)
+{
+	struct cache_worker *w = arg;
+	char stored[64], pw[64];
+	for (int r = 0; r < CACHE_ROUNDS; r++) {
+		int acct = (r * 7 + w->id) % 40;
+		snprintf(stored, sizeof(stored), "{PLAIN}secret-%d", acct);
+		bool right = (r + w->id) % 3 != 0;
+		snprintf(pw, sizeof(pw), "secret-%d%s", acct, right ? "" : "!");
+		if (auth_verify_password_cached(pw, stored) != right)
+			w->bad++;
+		if (r % 500 == 0 && !auth_verify_password_cached(PW, S512))
+			w->bad++;
+	}
+	return NULL;
+}
+
+static void test_cache_threads(void **state)
+{
+	(void)state;
+	cache_up(32, 3600 * 1000);
+	struct cache_counts c0 = cache_counts_now();
+	pthread_t t[CACHE_THREADS];
+	struct cache_worker w[CACHE_THREADS];
+	for (int i = 0; i < CACHE_THREADS; i++) {
+		w[i] = (struct cache_worker){ i, 0 };
+		assert_int_equal(pthread_create(&t[i], NULL, cache_worker_run, &w[i]), 0);
+	}
+	int bad = 0;
+	for (int i = 0; i < CACHE_THREADS; i++) {
+		pthread_join(t[i], NULL);
+		if (w[i].bad != 0)
+			print_error("thread %d: %d wrong verdicts\n", i, w[i].bad);
+		bad += w[i].bad;
+	}
+	struct cache_counts c1 = cache_counts_now();
+	auth_cache_free();
+	assert_int_equal(bad, 0);
+	uint64_t checks = (uint64_t)CACHE_THREADS * (CACHE_ROUNDS + CACHE_ROUNDS / 500);
+	uint64_t counted = (c1.hits - c0.hits) + (c1.misses - c0.misses);
+	if (counted != checks || c1.hits == c0.hits)
+		fail_msg("expected %llu checks counted with some hits, got hits %llu misses %llu",
+			 (unsigned long long)checks, (unsigned long long)(c1.hits - c0.hits),
+			 (unsigned long long)(c1.misses - c0.misses));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -236,6 +511,13 @@ int main(void)
 		cmocka_unit_test(test_hash_round_trip),
 		cmocka_unit_test(test_hash_refusals),
 		cmocka_unit_test(test_verify_threads),
+		cmocka_unit_test(test_cache_basic),
+		cmocka_unit_test(test_cache_reinit),
+		cmocka_unit_test(test_cache_off),
+		cmocka_unit_test(test_cache_sizes),
+		cmocka_unit_test(test_cache_expiry),
+		cmocka_unit_test(test_cache_eviction),
+		cmocka_unit_test(test_cache_threads),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
