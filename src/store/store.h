@@ -717,6 +717,8 @@ enum status store_tier_usage(struct store *st, struct store_tier_usage out[CONFI
 /* Every blob row: id, msgid, tier, size (verify). */
 typedef bool store_tier_blob_cb(void *ctx, int64_t blob_id, const struct msgid *id, unsigned tier,
 				uint64_t size);
+/* Sets *any_r when the heat table has at least one row (one page read). */
+enum status store_tier_heat_any(struct store *st, bool *any_r, char **error_r);
 enum status store_tier_blobs(struct store *st, store_tier_blob_cb *cb, void *ctx, char **error_r);
 
 /* Heat rows: read one (ST_NOT_FOUND when the blob does not exist; a blob

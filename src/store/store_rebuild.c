@@ -251,14 +251,16 @@ static sqlite3_stmt *rb_prep(sqlite3 *db, const char *sql, char **error_r)
  * *version_r: its user_version. */
 /* The start-up probe: each table's first and last entry, i.e. the root
  * and both edge paths of every b-tree, in a few page reads whatever the
- * index's size.  It catches a file overwritten, truncated or cut short;
+ * index's size (one min() or max() per SELECT: SQLite's min/max
+ * optimisation does not apply to a query holding both, which then reads
+ * the whole table).  It catches a file overwritten, truncated or cut short;
  * damage in the middle is found by the full check of every backup
  * (store_db_copy: integrity_check) or by store.startup_check = quick_check. */
 static const char *const probe_sql[] = {
-	"SELECT coalesce(max(rowid), 0) + coalesce(min(rowid), 0) FROM domains",
-	"SELECT coalesce(max(rowid), 0) + coalesce(min(rowid), 0) FROM accounts",
-	"SELECT coalesce(max(rowid), 0) + coalesce(min(rowid), 0) FROM mailboxes",
-	"SELECT coalesce(max(rowid), 0) + coalesce(min(rowid), 0) FROM blobs",
+	"SELECT coalesce((SELECT max(rowid) FROM domains), 0) + coalesce((SELECT min(rowid) FROM domains), 0)",
+	"SELECT coalesce((SELECT max(rowid) FROM accounts), 0) + coalesce((SELECT min(rowid) FROM accounts), 0)",
+	"SELECT coalesce((SELECT max(rowid) FROM mailboxes), 0) + coalesce((SELECT min(rowid) FROM mailboxes), 0)",
+	"SELECT coalesce((SELECT max(rowid) FROM blobs), 0) + coalesce((SELECT min(rowid) FROM blobs), 0)",
 	"SELECT count(*) FROM (SELECT 1 FROM meta ORDER BY key LIMIT 1)",
 	"SELECT count(*) FROM (SELECT 1 FROM meta ORDER BY key DESC LIMIT 1)",
 	"SELECT count(*) FROM (SELECT 1 FROM aliases ORDER BY source LIMIT 1)",

@@ -282,6 +282,19 @@ enum status store_tier_any_blob(struct store *st, bool *any_r, char **error_r)
 	return s;
 }
 
+enum status store_tier_heat_any(struct store *st, bool *any_r, char **error_r)
+{
+	sqlite3_stmt *q;
+	enum status s = store_db_prepare(st, "SELECT 1 FROM heat LIMIT 1", &q, error_r);
+	if (s != ST_OK)
+		return s;
+	int rc = sqlite3_step(q);
+	*any_r = rc == SQLITE_ROW;
+	s = rc == SQLITE_ROW || rc == SQLITE_DONE ? ST_OK : store_db_fail(st->db, rc, "any heat row", error_r);
+	store_db_release(st, q);
+	return s;
+}
+
 enum status store_tier_usage(struct store *st, struct store_tier_usage out[CONFIG_TIER_MAX],
 			     uint64_t *stray_r, char **error_r)
 {

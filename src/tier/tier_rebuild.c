@@ -174,13 +174,6 @@ static enum status apply_fixes(struct store *st, const struct settings *s, const
 	return ST_OK;
 }
 
-static bool any_row(void *ctx, const struct msgid *id, const struct store_heat *h)
-{
-	(void)id, (void)h;
-	*(bool *)ctx = true;
-	return false;
-}
-
 /* Step 1: tables usable; *heat_rows_r = the heat table is healthy and not empty. */
 static enum status check_tables(struct store *st, bool *heat_rows_r, char **error_r)
 {
@@ -194,7 +187,7 @@ static enum status check_tables(struct store *st, bool *heat_rows_r, char **erro
 	} else {
 		r = store_tier_init(st, error_r);
 		if (r == ST_OK && c == ST_OK)
-			r = store_tier_heat_each(st, any_row, heat_rows_r, error_r);
+			r = store_tier_heat_any(st, heat_rows_r, error_r);
 	}
 	free(reason);
 	return r;
@@ -272,7 +265,7 @@ bool tier_state_needs_rebuild(struct store *st, const struct settings *s, char *
 	/* A healthy but empty heat table beside a checkpoint with rows: the
 	 * table was lost and recreated empty (by a CLI command, say). */
 	bool rows = false;
-	if (store_tier_heat_each(st, any_row, &rows, NULL) == ST_OK && !rows && blobs &&
+	if (store_tier_heat_any(st, &rows, NULL) == ST_OK && !rows && blobs &&
 	    tier_checkpoint_has_rows(s)) {
 		if (reason_r)
 			*reason_r = xstrdup("the heat table is empty while a heat checkpoint has rows");
