@@ -135,6 +135,8 @@ struct settings {
 	uint64_t store_backup_interval_ms; /* 0 = no periodic backup */
 	unsigned store_startup_check;      /* enum store_startup_check */
 	uint64_t store_backup_keep;
+	bool store_mime_dict;             /* compress new MIME rows with a trained dictionary */
+	uint64_t store_mime_dict_rows;   /* MIME rows before the first dictionary is trained */
 	/* quota */
 	uint64_t quota_default_bytes;
 	uint64_t quota_default_messages;

@@ -253,6 +253,16 @@ enum status store_mime_put(struct store *st, const struct msgid *id, const struc
 			   char **error_r);
 /* Frees what store_mime_get allocated (not the struct). */
 void store_mime_free(struct store_mime *m);
+/* Maintenance of the MIME rows' zstd dictionaries (store_mime_dict.c):
+ * trains a dictionary on the index's own rows when there is none and the
+ * mime table holds store.mime_dict_rows rows, or when it holds 10x the rows
+ * the newest one was trained at (kept only if it saves 10% on held-out
+ * rows), then re-packs up to 2,000 raw rows per call with the newest one
+ * (one transaction).  Does nothing with store.mime_dict=no.  Blocks for up
+ * to a few hundred ms of CPU (training): call it from a maintenance thread,
+ * never from a path a user waits on.  A failed training is logged and is
+ * not an error; index errors are (*error_r). */
+enum status store_mime_dict_maintain(struct store *st, char **error_r);
 
 /* ---- delivery (the committer thread) ---------------------------------- */
 struct store_delivery {
@@ -707,6 +717,8 @@ enum status store_tier_refs(struct store *st, const char *account, const char *m
 /* Whether the index has any blob at all: one index step, not a scan (the
  * start-up path uses it; store_tier_usage reads every blob row). */
 enum status store_tier_any_blob(struct store *st, bool *any_r, char **error_r);
+/* Sets *any_r when the heat table has at least one row (one page read). */
+enum status store_tier_heat_any(struct store *st, bool *any_r, char **error_r);
 
 /* Per-tier totals from the index; blobs whose tier is outside
  * [0, CONFIG_TIER_MAX) are counted in *stray_r (a damaged index). */
@@ -717,8 +729,6 @@ enum status store_tier_usage(struct store *st, struct store_tier_usage out[CONFI
 /* Every blob row: id, msgid, tier, size (verify). */
 typedef bool store_tier_blob_cb(void *ctx, int64_t blob_id, const struct msgid *id, unsigned tier,
 				uint64_t size);
-/* Sets *any_r when the heat table has at least one row (one page read). */
-enum status store_tier_heat_any(struct store *st, bool *any_r, char **error_r);
 enum status store_tier_blobs(struct store *st, store_tier_blob_cb *cb, void *ctx, char **error_r);
 
 /* Heat rows: read one (ST_NOT_FOUND when the blob does not exist; a blob

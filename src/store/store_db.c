@@ -157,6 +157,15 @@ static const char *const migrations[] = {
 	"CREATE TABLE mime("
 	"  blob_id INTEGER PRIMARY KEY REFERENCES blobs(id) ON DELETE CASCADE,"
 	"  packed BLOB NOT NULL);",
+	/* v8: zstd dictionaries trained on this index's own MIME rows
+	 * (store_mime_dict.c, docs/STORAGE.md "MIME cache").  A compressed mime
+	 * row names its dictionary by id, so rows are never deleted or changed.
+	 * Existing rows stay raw until the maintenance re-pack reaches them. */
+	"CREATE TABLE IF NOT EXISTS mime_dicts("
+	"  id INTEGER PRIMARY KEY,"
+	"  dict BLOB NOT NULL,"
+	"  rows INTEGER NOT NULL,"
+	"  created INTEGER NOT NULL);",
 };
 
 _Static_assert(ARRAY_LEN(migrations) == STORE_SCHEMA_VERSION,
@@ -700,6 +709,7 @@ void store_close(struct store **stp)
 		panic("store_close inside a transaction");
 	finalize_all(st->q, Q__COUNT);
 	cache_free(st);
+	store_mime_dict_close(st);
 	if (st->db) {
 		/* Lets SQLite refresh planner statistics it found useful. */
 		sqlite3_exec(st->db, "PRAGMA optimize", NULL, NULL, NULL);

@@ -25,7 +25,7 @@
 #define STORE_ADDRESS_MAX (STORE_LOCAL_MAX + 1 + STORE_DOMAIN_MAX) /* 318 < 320 */
 #define STORE_ALIAS_MAX_DEPTH 8
 #define STORE_PWHASH_MAX 255
-#define STORE_SCHEMA_VERSION 7
+#define STORE_SCHEMA_VERSION 8
 
 /* Writer statements (struct store).  SQL text is in store_db.c. */
 enum store_q {
@@ -75,6 +75,8 @@ struct store {
 	bool changed_all;
 	struct store_stmt_slot cache[STORE_STMT_CACHE];
 	size_t n_cache;
+	/* MIME row compression state, made on first use (store_mime_dict.c). */
+	struct store_mime_dict *mime_dict;
 };
 
 struct store_reader {
@@ -151,6 +153,34 @@ enum status store_account_id(struct store *st, const char *address, int64_t *id_
 /* Inserts the MIME row of a blob inside the caller's transaction
  * (Q_MIME_INSERT); returns the SQLite code (SQLITE_DONE on success). */
 int store_mime_insert(struct store *st, int64_t blob_id, const struct store_mime *m);
+
+/* ---- store_mime_dict.c --------------------------------------------------- */
+/* First byte of a dictionary-compressed MIME row (a packed row starts with
+ * 0x10..0x13): then a LEB128 dictionary id, then a magicless zstd frame. */
+#define STORE_MIME_DICT_MARK 0xD1
+/* Largest raw packed row that is compressed, and so the largest content
+ * size a compressed row may claim. */
+#define STORE_MIME_ROW_MAX (1u << 20)
+/* The row to store for the raw packed row `raw`: *row_r and *len_r point into
+ * `scratch` (a compressed row) when store.mime_dict is on, a dictionary
+ * exists and the compressed row is smaller, else to raw itself. */
+void store_mime_dict_wrap(struct store *st, const uint8_t *raw, size_t len, struct buf *scratch,
+			  const uint8_t **row_r, size_t *len_r);
+/* Decodes a compressed row (first byte STORE_MIME_DICT_MARK) into out (raw
+ * packed form).  False, out undefined, on an unknown dictionary, a bad
+ * frame, a content size above STORE_MIME_ROW_MAX or not matching. */
+bool store_mime_dict_unwrap(struct store *st, const uint8_t *row, size_t len, struct buf *out);
+/* Frees the handle's compression state (store_close). */
+void store_mime_dict_close(struct store *st);
+/* The same row format with the dictionary given by its bytes and id, a
+ * pure function of the arguments (the fuzz target, tests, measurements):
+ * encode appends the compressed row of `raw` to out (false when zstd
+ * fails or len is 0 or above STORE_MIME_ROW_MAX); decode is
+ * store_mime_dict_unwrap for rows naming dict_id. */
+bool store_mime_dict_encode(const void *dict, size_t dict_len, int64_t dict_id, const uint8_t *raw, size_t len,
+			    struct buf *out);
+bool store_mime_dict_decode(const void *dict, size_t dict_len, int64_t dict_id, const uint8_t *row, size_t len,
+			    struct buf *out);
 
 /* ---- store_mailbox.c ----------------------------------------------------- */
 /* Creates INBOX, Sent, Drafts, Trash, Junk, Archive for a new account, each

@@ -18,6 +18,12 @@
  * decode (damage) reads as missing, and the store_mime_put of the
  * recomputed row replaces it.
  *
+ * Compression (store_mime_dict.c): a row is written compressed with the
+ * index's newest zstd dictionary when that is smaller (first byte 0xD1,
+ * STORE_MIME_DICT_MARK; a packed row starts with 0x10..0x13), and read
+ * back through the dictionary it names.  A compressed row that does not
+ * decode is damage like any other.
+ *
  * Durability: a row is a cache.  store_mime_put is an autocommit write with
  * the handle's synchronous setting; losing a row only costs a recompute.
  *
@@ -37,13 +43,18 @@ static bool row_ok(const struct store_mime *m)
 	       (m->parts != NULL || m->parts_len == 0);
 }
 
-/* Binds the packed row to parameter `col` (SQLite copies it). */
-static bool bind_row(sqlite3_stmt *q, int col, const struct store_mime *m)
+/* Binds the row of m to parameter `col` (SQLite copies it): packed, then
+ * compressed when store_mime_dict_wrap says so. */
+static bool bind_row(struct store *st, sqlite3_stmt *q, int col, const struct store_mime *m)
 {
-	struct buf b = BUF_INIT;
+	struct buf b = BUF_INIT, z = BUF_INIT;
 	mime_pack(m->envelope, m->bodystructure, m->body, m->parts, m->parts_len, &b);
-	bool ok = b.len <= INT32_MAX && sqlite3_bind_blob(q, col, b.data, (int)b.len, SQLITE_TRANSIENT) == SQLITE_OK;
+	const uint8_t *row;
+	size_t len;
+	store_mime_dict_wrap(st, (const uint8_t *)b.data, b.len, &z, &row, &len);
+	bool ok = len <= INT32_MAX && sqlite3_bind_blob(q, col, row, (int)len, SQLITE_TRANSIENT) == SQLITE_OK;
 	buf_free(&b);
+	buf_free(&z);
 	return ok;
 }
 
@@ -53,7 +64,7 @@ int store_mime_insert(struct store *st, int64_t blob_id, const struct store_mime
 		panic("store_mime_insert: incomplete MIME row");
 	sqlite3_stmt *q = st->q[Q_MIME_INSERT];
 	sqlite3_bind_int64(q, 1, blob_id);
-	if (!bind_row(q, 2, m)) {
+	if (!bind_row(st, q, 2, m)) {
 		store_db_reset(q);
 		return SQLITE_TOOBIG;
 	}
@@ -77,10 +88,17 @@ static enum status mime_read(struct store *st, const struct msgid *id, struct st
 		store_db_reset(q);
 		return s;
 	}
-	const void *p = sqlite3_column_blob(q, 0);
+	const uint8_t *p = sqlite3_column_blob(q, 0);
 	int n = sqlite3_column_bytes(q, 0);
 	struct mime_summary sum;
-	bool ok = p != NULL && n > 0 && mime_unpack(p, (size_t)n, &sum);
+	struct buf raw = BUF_INIT;
+	bool ok = p != NULL && n > 0;
+	if (ok && p[0] == STORE_MIME_DICT_MARK)
+		ok = store_mime_dict_unwrap(st, p, (size_t)n, &raw) &&
+		     mime_unpack((const uint8_t *)raw.data, raw.len, &sum);
+	else if (ok)
+		ok = mime_unpack(p, (size_t)n, &sum);
+	buf_free(&raw);
 	store_db_reset(q);
 	if (!ok) {
 		*damaged_r = true;
@@ -105,7 +123,7 @@ static int mime_write(struct store *st, enum store_q which, const struct msgid *
 {
 	sqlite3_stmt *q = st->q[which];
 	sqlite3_bind_blob(q, 1, id->b, MSGID_BYTES, SQLITE_STATIC);
-	if (!bind_row(q, 2, m)) {
+	if (!bind_row(st, q, 2, m)) {
 		store_db_reset(q);
 		return SQLITE_TOOBIG;
 	}

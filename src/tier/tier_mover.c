@@ -35,7 +35,10 @@
  * waits for its budget, the back-off (tier_backoff.c) rescales the budget
  * from the foreground latency; every tier.checkpoint_interval (and
  * once more at stop) it writes a heat checkpoint (tier_checkpoint.c).  It
- * owns its own store handle.
+ * owns its own store handle.  With each flush it also runs the store's MIME
+ * dictionary maintenance (store_mime_dict_maintain: a training now and
+ * then, a batch of re-packed rows until none is raw): it may block for a
+ * few hundred ms of CPU, which this idle thread is the place for.
  *
  * Start: when the tier tables are damaged or lost (tier_state_needs_rebuild),
  * tier_rebuild runs under the mover lock before the thread starts, so the
@@ -245,6 +248,16 @@ struct tier_mover {
 	struct tier_budget budget;
 };
 
+/* See "The thread" above; a failure is logged and retried next flush. */
+static void mime_dicts(struct tier_mover *m)
+{
+	char *err = NULL;
+	if (store_mime_dict_maintain(m->st, &err) != ST_OK) {
+		log_warn("tier: MIME dictionary maintenance: %s", err ? err : "unknown error");
+		free(err);
+	}
+}
+
 static void flush_heat(struct tier_mover *m)
 {
 	char *err = NULL;
@@ -340,6 +353,7 @@ static void *mover_main(void *arg)
 		now = time_mono_ms();
 		if (now >= next_flush) {
 			flush_heat(m);
+			mime_dicts(m);
 			tier_backoff_tick(&m->budget, time_mono_ms());
 			next_flush = time_mono_ms() + FLUSH_MS;
 		}
