@@ -1495,7 +1495,10 @@ def read_lines(read):
         "rate-limit the benchmark's own logins); Dovecot %s (imapd %s, pop3d %s) from Debian, "
         "bench/reference/dovecot-read.conf.in: Debian defaults, plaintext logins, "
         "passwd-file with the same SHA512-CRYPT hashes, login services in Dovecot's "
-        "high-performance mode. %d cores shared with other work: the 1-minute load average "
+        "high-performance mode. Each with its default password caching: Strata remembers a "
+        "verified password for `auth.cache_ttl` (1 h; docs/SECURITY.md), so after the warm-up "
+        "pass its logins skip SHA512-crypt; Debian's Dovecot has `auth_cache_size = 0`, so each "
+        "of its logins runs it. %d cores shared with other work: the 1-minute load average "
         "was %s when the phase started; compare ratios, not absolute figures."
         % (meta["strata_version"], meta["revision"], pk.get("dovecot-core"),
            pk.get("dovecot-imapd"), pk.get("dovecot-pop3d"), meta["nproc"], meta["loadavg"]))
