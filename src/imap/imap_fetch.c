@@ -1313,6 +1313,8 @@ void imap_fetch_continue(struct imap_session *s)
 	if (f == NULL || f->job_pending)
 		return;
 	struct buf b = BUF_INIT;
+	/* The batch's MIME rows come from one read transaction (store.h). */
+	bool rtx = f->need_mime && store_read_begin(s->w->reader);
 	/* Bounded: each pass writes output or advances item/message; it stops
 	 * when the output buffer is full. */
 	while (f != NULL && !imap_session_output_full(s) && s->close == IC_NONE) {
@@ -1394,6 +1396,7 @@ void imap_fetch_continue(struct imap_session *s)
 		f->pos++;
 	}
 	buf_free(&b);
+	store_read_end(s->w->reader, rtx);
 	if (f != NULL && !f->job_pending && (f->failed || f->unknown_cte || (f->pos == f->n_msgs && f->fd < 0)))
 		fetch_finish(s);
 }

@@ -634,8 +634,10 @@ void imap_mailbox_select(struct imap_session *s, struct imap_cmd *cmd, bool read
 	if (was_selected)
 		imap_session_untagged(s, "OK [CLOSED] Previous mailbox closed");
 	struct store_mailbox_info mb;
+	bool rtx = store_read_begin(s->w->reader);   /* one snapshot for the three reads */
 	enum status st = store_imap_mailbox_get(s->w->reader, s->account_id, cmd->args[0].str, false, &mb);
 	if (st != ST_OK) {
+		store_read_end(s->w->reader, rtx);
 		imap_seqset_free(&qr.known);
 		imap_command_reply_status(s, st == ST_INVALID ? ST_NOT_FOUND : st, "Mailbox does not exist");
 		return;
@@ -643,8 +645,10 @@ void imap_mailbox_select(struct imap_session *s, struct imap_cmd *cmd, bool read
 	uint32_t uidnext;
 	uint64_t hms;
 	struct load_ctx c = { NULL, 0, 0 };
-	if ((st = store_imap_mailbox_poll(s->w->reader, mb.id, &uidnext, &hms)) != ST_OK ||
-	    (st = store_imap_messages(s->w->reader, mb.id, 1, load_cb, &c)) != ST_OK) {
+	if ((st = store_imap_mailbox_poll(s->w->reader, mb.id, &uidnext, &hms)) == ST_OK)
+		st = store_imap_messages(s->w->reader, mb.id, 1, load_cb, &c);
+	store_read_end(s->w->reader, rtx);
+	if (st != ST_OK) {
 		imap_seqset_free(&qr.known);
 		msgs_free(c.m, c.n);
 		imap_command_reply_status(s, st, "Cannot open mailbox");

@@ -448,6 +448,18 @@ enum status store_imap_changes(struct store *st, int64_t mailbox_id, uint32_t ui
  * would be held for every idle session.  Misses are read from the OS page
  * cache.  Fails only on a broken handle. */
 enum status store_imap_cache_limit(struct store *st, unsigned kib, char **error_r);
+/* One read transaction around a run of reads on a loop thread's handle
+ * (a FETCH batch's MIME rows, SELECT's three reads): the statements until
+ * store_read_end share one snapshot and take the WAL read lock once,
+ * instead of once per statement (each take is an fcntl and a mutex that
+ * every loop thread of the process shares).  Returns whether it opened
+ * one: false when the handle is already inside a transaction (then the
+ * reads simply join it) or when BEGIN failed (the reads then run as
+ * before, each in its own).  Pass the result to store_read_end, on the
+ * same thread, before control returns to the event loop: a handle never
+ * holds a read transaction between loop turns (it would pin the WAL). */
+bool store_read_begin(struct store *st);
+void store_read_end(struct store *st, bool opened);
 
 enum store_flag_op { STORE_FLAGS_SET, STORE_FLAGS_ADD, STORE_FLAGS_REMOVE };
 /* Applies op/flags to the messages `uids` (n, ascending).  flags_out[i]

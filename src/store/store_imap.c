@@ -509,6 +509,32 @@ enum status store_imap_changes(struct store *st, int64_t mailbox_id, uint32_t ui
 	return s;
 }
 
+bool store_read_begin(struct store *st)
+{
+	if (!sqlite3_get_autocommit(st->db))
+		return false;
+	char *err = NULL;
+	if (sqlite3_exec(st->db, "BEGIN", NULL, NULL, &err) == SQLITE_OK)
+		return true;
+	log_warn("store: cannot open a read transaction: %s", err ? err : "?");
+	sqlite3_free(err);
+	return false;
+}
+
+void store_read_end(struct store *st, bool opened)
+{
+	if (!opened || sqlite3_get_autocommit(st->db))
+		return;
+	char *err = NULL;
+	if (sqlite3_exec(st->db, "COMMIT", NULL, NULL, &err) == SQLITE_OK)
+		return;
+	/* Only reads ran, so nothing is lost; never leave it open. */
+	log_error("store: ending a read transaction: %s", err ? err : "?");
+	sqlite3_free(err);
+	if (sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL) != SQLITE_OK)
+		panic("store: a read transaction stays open: %s", sqlite3_errmsg(st->db));
+}
+
 enum status store_imap_cache_limit(struct store *st, unsigned kib, char **error_r)
 {
 	char sql[64], *err = NULL;

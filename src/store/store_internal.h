@@ -25,7 +25,7 @@
 #define STORE_ADDRESS_MAX (STORE_LOCAL_MAX + 1 + STORE_DOMAIN_MAX) /* 318 < 320 */
 #define STORE_ALIAS_MAX_DEPTH 8
 #define STORE_PWHASH_MAX 255
-#define STORE_SCHEMA_VERSION 8
+#define STORE_SCHEMA_VERSION 9
 
 /* Writer statements (struct store).  SQL text is in store_db.c. */
 enum store_q {

@@ -30,7 +30,10 @@
  * dictionary, REPACK_BATCH rows per call in one transaction, walking the
  * table by blob_id; the walk ends at the end of the table, and a new
  * dictionary starts a new one.  The walk's position lives in the handle
- * (a restart walks again, finding only the rows still raw).
+ * (a restart walks again, finding only the rows still raw).  It reads
+ * through the partial index mime_raw (schema v9), which holds the raw rows
+ * only: on a converged table a walk is one index probe, not a read of
+ * every row.
  *
  * Registry.  ZSTD_DDict and ZSTD_CDict are read-only once made and may be
  * used by any number of threads; building one costs far more than a row,
@@ -653,8 +656,10 @@ static void repack_batch_free(struct repack_batch *b)
 static enum status repack_collect(struct store *st, int64_t after, struct repack_batch *b, char **error_r)
 {
 	sqlite3_stmt *q;
+	/* The WHERE term is mime_raw's (schema v9), so only raw rows are read. */
 	enum status s = store_db_prepare(st, "SELECT blob_id, packed FROM mime WHERE blob_id > ?1"
-					     " ORDER BY blob_id LIMIT ?2", &q, error_r);
+					     " AND substr(packed, 1, 1) <> x'D1' ORDER BY blob_id LIMIT ?2",
+					     &q, error_r);
 	if (s != ST_OK)
 		return s;
 	sqlite3_bind_int64(q, 1, after);
