@@ -38,6 +38,15 @@
  *    octets STAT announced.
  * A session with an error is closed and counted; the other clients go on.
  *
+ * Paced mode (--interval-ms T > 0): instead of starting its next session
+ * as soon as the last one ends (a closed loop, which measures the most a
+ * server can do), client k starts session i at k*T/clients + i*T ms after
+ * the barrier, or at once when it is already late.  All clients together
+ * then offer clients/T sessions per ms whatever the server's speed, so two
+ * servers' latencies can be compared at the same load: in a closed loop a
+ * faster server is offered more work at once and each of its commands
+ * waits behind more of the others.
+ *
  * Measurements: the latency of every command, from handing it to the
  * kernel to reading the last byte of its tagged (or POP3 final) reply,
  * grouped by command; the connect-to-greeting time ("connect") and the
@@ -171,6 +180,7 @@ struct il_opts {
 	uint64_t width;          /* zero-padded digits of the account number */
 	uint64_t expect_messages; /* 0: not checked */
 	uint64_t store_max;      /* store: messages 1..store_max only (0: all) */
+	uint64_t interval_ms;    /* paced mode: a session every interval_ms per client (0: closed loop) */
 	char prefix[IL_ARG_MAX];
 	char domain[IL_ARG_MAX];
 	char password[IL_ARG_MAX];
@@ -245,6 +255,15 @@ static uint64_t il_now_ns(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Paced mode: sleeps until `when_ns` (CLOCK_MONOTONIC); returns at once
+ * when it has passed. */
+static void il_sleep_until(uint64_t when_ns)
+{
+	struct timespec ts = { (time_t)(when_ns / 1000000000ull), (long)(when_ns % 1000000000ull) };
+	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+		;
 }
 
 static void *il_xmalloc(size_t n)
@@ -1036,7 +1055,13 @@ static void *il_worker_main(void *arg)
 	pthread_barrier_wait(&sh->start);
 	w->begin_ns = il_now_ns();
 	w->end_ns = w->begin_ns;
+	uint64_t period_ns = o->interval_ms * 1000000ull;
+	uint64_t next_ns = w->begin_ns + period_ns * w->index / (o->clients ? o->clients : 1);
 	for (uint64_t i = 0; i < o->iterations; i++) {
+		if (period_ns > 0) {
+			il_sleep_until(next_ns);
+			next_ns += period_ns;
+		}
 		if (il_past_deadline(w)) {
 			w->truncated = true;
 			break;
@@ -1262,6 +1287,7 @@ static void il_usage(FILE *f)
 		"                 [--password PW] [--expect-messages N] [--store-max N]\n"
 		"                 [--search-from S]\n"
 		"                 [--search-subject S] [--search-body S] [--search-since D-Mon-YYYY]\n"
+		"                 [--interval-ms T]\n"
 		"Scenarios: fetch-bodies fetch-meta search store (IMAP), pop3-retr (POP3).\n"
 		"C clients log in as <prefix><i>[@D] and run the scenario N times each;\n"
 		"one JSON line per scenario.  Loopback (127.0.0.0/8) only.\n");
@@ -1423,6 +1449,7 @@ static bool il_parse_args(int argc, char **argv, struct il_opts *o)
 		{ "search-subject", required_argument, NULL, 'S' },
 		{ "search-body", required_argument, NULL, 'B' },
 		{ "search-since", required_argument, NULL, 'I' },
+		{ "interval-ms", required_argument, NULL, 'i' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -1456,6 +1483,7 @@ static bool il_parse_args(int argc, char **argv, struct il_opts *o)
 		case 'S': ok = il_copy_arg("search-subject", optarg, o->search[IL_SEARCH_SUBJECT], IL_ARG_MAX, false, true); break;
 		case 'B': ok = il_copy_arg("search-body", optarg, o->search[IL_SEARCH_BODY], IL_ARG_MAX, false, true); break;
 		case 'I': ok = il_copy_arg("search-since", optarg, o->search[IL_SEARCH_SINCE], IL_ARG_MAX, false, false); break;
+		case 'i': ok = il_parse_u64("interval-ms", optarg, 0, 3600000, &o->interval_ms); break;
 		case 'h': il_usage(stdout); exit(0);
 		default: ok = false; break;
 		}

@@ -817,6 +817,13 @@ READ_ITERATIONS = {"fetch-bodies": 2, "fetch-meta": 3, "search": 3, "store": 1, 
 # mailbox, one command per message (80 STOREs per client and session).
 READ_STORE_MAX = 40
 READ_RUN_MAX_S = 60          # imap_load stops starting sessions after this
+# Latency at the same load: after the closed-loop rounds of a scenario, both
+# servers are offered READ_PACED_LOAD x the sessions/s Dovecot reached in its
+# median round (imap_load --interval-ms: each client starts its sessions on a
+# fixed schedule, staggered across clients), READ_PACED_ROUNDS rounds each.
+READ_PACED_LOAD = 0.5
+READ_PACED_ROUNDS = 3
+READ_PACED_ITERATIONS = {"fetch-bodies": 4, "fetch-meta": 6, "search": 4, "store": 2, "pop3-retr": 2}
 READ_BUDGET_S = 1260         # the whole read phase, set-up and profiles included
 READ_TARGET_RATIO = 2.0
 READ_QUIET_WAIT_S = 8        # runs are short: wait less for a quiet machine than ingest does
@@ -1229,7 +1236,7 @@ class ReadLoad:
     def __init__(self, binary):
         self.binary = binary
 
-    def run(self, scenario, port, iterations):
+    def run(self, scenario, port, iterations, interval_ms=0):
         since = time.strftime("%d-%b-%Y", time.gmtime(time.time() - 2 * 86400)).lstrip("0")
         args = [self.binary, "--host", "127.0.0.1", "--port", str(port),
                 "--scenario", scenario, "--clients", str(READ_USERS),
@@ -1240,6 +1247,8 @@ class ReadLoad:
                 "--search-from", SEARCH_FROM,
                 "--search-subject", SEARCH_SUBJECT, "--search-body", SEARCH_BODY,
                 "--search-since", since]
+        if interval_ms:
+            args += ["--interval-ms", str(interval_ms)]
         load_before = os.getloadavg()[0]
         cpu0 = cpu_times()
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -1256,11 +1265,11 @@ class ReadLoad:
         return res
 
 
-def read_measure(load, server, scenario, port, iterations):
+def read_measure(load, server, scenario, port, iterations, interval_ms=0):
     """One timed run with the server's CPU time."""
     quiet = wait_quiet(READ_QUIET_WAIT_S)
     cpu0 = server.cpu.seconds()
-    res = load.run(scenario, port, iterations)
+    res = load.run(scenario, port, iterations, interval_ms)
     res["busy_before_pct"], res["quiet_wait_s"] = quiet
     res["server_cpu_pct"], used = cpu_used(server.cpu, cpu0, res["elapsed"])
     res["cpu_ms_per_msg"] = round(1000.0 * used / res["messages"], 4) \
@@ -1290,6 +1299,36 @@ def median_round(runs):
     return ordered[(len(ordered) - 1) // 2]
 
 
+def median_p99_round(runs):
+    """Paced runs offer the same load every round: the one with the median main-command p99."""
+    ordered = sorted(runs, key=lambda r: r["latency_ms"]["p99"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def paced_interval_ms(dovecot_round):
+    """Per-client session interval that offers READ_PACED_LOAD x Dovecot's sessions/s."""
+    rate = dovecot_round["sessions"] / max(dovecot_round["elapsed"], 1e-9)
+    return max(1, int(round(1000.0 * READ_USERS / (READ_PACED_LOAD * max(rate, 1e-9)))))
+
+
+def read_verdict(read, sc):
+    """(met, ratio, Strata p99, Dovecot p99) of one scenario: throughput from the closed-loop
+    median rounds, p99 at the same load when the paced rounds ran, else closed-loop."""
+    runs = read["runs"].get(sc)
+    if not runs or not runs["strata"] or not runs["dovecot"]:
+        return False, 0.0, None, None
+    s, d = median_round(runs["strata"]), median_round(runs["dovecot"])
+    rate = ratio(s["messages_per_s"], d["messages_per_s"]) or 0.0
+    paced = read.get("paced", {}).get(sc)
+    if paced and paced["strata"] and paced["dovecot"]:
+        sp, dp = median_p99_round(paced["strata"]), median_p99_round(paced["dovecot"])
+        p99s, p99d = sp["latency_ms"]["p99"], dp["latency_ms"]["p99"]
+    else:
+        p99s, p99d = s["latency_ms"]["p99"], d["latency_ms"]["p99"]
+    ok = rate >= READ_TARGET_RATIO and p99s <= p99d and sc not in read["problems"]
+    return ok, rate, p99s, p99d
+
+
 def read_profile(load, strata, scenario, iterations, datafile):
     """A separate Strata run of one scenario under perf: self time by symbol."""
     perf = subprocess.Popen(["perf", "record", "-F", "499", "-g", "-p", str(strata.pid),
@@ -1311,6 +1350,29 @@ def read_profile(load, strata, scenario, iterations, datafile):
                                              "--percent-limit", "2"])[:8],
             "symbols": perf_lines(datafile, ["--no-children", "--sort", "dso,symbol",
                                              "--percent-limit", "1.5"])[:16]}
+
+
+def read_paced(out, load, servers, sc, stats):
+    """Both servers at the same offered load (READ_PACED_LOAD x Dovecot's closed-loop rate)."""
+    interval = paced_interval_ms(median_round(out["runs"][sc]["dovecot"]))
+    it = READ_PACED_ITERATIONS[sc]
+    paced = out.setdefault("paced", {})[sc] = {"interval_ms": interval, "iterations": it,
+                                               "strata": [], "dovecot": []}
+    for r in range(READ_PACED_ROUNDS):
+        order = ("strata", "dovecot") if r % 2 == 0 else ("dovecot", "strata")
+        for name in order:
+            srv, imap_port, pop3_port = servers[name]
+            port = pop3_port if sc == "pop3-retr" else imap_port
+            res = read_measure(load, srv, sc, port, it, interval)
+            res["round"] = r + 1
+            paced[name].append(res)
+            probs = read_problems(res, stats["expect_per_pass"])
+            if probs:
+                out["problems"].setdefault(sc, {}).setdefault(name, []).append(
+                    "paced round %d: %s" % (r + 1, "; ".join(probs)))
+            log("  read %-12s %-7s paced %d (a session every %d ms per client): %8.0f msg/s, "
+                "p50 %.1f ms, p99 %.1f ms" % (sc, name, r + 1, interval, res["messages_per_s"],
+                                              res["latency_ms"]["p50"], res["latency_ms"]["p99"]))
 
 
 def run_read(strata_bin, load_bin, workroot, profile=True):
@@ -1367,12 +1429,10 @@ def run_read(strata_bin, load_bin, workroot, profile=True):
                     log("  read %-12s %-7s round %d: %8.0f msg/s, p50 %.1f ms, p99 %.1f ms%s"
                         % (sc, name, r + 1, res["messages_per_s"], res["latency_ms"]["p50"],
                            res["latency_ms"]["p99"], " (FLAGGED)" if probs else ""))
+            read_paced(out, load, servers, sc, stats)
         if profile and shutil.which("perf"):
             for sc in READ_SCENARIOS:
-                s = median_round(out["runs"][sc]["strata"])
-                d = median_round(out["runs"][sc]["dovecot"])
-                if s["messages_per_s"] >= READ_TARGET_RATIO * d["messages_per_s"] and \
-                        s["latency_ms"]["p99"] <= d["latency_ms"]["p99"]:
+                if read_verdict(out, sc)[0]:
                     continue
                 log("read: profiling Strata on %s (target missed)" % sc)
                 out["profiles"][sc] = read_profile(load, st, sc, READ_ITERATIONS[sc],
@@ -1456,9 +1516,7 @@ def read_lines(read):
             verdicts.append(False)
             continue
         s, d = median_round(runs["strata"]), median_round(runs["dovecot"])
-        rate = ratio(s["messages_per_s"], d["messages_per_s"]) or 0.0
-        ok = rate >= READ_TARGET_RATIO and s["latency_ms"]["p99"] <= d["latency_ms"]["p99"] \
-            and sc not in read["problems"]
+        ok, rate, _, _ = read_verdict(read, sc)
         verdicts.append(ok)
         rows.append("| %s | %s | %s | **%.2fx** | %s | %s | %s | %s | %s / %s | %s |"
                     % (sc, fmt(s["messages_per_s"]), fmt(d["messages_per_s"]), rate,
@@ -1468,23 +1526,27 @@ def read_lines(read):
                        fmt(s.get("cpu_ms_per_msg"), 3), fmt(d.get("cpu_ms_per_msg"), 3),
                        "met" if ok else "**missed**"))
     met = sum(verdicts)
-    add("**Target %s.** The target is at least %.0fx Dovecot's messages/s on every line, "
-        "with a p99 at or under Dovecot's: met on %d of %d lines%s."
+    add("**Target %s.** The target is at least %.0fx Dovecot's messages/s on every line "
+        "(the closed-loop table just below), with a main-command p99 at or under Dovecot's "
+        "when both are offered the same load (\"At the same load\" after it): met on %d of "
+        "%d lines%s."
         % ("met" if met == len(verdicts) else "missed", READ_TARGET_RATIO, met, len(verdicts),
            "" if not read["problems"] else "; a line with errors or wrong results counts as "
            "missed"))
     add("")
-    add("| scenario | Strata msg/s | Dovecot msg/s | ratio | Strata p50 / p99 ms | "
-        "Dovecot p50 / p99 ms | Strata session p50 / p99 ms | Dovecot session p50 / p99 ms | "
+    add("| scenario | Strata msg/s | Dovecot msg/s | ratio | Strata p50 / p99 ms (closed loop) | "
+        "Dovecot p50 / p99 ms (closed loop) | Strata session p50 / p99 ms | Dovecot session p50 / p99 ms | "
         "server CPU ms/msg Strata / Dovecot | target |")
     add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     L.extend(rows)
     add("")
     add("The first p50 / p99 columns are those of each scenario's main command (%s); the "
         "session columns time a whole session, connect to LOGOUT or QUIT, login included. "
-        "The target compares the main command's p99."
+        "The target's p99 is the main command's at the same load (next table); the closed-loop "
+        "p99 here is shown for completeness."
         % "; ".join("%s: %s" % (sc, READ_MAIN[sc]) for sc in READ_SCENARIOS))
     add("")
+    read_paced_lines(L, read)
     read_problem_lines(L, read)
     read_reading_lines(L, read)
     read_detail_lines(L, read)
@@ -1508,6 +1570,51 @@ def read_lines(read):
 
 def p50_p99(lat):
     return "n/a" if not lat else "%s / %s" % (fmt(lat["p50"], 1), fmt(lat["p99"], 1))
+
+
+def read_paced_lines(L, read):
+    """The same-load table (imap_load --interval-ms)."""
+    paced = read.get("paced")
+    if not paced:
+        return
+    L.append("### At the same load")
+    L.append("")
+    L.append("The closed loop above measures how much each server can do: every client starts its "
+             "next session the moment the last one ends, so a server that answers faster is "
+             "offered more work at once, and each of its commands waits behind more of the "
+             "others' (with 50 clients and 2 cores a command's latency there is mostly its share "
+             "of the queue). Dovecot's closed-loop command latencies are low because its logins "
+             "queue in its single auth process, which keeps few of its clients past LOGIN at any "
+             "moment; its sessions take longer. Latency is compared at the same offered load: "
+             "each client starts its sessions on a fixed schedule (`imap_load --interval-ms`, "
+             "clients staggered evenly), so both servers get %.0f%% of the sessions per second "
+             "that Dovecot completed in its median closed-loop round, whatever their speed; %d "
+             "rounds each, alternating which server goes first, the median round by the main "
+             "command's p99." % (100 * READ_PACED_LOAD, READ_PACED_ROUNDS))
+    L.append("")
+    L.append("| scenario | offered sessions/s (a session every ... per client) | messages/s Strata / "
+             "Dovecot | Strata p50 / p99 ms | Dovecot p50 / p99 ms | Strata session p50 / p99 ms | "
+             "Dovecot session p50 / p99 ms | p99 at or under Dovecot's |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---|")
+    for sc in READ_SCENARIOS:
+        p = paced.get(sc)
+        if not p or not p["strata"] or not p["dovecot"]:
+            continue
+        sp, dp = median_p99_round(p["strata"]), median_p99_round(p["dovecot"])
+        offered = READ_USERS * 1000.0 / p["interval_ms"]
+        ok = sp["latency_ms"]["p99"] <= dp["latency_ms"]["p99"]
+        L.append("| %s | %.1f (%d ms) | %s / %s | %s | %s | %s | %s | %s |"
+                 % (sc, offered, p["interval_ms"], fmt(sp["messages_per_s"]),
+                    fmt(dp["messages_per_s"]), p50_p99(sp["latency_ms"]), p50_p99(dp["latency_ms"]),
+                    p50_p99(sp["commands_ms"].get("session")),
+                    p50_p99(dp["commands_ms"].get("session")), "yes" if ok else "**no**"))
+    L.append("")
+    L.append("Every paced round, p99 of the main command (ms), Strata / Dovecot: %s."
+             % "; ".join("%s %s" % (sc, ", ".join(
+                 "%s / %s" % (fmt(a["latency_ms"]["p99"], 1), fmt(b["latency_ms"]["p99"], 1))
+                 for a, b in zip(paced[sc]["strata"], paced[sc]["dovecot"])))
+                 for sc in READ_SCENARIOS if sc in paced))
+    L.append("")
 
 
 def read_problem_lines(L, read):
