@@ -155,6 +155,53 @@ def test_qresync_vanished_then_fetch_with_modseq(srv):
         b.close()
 
 
+VANISHED_KEEP = 10000   # STORE_VANISHED_KEEP (src/store/store.h): log rows kept per mailbox
+
+
+def test_pruned_expunge_log_falls_back_to_a_full_reload(srv):
+    """More expunges than the log keeps since a session last looked: the log
+    no longer reaches back to its modseq, so its sync counts the mailbox,
+    finds the difference and reloads the view whole (sync_full), reporting
+    every expunge once, with numbers valid when sent."""
+    user = "sync-pruned@local.example"
+    n, gone = VANISHED_KEEP + 5, VANISHED_KEEP + 1
+    srv.add_user(user)
+    a, b = Raw(srv, timeout=120), Raw(srv, timeout=120)
+    try:
+        b.cmd("LOGIN %s %s" % (user, PASSWORD))
+        # MULTIAPPEND with LITERAL+, 60 messages a command (IMAP_MAX_LITERALS is 64)
+        for first in range(0, n, 60):
+            parts = []
+            for i in range(first, min(n, first + 60)):
+                m = b"From: a@remote.example\r\nSubject: pruned %d\r\n\r\nbody\r\n" % i
+                parts.append(b"{%d+}\r\n" % len(m) + m)
+            b.n += 1
+            b.send(b"t%d APPEND INBOX " % b.n + b" ".join(parts) + b"\r\n")
+            reply = b.until_tagged("t%d" % b.n)[-1]
+            assert reply.startswith("t%d OK" % b.n), reply
+        a.cmd("LOGIN %s %s" % (user, PASSWORD))
+        assert "* %d EXISTS" % n in a.cmd("SELECT INBOX")
+        b.cmd("SELECT INBOX")
+        keep_uids = b.cmd("UID SEARCH %d:*" % (gone + 1))[0].split()[2:]
+        assert len(keep_uids) == n - gone
+        b.cmd("STORE 1:%d +FLAGS.SILENT (\\Deleted)" % gone)
+        b.cmd("EXPUNGE")
+        # the log holds no row as old as a's view any more
+        floor = srv.query("SELECT f.modseq FROM vanished_floor f JOIN mailboxes m ON m.id = f.mailbox_id"
+                          " JOIN accounts a ON a.id = m.account_id WHERE a.address = ?", (user,))
+        assert floor and floor[0][0] > 1, floor
+        lines = a.cmd("NOOP")
+        exp = [ln for ln in lines if ln.endswith(" EXPUNGE")]
+        # expunging 1..gone in order: each is message 1 when it is sent
+        assert exp == ["* 1 EXPUNGE"] * gone, (len(exp), exp[:3], exp[-3:])
+        got = a.cmd("UID FETCH 1:* (UID)")
+        assert [re.search(r"UID (\d+)", ln).group(1) for ln in got] == keep_uids, got
+        assert a.cmd("NOOP") == [], "reported again"
+    finally:
+        a.close()
+        b.close()
+
+
 def test_own_store_one_fetch_each_and_no_echo(srv):
     user = "sync-own@local.example"
     a = mailbox(srv, user, 40)
