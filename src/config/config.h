@@ -137,6 +137,8 @@ struct settings {
 	uint64_t store_backup_keep;
 	bool store_mime_dict;             /* compress new MIME rows with a trained dictionary */
 	uint64_t store_mime_dict_rows;   /* MIME rows before the first dictionary is trained */
+	bool store_checkpointer;          /* WAL checkpoints on their own thread (store_checkpoint.c) */
+	uint64_t store_checkpoint_pages;  /* WAL pages that call for a checkpoint */
 	/* quota */
 	uint64_t quota_default_bytes;
 	uint64_t quota_default_messages;

@@ -67,6 +67,8 @@ static const struct { const char *name; const char *help; } counter_meta[M_COUNT
 	[M_SMTP_AUTH_FAILURES] = { "strata_smtp_auth_total{result=\"failure\"}", "SMTP AUTH exchanges on the submission listeners, by result" },
 	[M_AUTH_CACHE_HITS] = { "strata_auth_cache_total{result=\"hit\"}", "Password checks of IMAP, POP3 and submission logins, by result: hit (answered by the verified-password cache) or miss (full verification)" },
 	[M_AUTH_CACHE_MISSES] = { "strata_auth_cache_total{result=\"miss\"}", "Password checks of IMAP, POP3 and submission logins, by result: hit (answered by the verified-password cache) or miss (full verification)" },
+	[M_STORE_CHECKPOINTS] = { "strata_store_checkpoints_total{mode=\"passive\"}", "WAL checkpoints of the index run by the checkpointer thread, by mode (restart: the safety valve for a log that readers kept from being reset)" },
+	[M_STORE_CHECKPOINTS_RESTART] = { "strata_store_checkpoints_total{mode=\"restart\"}", "WAL checkpoints of the index run by the checkpointer thread, by mode (restart: the safety valve for a log that readers kept from being reset)" },
 };
 
 static const struct { const char *name; const char *help; } gauge_meta[M_GAUGE__COUNT] = {
@@ -90,6 +92,7 @@ static const struct { const char *name; const char *help; } gauge_meta[M_GAUGE__
 	[M_TIER_MESSAGES_0 + 5] = { "strata_tier_5_messages", "Message blobs on tier 5 (position in tier.names)" },
 	[M_TIER_MESSAGES_0 + 6] = { "strata_tier_6_messages", "Message blobs on tier 6 (position in tier.names)" },
 	[M_TIER_MESSAGES_0 + 7] = { "strata_tier_7_messages", "Message blobs on tier 7 (position in tier.names)" },
+	[M_STORE_WAL_PAGES] = { "strata_store_wal_pages", "Pages in the index's write-ahead log after the checkpointer's last checkpoint" },
 };
 
 #define MAX_BUCKETS 16
@@ -110,6 +113,9 @@ static const struct {
 	[M_H_COMMIT_DURATION] = { "strata_store_commit_duration_seconds",
 				  "Duration of one group commit (directory fsyncs and index transaction)",
 				  latency_bounds, ARRAY_LEN(latency_bounds) },
+	[M_H_CHECKPOINT_DURATION] = { "strata_store_checkpoint_duration_seconds",
+				      "Duration of one WAL checkpoint of the index (copy into index.db and its fsync)",
+				      latency_bounds, ARRAY_LEN(latency_bounds) },
 };
 
 struct histogram {

@@ -70,6 +70,8 @@ enum metric_counter {
 	M_SMTP_AUTH_FAILURES,
 	M_AUTH_CACHE_HITS,              /* IMAP/POP3/submission password checks answered by the cache */
 	M_AUTH_CACHE_MISSES,            /* ... that ran the full verification (src/auth/auth_cache.c) */
+	M_STORE_CHECKPOINTS,            /* WAL checkpoints run by the checkpointer (store_checkpoint.c), by mode */
+	M_STORE_CHECKPOINTS_RESTART,
 	M_COUNTER__COUNT
 };
 
@@ -82,6 +84,7 @@ enum metric_gauge {
 	M_TIER_BYTES_7 = M_TIER_BYTES_0 + 7,
 	M_TIER_MESSAGES_0,
 	M_TIER_MESSAGES_7 = M_TIER_MESSAGES_0 + 7,
+	M_STORE_WAL_PAGES,              /* frames in the index's WAL at the last checkpoint */
 	M_GAUGE__COUNT
 };
 
@@ -89,6 +92,7 @@ enum metric_histogram {
 	M_H_SMTP_ACCEPT_LATENCY,        /* end of DATA to 250, seconds */
 	M_H_COMMIT_BATCH_SIZE,          /* deliveries per index transaction */
 	M_H_COMMIT_DURATION,            /* seconds per group commit */
+	M_H_CHECKPOINT_DURATION,        /* seconds per WAL checkpoint (store_checkpoint.c) */
 	M_HISTOGRAM__COUNT
 };
 

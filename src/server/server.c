@@ -20,8 +20,12 @@
  *      the drop while the daemon keeps nothing of root).  As root: the
  *      files Strata made are given to the service user
  *      (server_privilege.c), then setgroups/setgid/setuid.
- *   7. AFTER the drop: queue_recover (removes stale temp files), the store
- *      opened (creating the index and blob directories), queue_start, the
+ *   7. AFTER the drop: queue_recover (removes stale temp files), the WAL
+ *      checkpointer (store_checkpoint_start: its own handle, which creates
+ *      the index and blob directories, and its thread; first, so that every
+ *      daemon handle after it leaves checkpoints to it and no COMMIT runs
+ *      one; stopped last but one, after every thread that commits, with a
+ *      final checkpoint), the store opened, queue_start, the
  *      relay (relay_start: outbound delivery threads, woken by the queue's
  *      committer; stopped before the queue at shutdown), the
  *      tier mover (tier_mover_start: recovery of interrupted moves, its own
@@ -116,6 +120,7 @@ struct server {
 	struct relay *relay;          /* outbound delivery (src/relay): after the queue, stopped before it */
 	struct tier_mover *tier;      /* storage tiering: heat flush and mover (src/tier) */
 	struct store_backup_thread *backup; /* periodic index backups, or NULL */
+	struct store_checkpointer *ckpt;    /* WAL checkpoints off the commit path, or NULL */
 	struct guard *guard;          /* the connection guard, published as guard_process() */
 	struct guard_nft_helper nft;  /* until the guard takes it over (fd -1: none) */
 
@@ -561,6 +566,11 @@ static bool server_open_store(struct server *srv, char **error_r)
 		return false;
 	queue_recover(s);
 	char *err = NULL;
+	if (store_checkpoint_start(s, &srv->ckpt, &err) != ST_OK) {
+		*error_r = xasprintf("cannot start the WAL checkpointer: %s", err ? err : "unknown error");
+		free(err);
+		return false;
+	}
 	srv->store = store_open(s, true, &err);
 	if (srv->store == NULL) {
 		*error_r = xasprintf("cannot open the index: %s", err ? err : "unknown error");
@@ -673,6 +683,8 @@ static void server_cleanup(struct server *srv)
 		guard_nft_stop(srv->guard, true);
 	guard_nft_helper_stop(&srv->nft);   /* one never handed over */
 	guard_free(&srv->guard);
+	/* Every thread that commits is joined: the final checkpoint runs alone. */
+	store_checkpoint_stop(&srv->ckpt);
 	store_close(&srv->store);
 	server_admin_free(&srv->admin);
 	struct event **evs[] = { &srv->sig_term, &srv->sig_int, &srv->sig_hup, &srv->drain_timer };

@@ -602,6 +602,31 @@ struct store_backup_thread;
 struct store_backup_thread *store_backup_start(const struct settings *s);
 void store_backup_stop(struct store_backup_thread **t);
 
+/*
+ * The daemon's WAL checkpointer (store_checkpoint.c): one thread with its
+ * own read-write handle that copies the index's write-ahead log into the
+ * index (sqlite3_wal_checkpoint_v2, PASSIVE) when the log holds
+ * store.checkpoint_pages pages, and every few seconds while it is not
+ * fully copied.  While it runs, every store_open of the same index in this
+ * process gets wal_autocheckpoint=0 and a WAL hook that wakes it, so no
+ * committing thread (the delivery committer above all) runs a checkpoint
+ * inside its COMMIT.  Durability is unchanged: a COMMIT is durable once
+ * its WAL frames are fsynced (store.fsync=yes), whoever checkpoints later.
+ * At most one per process; start it before the handles it should cover
+ * are opened (handles opened earlier keep SQLite's autocheckpoint).
+ *  ST_OK  *out is the running checkpointer, or NULL when
+ *         store.checkpointer=no (never an error)
+ *  other  its handle could not be opened (*error_r says why)
+ * stop (main thread, after every thread that commits has stopped): wakes
+ * and joins the thread, runs a final checkpoint (TRUNCATE when no reader
+ * pins the log, else PASSIVE) and closes the handle; handles still open
+ * then checkpoint as SQLite does by default (at store.checkpoint_pages).
+ * NULL is a no-op.
+ */
+struct store_checkpointer;
+enum status store_checkpoint_start(const struct settings *s, struct store_checkpointer **out, char **error_r);
+void store_checkpoint_stop(struct store_checkpointer **c);
+
 struct store_rebuild_result {
 	char base[4096];             /* the backup (or index) rebuilt from, "" = none */
 	uint64_t base_messages;      /* message rows kept from it */

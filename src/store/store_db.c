@@ -14,7 +14,10 @@
  * (every COMMIT fsyncs the WAL: ACID), OFF when store.fsync=no (the WAL is
  * never fsynced: preserves ACI, gives up D - a power loss may lose recently
  * committed deliveries that were already answered 250); busy_timeout=10000;
- * foreign_keys=ON; the default wal_autocheckpoint; a 32 MiB page cache.
+ * foreign_keys=ON; a 32 MiB page cache.  WAL checkpoints: in the daemon,
+ * by the checkpointer thread (store_checkpoint.c: the handle gets
+ * wal_autocheckpoint=0 and a WAL hook that wakes it); elsewhere SQLite's
+ * automatic checkpoint at store.checkpoint_pages.
  * Readers: SQLITE_OPEN_READONLY, query_only, busy_timeout, 8 MiB cache.
  *
  * Schema versions: PRAGMA user_version is the number of migrations applied.
@@ -39,7 +42,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#define BUSY_TIMEOUT_MS 10000
+#define BUSY_TIMEOUT_MS STORE_BUSY_TIMEOUT_MS
 #define WRITER_CACHE_KIB 32768
 #define READER_CACHE_KIB 8192
 /* Room a blob path needs past the blob directory: "/XXXXX/XX/" + 26 + NUL. */
@@ -703,6 +706,7 @@ struct store *store_open(const struct settings *s, bool create, char **error_r)
 		return NULL;
 	}
 	sqlite3_update_hook(db, note_update, st);
+	store_checkpoint_attach(st);
 	return st;
 }
 

@@ -26,6 +26,7 @@
 #define STORE_ALIAS_MAX_DEPTH 8
 #define STORE_PWHASH_MAX 255
 #define STORE_SCHEMA_VERSION 9
+#define STORE_BUSY_TIMEOUT_MS 10000    /* every handle's busy timeout (store_db.c) */
 
 /* Writer statements (struct store).  SQL text is in store_db.c. */
 enum store_q {
@@ -127,6 +128,13 @@ void store_db_rollback(struct store *st);
 /* Binds a uint64 that must fit SQLite's signed 64-bit integer. */
 int store_db_bind_u64(sqlite3_stmt *q, int idx, uint64_t v);
 uint64_t store_db_column_u64(sqlite3_stmt *q, int col);
+
+/* ---- store_checkpoint.c -------------------------------------------------- */
+/* Called by store_open on every new read-write handle: while a
+ * checkpointer runs for the same index, turns off the handle's automatic
+ * checkpoints and installs the WAL hook that wakes the checkpointer; with
+ * none running, sets SQLite's autocheckpoint to store.checkpoint_pages. */
+void store_checkpoint_attach(struct store *st);
 
 /* ---- store_addr.c -------------------------------------------------------- */
 /* Each validates `in`, writes its lower-cased form to out, and returns true;

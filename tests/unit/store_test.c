@@ -1533,6 +1533,87 @@ static void check_vanished(int64_t mb, struct store *st, const char *label, uint
 	free(uids);
 }
 
+/* Size of the index's WAL file (0 when there is none). */
+static long long wal_size(struct fixture *f)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s-wal", f->s->store_index_path);
+	struct stat sb;
+	return stat(path, &sb) == 0 ? (long long)sb.st_size : 0;
+}
+
+/* Adds n accounts, one transaction each, through `st`, with `gap_us`
+ * between transactions; returns the largest WAL size seen after a commit. */
+static long long add_users_watch_wal(struct fixture *f, struct store *st, const char *prefix, int n,
+				     unsigned gap_us)
+{
+	long long most = 0;
+	for (int i = 0; i < n; i++) {
+		char addr[64], *err = NULL;
+		snprintf(addr, sizeof(addr), "%s%d@ck.org", prefix, i);
+		must(store_user_add(st, addr, "", 0, 0, &err), addr, err);
+		long long w = wal_size(f);
+		most = w > most ? w : most;
+		if (gap_us > 0)
+			usleep(gap_us);
+	}
+	return most;
+}
+
+/* The WAL checkpointer (store_checkpoint.c): handles opened while it runs
+ * leave checkpoints to its thread, which keeps the WAL near
+ * store.checkpoint_pages; its stop truncates the WAL; handles still open
+ * afterwards checkpoint on their own at the same threshold; with
+ * store.checkpointer=no nothing starts. */
+static void test_checkpointer(void **state)
+{
+	struct fixture *f = *state;
+	add_domain(f, "ck.org");
+	/* 16 pages: 150 accounts (6 WAL frames each) pass it many times over;
+	 * without checkpoints their WAL (3.7 MB) passes the bound below 3 times.
+	 * The bound is the safety valve's size plus a few transactions. */
+	struct settings *s = load_settings(f->dir, "store.checkpoint_pages=16", NULL);
+	const long long bound = (16LL * 16 + 32) * (4096 + 24);
+	struct store_checkpointer *c = NULL;
+	char *err = NULL;
+	CHECK_ST("start", store_checkpoint_start(s, &c, &err), ST_OK);
+	assert_non_null(c);
+	struct store *st = store_open(s, false, &err);
+	if (st == NULL)
+		fail_msg("store_open: %s", err);
+	uint64_t ran = metric_get(M_STORE_CHECKPOINTS);
+	/* 1 ms between transactions, as the queue's committer has between
+	 * its batches (directory fsyncs, replies): the moments the
+	 * checkpointer rewinds the log in. */
+	long long most = add_users_watch_wal(f, st, "run", 150, 1000);
+	/* The thread is woken, not waited for: give it a bounded while. */
+	for (int i = 0; i < 200 && metric_get(M_STORE_CHECKPOINTS) == ran; i++)
+		usleep(50 * 1000);
+	if (metric_get(M_STORE_CHECKPOINTS) == ran)
+		fail_msg("running: no checkpoint counted (WAL %lld bytes)", wal_size(f));
+	if (most > bound)
+		fail_msg("running: WAL grew to %lld bytes, bound %lld (%llu passive, %llu restart)", most, bound,
+			 (unsigned long long)(metric_get(M_STORE_CHECKPOINTS) - ran),
+			 (unsigned long long)metric_get(M_STORE_CHECKPOINTS_RESTART));
+	store_checkpoint_stop(&c);
+	assert_null(c);
+	if (wal_size(f) != 0)
+		fail_msg("after stop: WAL %lld bytes, want 0 (TRUNCATE)", wal_size(f));
+	/* st keeps the hook: with no checkpointer it checkpoints itself. */
+	uint64_t stopped = metric_get(M_STORE_CHECKPOINTS);
+	most = add_users_watch_wal(f, st, "after", 150, 0);
+	if (most > bound)
+		fail_msg("after stop: WAL grew to %lld bytes, bound %lld", most, bound);
+	assert_int_equal(metric_get(M_STORE_CHECKPOINTS), stopped);
+	store_close(&st);
+	config_free(&s);
+	s = load_settings(f->dir, "store.checkpointer=no", NULL);
+	c = (struct store_checkpointer *)s;   /* must be overwritten */
+	CHECK_ST("start with checkpointer=no", store_checkpoint_start(s, &c, &err), ST_OK);
+	assert_null(c);
+	config_free(&s);
+}
+
 static void test_vanished_log(void **state)
 {
 	struct fixture *f = *state;
@@ -1607,6 +1688,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_migration_v1_to_v2, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_migration_v4_outbound, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_vanished_log, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_checkpointer, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_domain_del, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_user_add, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_user_add_errors, setup, teardown),
