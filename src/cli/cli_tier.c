@@ -251,6 +251,7 @@ static int tier_move(struct cli *c)
 	enum status r = tier_recover(c->st, c->s, NULL, &err);
 	if (r == ST_OK)
 		r = store_tier_refs(c->st, account ? addr : NULL, folder, cutoff, select_ref, &sel, &err);
+	sel.n = tier_cand_merge(sel.v, sel.n);
 	size_t moved = 0, failed = 0;
 	uint64_t bytes = 0;
 	struct tier_budget b;

@@ -745,9 +745,17 @@ struct store_tier_ref {
 	uint32_t reads_days;        /* bit d = read on day (heat_updated/86400 - d) */
 };
 typedef bool store_tier_ref_cb(void *ctx, const struct store_tier_ref *r); /* false stops */
-/* Every message reference, ordered by blob id (a blob in several mailboxes
- * comes as consecutive rows).  Optional filters: account address, mailbox
- * name (case-insensitive), received before `older_than` (0 = none). */
+/* Every message reference, in the order of the messages table (mailbox,
+ * UID): a blob in several mailboxes comes once for each, not necessarily
+ * in a row (tier_cand_merge folds them).  Read in chunks of
+ * STORE_TIER_REFS_CHUNK rows, each its own statement run, so that no read
+ * transaction outlives a chunk: the daemon's pass runs at idle priority,
+ * and a transaction held while it waits for the CPU would keep every WAL
+ * checkpoint from passing it.  A reference added or removed between
+ * chunks may be seen or missed, which placement, an estimate, allows.
+ * Optional filters: account address, mailbox name (case-insensitive),
+ * received before `older_than` (0 = none). */
+#define STORE_TIER_REFS_CHUNK 4096
 enum status store_tier_refs(struct store *st, const char *account, const char *mailbox,
 			    int64_t older_than, store_tier_ref_cb *cb, void *ctx, char **error_r);
 

@@ -222,29 +222,63 @@ enum status store_tier_init(struct store *st, char **error_r)
 
 /* ---- placement queries --------------------------------------------------------- */
 
+static int refs_chunk(sqlite3_stmt *q, store_tier_ref_cb *cb, void *ctx, size_t *rows_r, int64_t *mailbox_r,
+		      int64_t *uid_r, bool *stopped_r);
+
 enum status store_tier_refs(struct store *st, const char *account, const char *mailbox,
 			    int64_t older_than, store_tier_ref_cb *cb, void *ctx, char **error_r)
 {
+	/* Keyset pagination over the messages primary key: each chunk starts
+	 * after the last (mailbox_id, uid) of the one before, with no sort. */
 	static const char sql[] =
 		"SELECT b.id, b.msgid, b.tier, b.size, b.received, mb.name, coalesce(mb.special_use, ''),"
 		" a.address, a.last_login, m.flags, coalesce(h.score, 0), coalesce(h.updated, 0),"
-		" coalesce(h.reads_days, 0)"
+		" coalesce(h.reads_days, 0), m.mailbox_id, m.uid"
 		" FROM messages m JOIN blobs b ON b.id = m.blob_id"
 		" JOIN mailboxes mb ON mb.id = m.mailbox_id JOIN accounts a ON a.id = mb.account_id"
 		" LEFT JOIN heat h ON h.blob_id = b.id"
-		" WHERE (?1 IS NULL OR a.address = ?1) AND (?2 IS NULL OR mb.name = ?2 COLLATE NOCASE)"
-		" AND (?3 = 0 OR b.received < ?3) ORDER BY b.id";
+		" WHERE (m.mailbox_id, m.uid) > (?4, ?5)"
+		" AND (?1 IS NULL OR a.address = ?1) AND (?2 IS NULL OR mb.name = ?2 COLLATE NOCASE)"
+		" AND (?3 = 0 OR b.received < ?3) ORDER BY m.mailbox_id, m.uid LIMIT ?6";
 	sqlite3_stmt *q;
 	enum status s = store_db_prepare(st, sql, &q, error_r);
 	if (s != ST_OK)
 		return s;
-	if (account)
-		sqlite3_bind_text(q, 1, account, -1, SQLITE_STATIC);
-	if (mailbox)
-		sqlite3_bind_text(q, 2, mailbox, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(q, 3, older_than);
+	int64_t after_mailbox = -1, after_uid = -1;
+	size_t rows = STORE_TIER_REFS_CHUNK;
+	int rc = SQLITE_DONE;
+	bool stopped = false;
+	/* Bounded: each chunk but the last advances the key by a full chunk. */
+	while (rows == STORE_TIER_REFS_CHUNK && !stopped) {
+		sqlite3_reset(q);
+		if (account)
+			sqlite3_bind_text(q, 1, account, -1, SQLITE_STATIC);
+		if (mailbox)
+			sqlite3_bind_text(q, 2, mailbox, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(q, 3, older_than);
+		sqlite3_bind_int64(q, 4, after_mailbox);
+		sqlite3_bind_int64(q, 5, after_uid);
+		sqlite3_bind_int64(q, 6, STORE_TIER_REFS_CHUNK);
+		rows = 0;
+		rc = refs_chunk(q, cb, ctx, &rows, &after_mailbox, &after_uid, &stopped);
+		if (rc != SQLITE_DONE)
+			break;
+	}
+	s = rc == SQLITE_DONE ? ST_OK : store_db_fail(st->db, rc, "list tier references", error_r);
+	store_db_release(st, q);
+	return s;
+}
+
+/* One chunk of store_tier_refs: SQLITE_DONE at its end (or when cb asked
+ * to stop: *stopped_r), else the error. */
+static int refs_chunk(sqlite3_stmt *q, store_tier_ref_cb *cb, void *ctx, size_t *rows_r, int64_t *mailbox_r,
+		      int64_t *uid_r, bool *stopped_r)
+{
 	int rc;
 	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+		(*rows_r)++;
+		*mailbox_r = sqlite3_column_int64(q, 13);
+		*uid_r = sqlite3_column_int64(q, 14);
 		struct store_tier_ref r;
 		r.blob_id = sqlite3_column_int64(q, 0);
 		column_msgid(q, 1, &r.id);
@@ -260,13 +294,11 @@ enum status store_tier_refs(struct store *st, const char *account, const char *m
 		r.heat_updated = sqlite3_column_int64(q, 11);
 		r.reads_days = (uint32_t)sqlite3_column_int64(q, 12);
 		if (!cb(ctx, &r)) {
-			rc = SQLITE_DONE;
-			break;
+			*stopped_r = true;
+			return SQLITE_DONE;
 		}
 	}
-	s = rc == SQLITE_DONE ? ST_OK : store_db_fail(st->db, rc, "list tier references", error_r);
-	store_db_release(st, q);
-	return s;
+	return rc;
 }
 
 enum status store_tier_any_blob(struct store *st, bool *any_r, char **error_r)

@@ -106,6 +106,11 @@ struct tier_cand {
 	bool promotable;          /* read on >= tier.promote_days distinct days */
 };
 struct tier_plan { size_t cand; unsigned to; };
+/* Folds the candidates of one blob into one (store_tier_refs gives a blob
+ * once per mailbox holding it, not necessarily in a row): the hottest
+ * temperature, the fastest pin, promotable if any is.  Sorts c by blob id
+ * and returns the new count.  Pure. */
+size_t tier_cand_merge(struct tier_cand *c, size_t n);
 /* Decides up to max_moves moves.  cap[t] is tier t's byte target (0 = no
  * limit); the last tier takes whatever the others cannot.  Rules, in order:
  *  1. pinned candidates go to their pin;

@@ -1,9 +1,11 @@
 /*
  * tier_mover.c - the placement pass and the daemon's mover thread.
  *
- * A pass reads every message reference (store_tier_refs), folds the
- * references of a blob into one candidate (the hottest reference's
- * temperature, the fastest pin, read days from the heat row), asks
+ * A pass reads every message reference (store_tier_refs, in chunks that
+ * each end their read transaction, so a pass starved of CPU never holds
+ * the WAL), folds the references of a blob into one candidate
+ * (tier_cand_merge: the hottest reference's temperature, the fastest pin,
+ * read days from the heat row), asks
  * tier_place for at most tier.batch moves, and performs them under the
  * token-bucket budget, sleeping between moves in slices of at most 100 ms
  * so a stop request is honoured promptly.
@@ -185,6 +187,7 @@ enum status tier_pass(struct store *st, const struct settings *s, struct tier_bu
 		free(f.c);
 		return r;
 	}
+	f.n = tier_cand_merge(f.c, f.n);
 	uint64_t cap[CONFIG_TIER_MAX];
 	for (size_t t = 0; t < s->n_tiers; t++)
 		cap[t] = tier_capacity(&s->tiers[t]);

@@ -24,6 +24,33 @@ uint64_t tier_capacity(const struct tier_setting *t)
 	return (uint64_t)(total * t->capacity_percent / 100);
 }
 
+static int by_blob_id(const void *a, const void *b)
+{
+	int64_t x = ((const struct tier_cand *)a)->blob_id, y = ((const struct tier_cand *)b)->blob_id;
+	return (x > y) - (x < y);
+}
+
+size_t tier_cand_merge(struct tier_cand *c, size_t n)
+{
+	if (n < 2)
+		return n;
+	qsort(c, n, sizeof(*c), by_blob_id);
+	size_t k = 0;
+	for (size_t i = 1; i < n; i++) {
+		struct tier_cand *last = &c[k];
+		if (c[i].blob_id != last->blob_id) {
+			c[++k] = c[i];
+			continue;
+		}
+		if (c[i].temp > last->temp)
+			last->temp = c[i].temp;
+		if (c[i].pin >= 0 && (last->pin < 0 || c[i].pin < last->pin))
+			last->pin = c[i].pin;
+		last->promotable |= c[i].promotable;
+	}
+	return k + 1;
+}
+
 static int by_temp_desc(const void *a, const void *b, void *ctx)
 {
 	const struct tier_cand *c = ctx;

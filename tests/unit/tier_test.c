@@ -701,6 +701,130 @@ static void test_pass(void **state)
 	f->s->tiers[0].capacity_bytes = 0;
 }
 
+/* ---- references in chunks, and their fold ----------------------------------------------- */
+
+struct ref_count {
+	int64_t blob_id[4];
+	size_t per_blob[4];
+	size_t total, stop_after;
+};
+
+static bool count_ref(void *ctx, const struct store_tier_ref *r)
+{
+	struct ref_count *c = ctx;
+	for (size_t i = 0; i < 4; i++) {
+		if (c->blob_id[i] == r->blob_id)
+			c->per_blob[i]++;
+	}
+	c->total++;
+	return c->stop_after == 0 || c->total < c->stop_after;
+}
+
+/* store_tier_refs reads STORE_TIER_REFS_CHUNK rows at a time: every
+ * reference comes exactly once across the chunk boundaries (a count just
+ * over two chunks, spread over three mailboxes), and a callback's stop is
+ * honoured at once, also at a boundary. */
+static void test_refs_in_chunks(void **state)
+{
+	struct fix *f = *state;
+	sqlite3 *db;
+	assert_int_equal(sqlite3_open(f->s->store_index_path, &db), SQLITE_OK);
+	sqlite3_busy_timeout(db, 10000);
+	const size_t n = 2 * STORE_TIER_REFS_CHUNK + 7;
+	char *err = NULL;
+	if (sqlite3_exec(db, "BEGIN;"
+			 "INSERT INTO mailboxes(account_id, name, uidvalidity) SELECT account_id, 'chunk' || n, 1"
+			 " FROM (SELECT account_id FROM mailboxes LIMIT 1), (SELECT 1 AS n UNION SELECT 2 UNION SELECT 3);",
+			 NULL, NULL, &err) != SQLITE_OK)
+		fail_msg("mailboxes: %s", err);
+	sqlite3_stmt *q;
+	assert_int_equal(sqlite3_prepare_v2(db, "INSERT INTO messages(mailbox_id, uid, blob_id, modseq)"
+					    " VALUES((SELECT id FROM mailboxes WHERE name = 'chunk' || ?1), ?2, ?3, 1)",
+					    -1, &q, NULL), SQLITE_OK);
+	size_t want[4] = { 0 };
+	for (size_t i = 0; i < n; i++) {
+		sqlite3_bind_int64(q, 1, (int64_t)(i % 3) + 1);
+		sqlite3_bind_int64(q, 2, (int64_t)i + 1);
+		sqlite3_bind_int64(q, 3, f->blob_id[i % 4]);
+		assert_int_equal(sqlite3_step(q), SQLITE_DONE);
+		sqlite3_reset(q);
+		want[i % 4]++;
+	}
+	sqlite3_finalize(q);
+	assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+	for (size_t i = 0; i < 4; i++)
+		want[i]++;   /* the fixture's own message of each blob */
+
+	struct ref_count c = { { 0 }, { 0 }, 0, 0 };
+	memcpy(c.blob_id, f->blob_id, sizeof(c.blob_id));
+	assert_int_equal(store_tier_refs(f->st, NULL, NULL, 0, count_ref, &c, &err), ST_OK);
+	if (c.total != n + 4)
+		fail_msg("all references: got %zu, want %zu", c.total, n + 4);
+	for (size_t i = 0; i < 4; i++) {
+		if (c.per_blob[i] != want[i])
+			fail_msg("blob %zu: got %zu references, want %zu", i, c.per_blob[i], want[i]);
+	}
+	static const size_t stops[] = { 1, STORE_TIER_REFS_CHUNK, STORE_TIER_REFS_CHUNK + 1 };
+	for (size_t k = 0; k < ARRAY_LEN(stops); k++) {
+		struct ref_count s = { { 0 }, { 0 }, 0, stops[k] };
+		assert_int_equal(store_tier_refs(f->st, NULL, NULL, 0, count_ref, &s, &err), ST_OK);
+		if (s.total != stops[k])
+			fail_msg("stop after %zu: the callback ran %zu times", stops[k], s.total);
+	}
+	/* a mailbox filter, through the same chunks */
+	struct ref_count m = { { 0 }, { 0 }, 0, 0 };
+	assert_int_equal(store_tier_refs(f->st, NULL, "CHUNK2", 0, count_ref, &m, &err), ST_OK);
+	if (m.total != (n + 1) / 3)
+		fail_msg("mailbox chunk2: got %zu references, want %zu", m.total, (n + 1) / 3);
+}
+
+static void test_cand_merge(void **state)
+{
+	(void)state;
+	struct cand_case {
+		const char *label;
+		size_t n;
+		struct { int64_t blob; double temp; int pin; bool promotable; } in[6];
+		size_t want_n;
+		struct { int64_t blob; double temp; int pin; bool promotable; } want[6];
+	};
+	static const struct cand_case cases[] = {
+		{ "empty", 0, { { 0, 0, 0, false } }, 0, { { 0, 0, 0, false } } },
+		{ "one", 1, { { 7, 1.5, -1, false } }, 1, { { 7, 1.5, -1, false } } },
+		{ "distinct, sorted by blob id", 3, { { 9, 1, -1, false }, { 2, 2, 1, false }, { 5, 3, -1, true } },
+		  3, { { 2, 2, 1, false }, { 5, 3, -1, true }, { 9, 1, -1, false } } },
+		{ "one blob scattered: hottest, fastest pin, promotable if any", 5,
+		  { { 4, 1, -1, false }, { 8, 5, -1, false }, { 4, 3, 2, false }, { 8, 2, -1, true }, { 4, 2, 1, false } },
+		  2, { { 4, 3, 1, false }, { 8, 5, -1, true } } },
+		{ "an unpinned reference keeps the pin", 2, { { 3, 1, 0, false }, { 3, 1, -1, false } },
+		  1, { { 3, 1, 0, false } } },
+	};
+	for (size_t k = 0; k < ARRAY_LEN(cases); k++) {
+		const struct cand_case *t = &cases[k];
+		struct tier_cand c[6];
+		memset(c, 0, sizeof(c));
+		for (size_t i = 0; i < t->n; i++) {
+			c[i].blob_id = t->in[i].blob;
+			c[i].temp = t->in[i].temp;
+			c[i].pin = t->in[i].pin;
+			c[i].promotable = t->in[i].promotable;
+		}
+		size_t got = tier_cand_merge(c, t->n);
+		if (got != t->want_n)
+			fail_msg("%s: %zu candidates, want %zu", t->label, got, t->want_n);
+		for (size_t i = 0; i < got; i++) {
+			if (c[i].blob_id != t->want[i].blob || c[i].temp != t->want[i].temp ||
+			    c[i].pin != t->want[i].pin || c[i].promotable != t->want[i].promotable)
+				fail_msg("%s: candidate %zu is blob %lld temp %g pin %d promotable %d,"
+					 " want blob %lld temp %g pin %d promotable %d", t->label, i,
+					 (long long)c[i].blob_id, c[i].temp, c[i].pin, c[i].promotable,
+					 (long long)t->want[i].blob, t->want[i].temp, t->want[i].pin,
+					 t->want[i].promotable);
+		}
+	}
+}
+
 /* ---- compressed tiers -------------------------------------------------------------------- */
 
 static void read_file_or_fail(const char *path, struct buf *out)
@@ -1282,6 +1406,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_crash_states_recover, fix_setup, fix_teardown),
 		cmocka_unit_test_setup_teardown(test_access_ring_and_heat, fix_setup, fix_teardown),
 		cmocka_unit_test_setup_teardown(test_pass, fix_setup, fix_teardown),
+		cmocka_unit_test_setup_teardown(test_refs_in_chunks, fix_setup, fix_teardown),
+		cmocka_unit_test(test_cand_merge),
 		cmocka_unit_test_setup_teardown(test_compressed_tier_moves, fix_setup, fix_teardown),
 		cmocka_unit_test_setup_teardown(test_compressed_damage, fix_setup, fix_teardown),
 		cmocka_unit_test_setup_teardown(test_pack_formats, fix_setup, fix_teardown),
