@@ -34,101 +34,20 @@
 #include "mime.h"
 #include "store.h"
 #include "store_internal.h" /* STORE_MIME_DICT_MARK, STORE_MIME_ROW_MAX */
-
-struct fixture {
-	char dir[64];
-	struct settings *s;
-	struct store *st;
-	sqlite3 *raw;
-};
+#include "store_fixture.h"
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	(void)sb;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
-static struct settings *load_settings(const char *dir, const char *extra)
-{
-	char conf[PATH_MAX], state[PATH_MAX];
-	snprintf(conf, sizeof(conf), "%s/empty.conf", dir);
-	FILE *f = fopen(conf, "w");
-	assert_non_null(f);
-	fclose(f);
-	snprintf(state, sizeof(state), "state_dir=%s/state", dir);
-	char *over[4] = { state, "store.fsync=no", "store.mime_dict_rows=200", (char *)extra };
-	char *err = NULL;
-	struct settings *s = config_load(conf, over, extra ? 4 : 3, &err);
-	if (s == NULL)
-		fail_msg("config_load: %s", err);
-	return s;
-}
-
 static int setup(void **state)
 {
-	struct fixture *f = xcalloc(1, sizeof(*f));
-	snprintf(f->dir, sizeof(f->dir), "/tmp/strata-mime-test-XXXXXX");
-	if (mkdtemp(f->dir) == NULL)
-		fail_msg("mkdtemp: %s", strerror(errno));
-	f->s = load_settings(f->dir, NULL);
-	char *err = NULL;
-	f->st = store_open(f->s, true, &err);
-	if (f->st == NULL)
-		fail_msg("store_open: %s", err);
-	assert_int_equal(sqlite3_open_v2(f->s->store_index_path, &f->raw, SQLITE_OPEN_READWRITE, NULL),
-			 SQLITE_OK);
-	sqlite3_busy_timeout(f->raw, 10000);
-	*state = f;
+	*state = fixture_new("mime-test", true, "store.fsync=no", "store.mime_dict_rows=200", NULL);
 	return 0;
 }
 
 static int teardown(void **state)
 {
-	struct fixture *f = *state;
-	sqlite3_close(f->raw);
-	store_close(&f->st);
-	config_free(&f->s);
-	nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-	free(f);
+	fixture_free(*state);
 	return 0;
-}
-
-#define CHECK_ST(label, got, want)                                                            \
-	do {                                                                                  \
-		enum status got_ = (got), want_ = (want);                                     \
-		if (got_ != want_)                                                            \
-			fail_msg("%s: got %s, want %s", (label), status_info(got_)->name,     \
-				 status_info(want_)->name);                                   \
-	} while (0)
-
-#define CHECK_INT(label, got, want)                                                           \
-	do {                                                                                  \
-		long long got_ = (long long)(got), want_ = (long long)(want);                 \
-		if (got_ != want_)                                                            \
-			fail_msg("%s: got %lld, want %lld", (label), got_, want_);            \
-	} while (0)
-
-static int64_t raw_int(struct fixture *f, const char *sql)
-{
-	sqlite3_stmt *q = NULL;
-	if (sqlite3_prepare_v2(f->raw, sql, -1, &q, NULL) != SQLITE_OK)
-		fail_msg("%s: %s", sql, sqlite3_errmsg(f->raw));
-	if (sqlite3_step(q) != SQLITE_ROW)
-		fail_msg("%s: no row (%s)", sql, sqlite3_errmsg(f->raw));
-	int64_t v = sqlite3_column_int64(q, 0);
-	sqlite3_finalize(q);
-	return v;
-}
-
-static void raw_exec(struct fixture *f, const char *sql)
-{
-	char *msg = NULL;
-	if (sqlite3_exec(f->raw, sql, NULL, NULL, &msg) != SQLITE_OK)
-		fail_msg("%s: %s", sql, msg);
 }
 
 /* The message id of blob n (blob rows are planted with id n). */
@@ -483,7 +402,7 @@ static void test_dict_off(void **state)
 	maintain(f, "train");
 	maintain(f, "re-pack");
 	CHECK_INT("compressed", compressed_rows(f), 300);
-	struct settings *off = load_settings(f->dir, "store.mime_dict=no");
+	struct settings *off = fixture_settings(f->dir, "store.fsync=no", "store.mime_dict_rows=200", "store.mime_dict=no");
 	char *err = NULL;
 	struct store *st = store_open(off, false, &err);
 	assert_non_null(st);

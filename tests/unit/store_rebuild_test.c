@@ -30,55 +30,19 @@
 #include "config.h"
 #include "core.h"
 #include "store.h"
+#include "store_fixture.h"
 
 #define HASH "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
-struct fixture {
-	char dir[64];
-	struct settings *s;
-	struct store *st;
-};
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	(void)sb, (void)flag, (void)ftw;
-	return remove(path);
-}
-
-static struct settings *load_settings(const char *dir, const char *extra)
-{
-	char conf[PATH_MAX], state[PATH_MAX];
-	snprintf(conf, sizeof(conf), "%s/empty.conf", dir);
-	FILE *f = fopen(conf, "w");
-	assert_non_null(f);
-	fclose(f);
-	snprintf(state, sizeof(state), "state_dir=%s/state", dir);
-	char *over[2] = { state, (char *)extra };
-	char *err = NULL;
-	struct settings *s = config_load(conf, over, extra ? 2 : 1, &err);
-	if (s == NULL)
-		fail_msg("config_load: %s", err);
-	return s;
-}
-
 static int setup(void **state)
 {
-	struct fixture *f = xcalloc(1, sizeof(*f));
-	snprintf(f->dir, sizeof(f->dir), "/tmp/strata-rebuild-test-XXXXXX");
-	if (mkdtemp(f->dir) == NULL)
-		fail_msg("mkdtemp: %s", strerror(errno));
-	f->s = load_settings(f->dir, "store.backup_keep=2");
-	*state = f;
+	*state = fixture_new("rebuild-test", false, "store.backup_keep=2", NULL, NULL);
 	return 0;
 }
 
 static int teardown(void **state)
 {
-	struct fixture *f = *state;
-	store_close(&f->st);
-	config_free(&f->s);
-	nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-	free(f);
+	fixture_free(*state);
 	return 0;
 }
 
@@ -244,7 +208,7 @@ static void test_index_check(void **state)
 		{ "garbage index, blobs remain", GARBAGE, true, STORE_INDEX_DAMAGED },
 	};
 	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
-		nftw(f->s->state_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+		nftw(f->s->state_dir, fixture_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 		store_close(&f->st);
 		assert_true(fs_mkdir_p(f->s->state_dir, 0750));
 		if (cases[i].index == HEALTHY || cases[i].index == HEALTHY_THEN_LOST) {

@@ -35,97 +35,20 @@
 #include "metrics.h"
 #include "store.h"
 #include "store_internal.h" /* the test reaches st->db to inject index faults */
-
-struct fixture {
-	char dir[64];
-	struct settings *s;
-	struct store *st;
-	sqlite3 *raw;
-};
+#include "store_fixture.h"
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	(void)sb;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
-static struct settings *load_settings(const char *dir, const char *extra1, const char *extra2)
-{
-	char conf[PATH_MAX], state[PATH_MAX];
-	snprintf(conf, sizeof(conf), "%s/empty.conf", dir);
-	FILE *f = fopen(conf, "w");
-	assert_non_null(f);
-	fclose(f);
-	snprintf(state, sizeof(state), "state_dir=%s/state", dir);
-	char *over[3] = { state, (char *)extra1, (char *)extra2 };
-	size_t n = 1 + (extra1 != NULL) + (extra2 != NULL && extra1 != NULL);
-	char *err = NULL;
-	struct settings *s = config_load(conf, over, n, &err);
-	if (s == NULL)
-		fail_msg("config_load: %s", err);
-	return s;
-}
-
 static int setup(void **state)
 {
-	struct fixture *f = xcalloc(1, sizeof(*f));
-	snprintf(f->dir, sizeof(f->dir), "/tmp/strata-store-test-XXXXXX");
-	if (mkdtemp(f->dir) == NULL)
-		fail_msg("mkdtemp: %s", strerror(errno));
-	f->s = load_settings(f->dir, NULL, NULL);
-	char *err = NULL;
-	f->st = store_open(f->s, true, &err);
-	if (f->st == NULL)
-		fail_msg("store_open: %s", err);
-	assert_int_equal(sqlite3_open_v2(f->s->store_index_path, &f->raw, SQLITE_OPEN_READWRITE, NULL),
-			 SQLITE_OK);
-	sqlite3_busy_timeout(f->raw, 10000);
-	*state = f;
+	*state = fixture_new("store-test", true, NULL, NULL, NULL);
 	return 0;
 }
 
 static int teardown(void **state)
 {
-	struct fixture *f = *state;
-	sqlite3_close(f->raw);
-	store_close(&f->st);
-	config_free(&f->s);
-	nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-	free(f);
+	fixture_free(*state);
 	return 0;
-}
-
-/* Fails with the label and both statuses when they differ. */
-#define CHECK_ST(label, got, want)                                                            \
-	do {                                                                                  \
-		enum status got_ = (got), want_ = (want);                                     \
-		if (got_ != want_)                                                            \
-			fail_msg("%s: got %s, want %s", (label), status_info(got_)->name,     \
-				 status_info(want_)->name);                                   \
-	} while (0)
-
-static int64_t raw_int(struct fixture *f, const char *sql)
-{
-	sqlite3_stmt *q = NULL;
-	if (sqlite3_prepare_v2(f->raw, sql, -1, &q, NULL) != SQLITE_OK)
-		fail_msg("%s: %s", sql, sqlite3_errmsg(f->raw));
-	int rc = sqlite3_step(q);
-	if (rc != SQLITE_ROW)
-		fail_msg("%s: no row (%s)", sql, sqlite3_errmsg(f->raw));
-	int64_t v = sqlite3_column_int64(q, 0);
-	sqlite3_finalize(q);
-	return v;
-}
-
-static void raw_exec(struct fixture *f, const char *sql)
-{
-	char *msg = NULL;
-	if (sqlite3_exec(f->raw, sql, NULL, NULL, &msg) != SQLITE_OK)
-		fail_msg("%s: %s", sql, msg);
 }
 
 static void must(enum status got, const char *what, char *err)
@@ -793,7 +716,7 @@ static void test_resolve(void **state)
 	assert_null(r);
 
 	/* Several delimiter characters; and none. */
-	struct settings *s2 = load_settings(f->dir, "recipient_delimiter=-+", NULL);
+	struct settings *s2 = fixture_settings(f->dir, "recipient_delimiter=-+", NULL, NULL);
 	r = store_reader_open(s2, &err);
 	assert_non_null(r);
 	const struct rcpt_case multi[] = {
@@ -804,7 +727,7 @@ static void test_resolve(void **state)
 	run_rcpt_cases(f, r, multi, ARRAY_LEN(multi));
 	store_reader_close(&r);
 	config_free(&s2);
-	s2 = load_settings(f->dir, "recipient_delimiter=", NULL);
+	s2 = fixture_settings(f->dir, "recipient_delimiter=", NULL, NULL);
 	r = store_reader_open(s2, &err);
 	assert_non_null(r);
 	const struct rcpt_case none[] = {
@@ -890,7 +813,7 @@ static void test_quota(void **state)
 	store_reader_close(&r);
 
 	/* quota.over_quota_reply = permanent, through a second writer. */
-	struct settings *s2 = load_settings(f->dir, "quota.over_quota_reply=permanent", NULL);
+	struct settings *s2 = fixture_settings(f->dir, "quota.over_quota_reply=permanent", NULL, NULL);
 	struct store *st2 = store_open(s2, false, &err);
 	if (st2 == NULL)
 		fail_msg("second writer: %s", err);
@@ -1295,7 +1218,7 @@ static void test_open_errors(void **state)
 	char *err = NULL;
 	char idx[PATH_MAX];
 	snprintf(idx, sizeof(idx), "store.index=%s/missing/index.db", f->dir);
-	struct settings *s2 = load_settings(f->dir, idx, NULL);
+	struct settings *s2 = fixture_settings(f->dir, idx, NULL, NULL);
 	assert_null(store_open(s2, false, &err));
 	assert_non_null(err);
 	xfree(&err);
@@ -1306,7 +1229,7 @@ static void test_open_errors(void **state)
 
 	/* An index from a newer Strata is refused by every handle. */
 	raw_exec(f, "PRAGMA user_version = 99");
-	s2 = load_settings(f->dir, NULL, NULL);
+	s2 = fixture_settings(f->dir, NULL, NULL, NULL);
 	assert_null(store_open(s2, true, &err));
 	assert_non_null(strstr(err, "newer"));
 	xfree(&err);
@@ -1572,7 +1495,7 @@ static void test_checkpointer(void **state)
 	/* 16 pages: 150 accounts (6 WAL frames each) pass it many times over;
 	 * without checkpoints their WAL (3.7 MB) passes the bound below 3 times.
 	 * The bound is the safety valve's size plus a few transactions. */
-	struct settings *s = load_settings(f->dir, "store.checkpoint_pages=16", NULL);
+	struct settings *s = fixture_settings(f->dir, "store.checkpoint_pages=16", NULL, NULL);
 	const long long bound = (16LL * 16 + 32) * (4096 + 24);
 	struct store_checkpointer *c = NULL;
 	char *err = NULL;
@@ -1607,7 +1530,7 @@ static void test_checkpointer(void **state)
 	assert_int_equal(metric_get(M_STORE_CHECKPOINTS), stopped);
 	store_close(&st);
 	config_free(&s);
-	s = load_settings(f->dir, "store.checkpointer=no", NULL);
+	s = fixture_settings(f->dir, "store.checkpointer=no", NULL, NULL);
 	c = (struct store_checkpointer *)s;   /* must be overwritten */
 	CHECK_ST("start with checkpointer=no", store_checkpoint_start(s, &c, &err), ST_OK);
 	assert_null(c);
