@@ -301,30 +301,28 @@ static int refs_chunk(sqlite3_stmt *q, store_tier_ref_cb *cb, void *ctx, size_t 
 	return rc;
 }
 
-enum status store_tier_any_blob(struct store *st, bool *any_r, char **error_r)
+/* Whether `sql` ("SELECT 1 FROM t LIMIT 1") finds a row: one index step. */
+static enum status any_row(struct store *st, const char *sql, const char *what, bool *any_r, char **error_r)
 {
 	sqlite3_stmt *q;
-	enum status s = store_db_prepare(st, "SELECT 1 FROM blobs LIMIT 1", &q, error_r);
+	enum status s = store_db_prepare(st, sql, &q, error_r);
 	if (s != ST_OK)
 		return s;
 	int rc = sqlite3_step(q);
 	*any_r = rc == SQLITE_ROW;
-	s = rc == SQLITE_ROW || rc == SQLITE_DONE ? ST_OK : store_db_fail(st->db, rc, "any blob", error_r);
+	s = rc == SQLITE_ROW || rc == SQLITE_DONE ? ST_OK : store_db_fail(st->db, rc, what, error_r);
 	store_db_release(st, q);
 	return s;
 }
 
+enum status store_tier_any_blob(struct store *st, bool *any_r, char **error_r)
+{
+	return any_row(st, "SELECT 1 FROM blobs LIMIT 1", "any blob", any_r, error_r);
+}
+
 enum status store_tier_heat_any(struct store *st, bool *any_r, char **error_r)
 {
-	sqlite3_stmt *q;
-	enum status s = store_db_prepare(st, "SELECT 1 FROM heat LIMIT 1", &q, error_r);
-	if (s != ST_OK)
-		return s;
-	int rc = sqlite3_step(q);
-	*any_r = rc == SQLITE_ROW;
-	s = rc == SQLITE_ROW || rc == SQLITE_DONE ? ST_OK : store_db_fail(st->db, rc, "any heat row", error_r);
-	store_db_release(st, q);
-	return s;
+	return any_row(st, "SELECT 1 FROM heat LIMIT 1", "any heat row", any_r, error_r);
 }
 
 enum status store_tier_usage(struct store *st, struct store_tier_usage out[CONFIG_TIER_MAX],
