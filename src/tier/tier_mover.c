@@ -63,6 +63,7 @@
 
 #define FLUSH_MS 2000
 #define MOVER_CACHE_KIB 4096        /* the mover handle's SQLite page cache */
+#define FIRST_PASS_MS 5000          /* first pass after start (sooner when tier.interval is) */
 #define DRAIN_MAX 8192
 #define MOVE_REST_BASE 0.125        /* rest per move / move time, back-off at 1 */
 #define MOVE_REST_MAX_US 2000000    /* longest rest after one move */
@@ -342,10 +343,13 @@ static void *mover_main(void *arg)
 	struct tier_mover *m = arg;
 	mover_be_gentle();
 	(void)pthread_setname_np(pthread_self(), "tier-mover");
-	/* The gauges scan every blob row: here, not in the daemon's start-up. */
-	tier_metrics_update(m->st, m->s);
+	/* The first pass, and with it the first tier gauges (both read every
+	 * message or blob row), wait until the daemon has started: run at
+	 * once, they competed with its start-up for the CPUs and the page
+	 * cache (0.04 s of start-up became 0.08 at 200,000 messages). */
 	uint64_t now = time_mono_ms();
-	uint64_t next_flush = now + FLUSH_MS, next_pass = now; /* first pass at once */
+	uint64_t first = m->s->tier_interval_ms < FIRST_PASS_MS ? m->s->tier_interval_ms : FIRST_PASS_MS;
+	uint64_t next_flush = now + FLUSH_MS, next_pass = now + first;
 	uint64_t next_ckpt = now + m->s->tier_checkpoint_interval_ms;
 	pthread_mutex_lock(&m->mu);
 	while (!m->stop) {
