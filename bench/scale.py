@@ -19,7 +19,8 @@ For each size (the baseline first, then the full size), from fresh state:
   3. the daemon is stopped, the index checkpointed, and measured: bytes
      of index.db per message (the WAL folded in);
   4. start-up time: from exec to the SMTP banner and /health answering;
-  5. idle RSS after start;
+  5. idle RSS after start, once the tier thread's first placement pass
+     (5 s after start) has run;
   6. 10,000 idle IMAP connections (logged in, INBOX selected, in IDLE;
      from 100 loopback source addresses): RSS per connection;
   7. IMAP latency over random accounts: LOGIN, SELECT INBOX and UID FETCH
@@ -353,6 +354,25 @@ def imap_latency(node, accounts, sessions=2000, concurrency=8):
     return out
 
 
+def wait_first_pass(node, timeout=300):
+    """Idle memory is measured in steady state: after the tier thread's first
+    placement pass (5 s after start), which reads every message reference and
+    frees what it used, and whose end sets the tier gauges.  Returns the
+    seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % node.admin, timeout=5) as r:
+                body = r.read().decode()
+        except OSError:
+            body = ""
+        for line in body.splitlines():
+            if line.startswith("strata_tier_0_bytes ") and float(line.split()[1]) > 0:
+                return round(time.monotonic() - t0, 1)
+        time.sleep(0.5)
+    raise RuntimeError("no tier placement pass within %d s of start" % timeout)
+
+
 def dirty_kib():
     with open("/proc/meminfo") as f:
         v = {ln.split(":")[0]: int(ln.split()[1]) for ln in f if ln.startswith(("Dirty:", "Writeback:"))}
@@ -410,7 +430,8 @@ def measure(binary, workdir, name, accounts, messages, window, idle_conns, reuse
             node.stop()
         res["start_s"] = {"runs": starts, "median": sorted(starts)[1]}
         node.start()
-        time.sleep(3)
+        res["first_pass_s"] = wait_first_pass(node)
+        time.sleep(2)
         res["idle_rss_kib"] = rss_kib(node.proc.pid)
         log("%s: start %.2f s, idle RSS %d KiB" % (name, res["start_s"]["median"], res["idle_rss_kib"]))
         before, during = asyncio.run(hold_idle(node, accounts, idle_conns))
