@@ -114,6 +114,10 @@ bool str_ct_equal(const void *a, const void *b, size_t n);
 uint64_t time_mono_ms(void);
 uint64_t time_mono_us(void);
 uint64_t time_wall_ms(void);
+/* *ts = CLOCK_MONOTONIC now + ms: the absolute deadline a
+ * pthread_cond_timedwait on a monotonic condition variable takes. */
+struct timespec;
+void time_mono_deadline(uint64_t ms, struct timespec *ts);
 /* RFC 5322 date-time for `t` in local time, e.g. "Sat, 28 Nov 2026 22:03:44 +0000". */
 void time_rfc5322(int64_t t, char *out, size_t outlen);
 

@@ -25,6 +25,17 @@ uint64_t time_mono_ms(void)
 	return time_mono_us() / 1000u;
 }
 
+void time_mono_deadline(uint64_t ms, struct timespec *ts)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	ts->tv_sec += (time_t)(ms / 1000);
+	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts->tv_nsec >= 1000000000L) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000L;
+	}
+}
+
 uint64_t time_wall_ms(void)
 {
 	struct timespec ts;

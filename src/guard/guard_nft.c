@@ -423,13 +423,7 @@ static void nft_wait(struct guard_nft *m)
 	if (m->resync) {
 		uint64_t now = time_mono_ms(), wait = m->retry_at_ms > now ? m->retry_at_ms - now : 0;
 		struct timespec ts;
-		clock_gettime(CLOCK_MONOTONIC, &ts);   /* the condition variable's clock */
-		ts.tv_sec += (time_t)(wait / 1000);
-		ts.tv_nsec += (long)(wait % 1000) * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
+		time_mono_deadline(wait, &ts);   /* the condition variable's clock */
 		pthread_cond_timedwait(&m->wake, &m->mu, &ts);
 	} else {
 		pthread_cond_wait(&m->wake, &m->mu);

@@ -371,13 +371,7 @@ static void *sched_main(void *arg)
 	while (!atomic_load(&r->stop)) {
 		if (!r->wake) {
 			struct timespec ts;
-			clock_gettime(CLOCK_MONOTONIC, &ts);
-			ts.tv_sec += RELAY_POLL_MS / 1000;
-			ts.tv_nsec += (long)(RELAY_POLL_MS % 1000) * 1000000L;
-			if (ts.tv_nsec >= 1000000000L) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000L;
-			}
+			time_mono_deadline(RELAY_POLL_MS, &ts);
 			pthread_cond_timedwait(&r->sched_cv, &r->mu, &ts);
 		}
 		if (atomic_load(&r->stop))

@@ -315,22 +315,11 @@ static uint64_t first_delay_ms(const struct settings *s)
 	return delay;
 }
 
-static void deadline_after(uint64_t ms, struct timespec *ts)
-{
-	clock_gettime(CLOCK_MONOTONIC, ts);
-	ts->tv_sec += (time_t)(ms / 1000);
-	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts->tv_nsec >= 1000000000L) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000L;
-	}
-}
-
 static void *backup_main(void *arg)
 {
 	struct store_backup_thread *t = arg;
 	struct timespec due;
-	deadline_after(first_delay_ms(t->s), &due);
+	time_mono_deadline(first_delay_ms(t->s), &due);
 	pthread_mutex_lock(&t->mu);
 	while (!t->stop) {
 		int rc = pthread_cond_timedwait(&t->cv, &t->mu, &due);
@@ -349,7 +338,7 @@ static void *backup_main(void *arg)
 		}
 		free(path);
 		free(err);
-		deadline_after(t->s->store_backup_interval_ms, &due);
+		time_mono_deadline(t->s->store_backup_interval_ms, &due);
 		pthread_mutex_lock(&t->mu);
 	}
 	pthread_mutex_unlock(&t->mu);

@@ -196,17 +196,6 @@ void store_checkpoint_attach(struct store *st)
 
 /* ---- the thread ------------------------------------------------------------------- */
 
-static void ckpt_deadline(uint64_t ms, struct timespec *ts)
-{
-	clock_gettime(CLOCK_MONOTONIC, ts);
-	ts->tv_sec += (time_t)(ms / 1000);
-	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts->tv_nsec >= 1000000000L) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000L;
-	}
-}
-
 static void ckpt_set_gauge(struct store_checkpointer *c, int log_frames)
 {
 	int64_t v = log_frames < 0 ? 0 : log_frames;
@@ -293,7 +282,7 @@ static bool ckpt_round(struct store_checkpointer *c)
 static void ckpt_wait(uint64_t ms, bool stop_only)
 {
 	struct timespec due;
-	ckpt_deadline(ms, &due);
+	time_mono_deadline(ms, &due);
 	while (!g_ckpt.stop && (stop_only || !atomic_load(&g_ckpt.pending))) {
 		if (pthread_cond_timedwait(&g_ckpt.cv, &g_ckpt.mu, &due) == ETIMEDOUT)
 			return;
