@@ -781,3 +781,14 @@ def stored_for(server, address, qid):
             found.append(raw)
     assert len(found) == 1, "%d messages with queue id %s in %s" % (len(found), qid, address)
     return found[0]
+
+
+def imap_wire(data):
+    """An imaplib FETCH response as it was on the wire (imaplib splits literals)."""
+    out = b""
+    for x in data:
+        if isinstance(x, tuple):
+            out += x[0] + b"\r\n" + x[1]
+        elif x is not None:
+            out += x
+    return out

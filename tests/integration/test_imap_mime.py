@@ -84,20 +84,11 @@ def load_case(name):
     return msg, exp
 
 
-def wire(data):
-    """The FETCH response as it was on the wire (imaplib splits literals)."""
-    out = b""
-    for x in data:
-        if isinstance(x, tuple):
-            out += x[0] + b"\r\n" + x[1]
-        elif x is not None:
-            out += x
-    return out
 
 
 def fetch_item(m, uid, item, name):
     """The text after '<name> ' in the response to UID FETCH uid (item)."""
-    text = wire(ok(m.uid("FETCH", str(uid), "(%s)" % item)))
+    text = harness.imap_wire(ok(m.uid("FETCH", str(uid), "(%s)" % item)))
     key = b" " + name.encode() + b" "
     at = text.find(key)
     assert at >= 0, text
@@ -163,7 +154,7 @@ def test_corpus_by_smtp(srv, name):
         check_structure(m, uid, exp, name)
         check_parts(m, uid, exp, name)
         # PEEK everywhere: still not \Seen
-        assert b"\\Seen" not in wire(ok(m.uid("FETCH", str(uid), "FLAGS")))
+        assert b"\\Seen" not in harness.imap_wire(ok(m.uid("FETCH", str(uid), "FLAGS")))
     finally:
         m.logout()
 
@@ -183,7 +174,7 @@ def test_lazy_row_for_old_blobs(srv):
     try:
         uid = newest_uid(m)
         # many messages at once: several pool jobs, output in order
-        data = wire(ok(m.uid("FETCH", "1:*", "(UID BODYSTRUCTURE)")))
+        data = harness.imap_wire(ok(m.uid("FETCH", "1:*", "(UID BODYSTRUCTURE)")))
         assert data.count(b"BODYSTRUCTURE (") >= len(CASES)
         check_structure(m, uid, exp, "nested_rfc822")
         check_parts(m, uid, exp, "nested_rfc822")
@@ -241,12 +232,12 @@ def test_macros_partials_and_errors(srv):
     m = login(srv)
     try:
         uid = newest_uid(m)
-        text = wire(ok(m.uid("FETCH", str(uid), "ALL")))
+        text = harness.imap_wire(ok(m.uid("FETCH", str(uid), "ALL")))
         assert b"FLAGS (" in text and b"INTERNALDATE " in text and b"RFC822.SIZE " in text
         assert b"ENVELOPE " + exp["ENVELOPE"] in text and b"BODY " not in text
-        text = wire(ok(m.uid("FETCH", str(uid), "FULL")))
+        text = harness.imap_wire(ok(m.uid("FETCH", str(uid), "FULL")))
         assert text.endswith(b"ENVELOPE " + exp["ENVELOPE"] + b" BODY " + exp["BODY"] + b")")
-        text = wire(ok(m.uid("FETCH", str(uid), "FAST")))
+        text = harness.imap_wire(ok(m.uid("FETCH", str(uid), "FAST")))
         assert b"ENVELOPE" not in text
         # partial of a part, and of a part's MIME header
         data = ok(m.uid("FETCH", str(uid), "(BODY.PEEK[2]<2.4>)"))

@@ -88,14 +88,6 @@ def ok(resp):
     return data
 
 
-def wire(data):
-    out = b""
-    for x in data:
-        if isinstance(x, tuple):
-            out += x[0] + b"\r\n" + x[1]
-        elif x is not None:
-            out += x
-    return out
 
 
 def fetch_all(srv):
@@ -107,7 +99,7 @@ def fetch_all(srv):
         uids = sorted(int(x) for x in ok(m.uid("SEARCH", None, "ALL"))[0].split())
         out = {}
         for uid in uids:
-            text = wire(ok(m.uid("FETCH", str(uid), "(ENVELOPE BODYSTRUCTURE BODY.PEEK[1])")))
+            text = harness.imap_wire(ok(m.uid("FETCH", str(uid), "(ENVELOPE BODYSTRUCTURE BODY.PEEK[1])")))
             text = re.sub(rb"^(\* )?\d+ (FETCH )?\(", b"", text)
             out[uid] = re.sub(rb"UID \d+ ?", b"", text)
         return out
