@@ -28,7 +28,13 @@
  *
  * When:
  *   - woken by a hook when the WAL holds >= store.checkpoint_pages pages
- *     (the hook runs on the committing thread after each COMMIT);
+ *     that no checkpoint has copied yet (the hook runs on the committing
+ *     thread after each COMMIT).  Counting the log's whole length instead
+ *     would, under a steady load that never lets the log be rewound (see
+ *     ckpt_rewind), wake this thread after nearly every commit: each round
+ *     would copy a few pages and fsync index.db, with no two commits'
+ *     writes to the same page folded into one (measured at 1,000,000
+ *     messages: 166 rounds for 5,000 deliveries);
  *   - every CKPT_IDLE_MS while commits happened since the last complete
  *     checkpoint (a quiet index ends with an empty WAL);
  *   - a checkpoint that copied nothing new waits CKPT_RETRY_MS before the
@@ -108,6 +114,8 @@ static struct {
 	atomic_bool running;       /* hooks wake the thread (else they checkpoint themselves) */
 	atomic_bool pending;       /* the WAL passed the threshold since the thread last looked */
 	atomic_bool dirty;         /* commits since the last complete checkpoint */
+	_Atomic int64_t copied;    /* frames of the present log a checkpoint has copied */
+	_Atomic int64_t last_pages;/* the log's length at the previous hook: a shorter one was rewound */
 	_Atomic uint64_t threshold;
 	_Atomic uint64_t valve_at; /* WAL pages that open the valve (UINT64_MAX: one is running) */
 	atomic_bool valve_warned;  /* warning logged for the current episode */
@@ -150,10 +158,23 @@ static void ckpt_valve(sqlite3 *db, const char *name, int pages, uint64_t thresh
 	sqlite3_busy_timeout(db, STORE_BUSY_TIMEOUT_MS);
 	if (rc == SQLITE_OK) {
 		metric_inc(M_STORE_CHECKPOINTS_RESTART);
+		atomic_store_explicit(&g_ckpt.copied, 0, memory_order_relaxed);
 		atomic_store(&g_ckpt.valve_at, threshold * CKPT_VALVE_FACTOR);
 	} else {
 		atomic_store(&g_ckpt.valve_at, rc == SQLITE_BUSY && log_frames < 0 ? at : 2 * (uint64_t)pages);
 	}
+}
+
+/* Frames of a log of `pages` frames that no checkpoint has copied.  A log
+ * shorter than at the previous commit was rewound (by SQLite at the start
+ * of a write transaction, or by a RESTART): every frame in it is new.  The
+ * counts are a hint for when to wake the thread, read and written without
+ * a lock: a race can only make a wake-up early or late by a few commits. */
+int64_t store_checkpoint_uncopied(int64_t pages, int64_t copied, int64_t last_pages)
+{
+	if (pages < last_pages || pages < copied)
+		return pages;
+	return pages - copied;
 }
 
 /* Called by SQLite after each COMMIT on a handle it is installed on, with
@@ -172,7 +193,12 @@ static int ckpt_wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 		return SQLITE_OK;
 	}
 	atomic_store_explicit(&g_ckpt.dirty, true, memory_order_relaxed);
-	if (over && !atomic_exchange(&g_ckpt.pending, true)) {
+	int64_t last = atomic_exchange_explicit(&g_ckpt.last_pages, pages, memory_order_relaxed);
+	if (pages < last)
+		atomic_store_explicit(&g_ckpt.copied, 0, memory_order_relaxed);
+	int64_t fresh = store_checkpoint_uncopied(pages, atomic_load_explicit(&g_ckpt.copied, memory_order_relaxed),
+						  last);
+	if (over && (uint64_t)fresh >= threshold && !atomic_exchange(&g_ckpt.pending, true)) {
 		pthread_mutex_lock(&g_ckpt.mu);
 		pthread_cond_signal(&g_ckpt.cv);
 		pthread_mutex_unlock(&g_ckpt.mu);
@@ -243,8 +269,10 @@ static int ckpt_run(struct store_checkpointer *c, int mode, int *log_r, int *ckp
 static void ckpt_rewind(struct store_checkpointer *c)
 {
 	int log_frames, done;
-	if (ckpt_run(c, SQLITE_CHECKPOINT_RESTART, &log_frames, &done) == SQLITE_OK)
+	if (ckpt_run(c, SQLITE_CHECKPOINT_RESTART, &log_frames, &done) == SQLITE_OK) {
+		atomic_store_explicit(&g_ckpt.copied, 0, memory_order_relaxed);
 		ckpt_set_gauge(c, 0);
+	}
 }
 
 /* One round: a PASSIVE checkpoint, and the rewind when it copied all.
@@ -255,6 +283,8 @@ static bool ckpt_round(struct store_checkpointer *c)
 {
 	int log_frames, done;
 	int rc = ckpt_run(c, SQLITE_CHECKPOINT_PASSIVE, &log_frames, &done);
+	if (rc == SQLITE_OK && done >= 0)
+		atomic_store_explicit(&g_ckpt.copied, done, memory_order_relaxed);
 	bool complete = rc == SQLITE_OK && log_frames >= 0 && done >= log_frames;
 	/* No progress: frames are left that the previous round could not copy
 	 * either (a reader still needs them). */
@@ -336,6 +366,8 @@ enum status store_checkpoint_start(const struct settings *s, struct store_checkp
 	atomic_store(&g_ckpt.threshold, c->threshold);
 	atomic_store(&g_ckpt.valve_at, c->threshold * CKPT_VALVE_FACTOR);
 	atomic_store(&g_ckpt.pending, false);
+	atomic_store(&g_ckpt.copied, 0);
+	atomic_store(&g_ckpt.last_pages, 0);
 	atomic_store(&g_ckpt.dirty, true);  /* whatever an earlier process left in the WAL */
 	pthread_once(&g_ckpt_once, ckpt_init_cv);
 	pthread_mutex_lock(&g_ckpt.mu);

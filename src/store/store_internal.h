@@ -135,6 +135,10 @@ uint64_t store_db_column_u64(sqlite3_stmt *q, int col);
  * checkpoints and installs the WAL hook that wakes the checkpointer; with
  * none running, sets SQLite's autocheckpoint to store.checkpoint_pages. */
 void store_checkpoint_attach(struct store *st);
+/* Frames of a WAL of `pages` frames that no checkpoint has copied, given
+ * the frames the last checkpoint of this log copied and the log's length at
+ * the previous commit (a shorter log now was rewound: all of it is new). */
+int64_t store_checkpoint_uncopied(int64_t pages, int64_t copied, int64_t last_pages);
 
 /* ---- store_addr.c -------------------------------------------------------- */
 /* Each validates `in`, writes its lower-cased form to out, and returns true;
