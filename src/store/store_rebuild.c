@@ -326,6 +326,11 @@ static bool backups_exist(const struct settings *s)
 	return n > 0;
 }
 
+static bool has_data(const struct settings *s)
+{
+	return blobs_exist(s) || backups_exist(s);
+}
+
 enum store_index_state store_index_check(const struct settings *s, char **reason_r)
 {
 	*reason_r = NULL;
@@ -339,9 +344,10 @@ enum store_index_state store_index_check(const struct settings *s, char **reason
 		/* Not proof of damage (permissions, I/O): store_open reports it. */
 		return STORE_INDEX_OK;
 	}
-	bool has_data = blobs_exist(s) || backups_exist(s);
+	/* Whether there is mail to rebuild from is asked only when the index
+	 * is missing or unhealthy: a healthy start never walks the tiers. */
 	if (missing) {
-		if (!has_data)
+		if (!has_data(s))
 			return STORE_INDEX_NEW;
 		*reason_r = xasprintf("the index %s is missing or empty", s->store_index_path);
 		return STORE_INDEX_DAMAGED;
@@ -356,7 +362,7 @@ enum store_index_state store_index_check(const struct settings *s, char **reason
 		free(why);
 		return STORE_INDEX_OK; /* a newer Strata's: store_open says so */
 	}
-	if (version == 0 && !has_data) {
+	if (version == 0 && !has_data(s)) {
 		free(why);
 		return STORE_INDEX_NEW; /* e.g. a crash during the very first start */
 	}
