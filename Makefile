@@ -49,10 +49,12 @@ integration: build
 # writes docs/BENCHMARKS.md, keeping the sections below), the flood vs
 # Postfix + postscreen, tier placement vs age-only, LRU and Belady, the
 # tier rebuild from no tier state at 1,000,000 messages, and the tier
-# mover's cost to IMAP FETCH latency (results and plots in bench/results/;
-# their sections of docs/BENCHMARKS.md are written from them).  About an
-# hour.
-bench: bench-ingest bench-flood bench-tier bench-tier-rebuild bench-mover
+# mover's cost to IMAP FETCH latency, and one node at full size (50,000
+# accounts, 1,000,000 messages, against 1,000 accounts; results and plots in
+# bench/results/; their sections of docs/BENCHMARKS.md are written from
+# them).  About an hour and a half, and 20 GB free under /var/tmp for the
+# scale run (removed afterwards).
+bench: bench-ingest bench-flood bench-tier bench-tier-rebuild bench-mover bench-scale
 
 bench-ingest: build
 	@scripts/deps bench
@@ -78,8 +80,8 @@ bench-tier: build
 	/usr/bin/python3 bench/plot_tier_sim.py bench/results/tier-sim-$$d.json
 
 # One node at full size: 50,000 accounts, 1,000,000 messages (about 17 GB
-# of mail in a new directory under /var/tmp, removed afterwards; an hour or
-# more on two cores), against 1,000 accounts.  Scale it down with
+# of mail in a new directory under /var/tmp, removed afterwards; about 25
+# minutes on two cores), against 1,000 accounts.  Scale it down with
 # SCALE_ARGS="--accounts 5000 --messages 100000".  See bench/scale.py.
 SCALE_ARGS ?=
 bench-scale: build
