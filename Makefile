@@ -52,7 +52,7 @@ integration: build
 # mover's cost to IMAP FETCH latency, and one node at full size (50,000
 # accounts, 1,000,000 messages, against 1,000 accounts; results and plots in
 # bench/results/; their sections of docs/BENCHMARKS.md are written from
-# them).  About an hour and a half, and 20 GB free under /var/tmp for the
+# them).  About an hour and a quarter, and 20 GB free under /var/tmp for the
 # scale run (removed afterwards).
 bench: bench-ingest bench-flood bench-tier bench-tier-rebuild bench-mover bench-scale
 
@@ -80,7 +80,7 @@ bench-tier: build
 	/usr/bin/python3 bench/plot_tier_sim.py bench/results/tier-sim-$$d.json
 
 # One node at full size: 50,000 accounts, 1,000,000 messages (about 17 GB
-# of mail in a new directory under /var/tmp, removed afterwards; about 25
+# of mail in a new directory under /var/tmp, removed afterwards; about 15
 # minutes on two cores), against 1,000 accounts.  Scale it down with
 # SCALE_ARGS="--accounts 5000 --messages 100000".  See bench/scale.py.
 SCALE_ARGS ?=

@@ -56,7 +56,10 @@
  * one RESTART right after its COMMIT, with no busy wait (the next one at
  * twice that size if a reader kept the log from being rewound, see
  * ckpt_valve): it copies what this thread has not yet copied and
- * rewinds the log unless a reader still uses it.  It runs there because
+ * rewinds the log unless a reader still uses it.  Under a steady load
+ * that is routine (the committer is seldom idle when this thread tries its
+ * rewind): a valve that rewound the log is only counted; one that a reader
+ * kept from rewinding logs a warning.  It runs there because
  * that thread holds no lock at that moment: measured, a RESTART from this
  * thread with a busy timeout waited its whole timeout in vain while a
  * writer that is never idle kept taking the write lock (SQLite's locks are
@@ -148,14 +151,17 @@ static void ckpt_valve(sqlite3 *db, const char *name, int pages, uint64_t thresh
 {
 	if (!atomic_compare_exchange_strong(&g_ckpt.valve_at, &at, UINT64_MAX))
 		return;   /* another committing thread has this turn */
-	if (!atomic_exchange(&g_ckpt.valve_warned, true))
-		log_warn("store: the index's WAL holds %d pages (store.checkpoint_pages is %llu): readers keep it "
-			 "from being rewound or the checkpointer falls behind; committing threads now try a "
-			 "RESTART checkpoint themselves", pages, (unsigned long long)threshold);
 	int log_frames, done;
 	sqlite3_busy_timeout(db, 0);
 	int rc = sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_RESTART, &log_frames, &done);
 	sqlite3_busy_timeout(db, STORE_BUSY_TIMEOUT_MS);
+	/* A valve that rewound the log is routine under a steady load (the
+	 * committer is seldom idle when the checkpointer tries its rewind):
+	 * counted, not logged.  One that could not is worth a warning. */
+	if (rc != SQLITE_OK && log_frames >= 0 && !atomic_exchange(&g_ckpt.valve_warned, true))
+		log_warn("store: the index's WAL holds %d pages (store.checkpoint_pages is %llu) and readers keep "
+			 "it from being rewound; committing threads try again at twice that size",
+			 pages, (unsigned long long)threshold);
 	if (rc == SQLITE_OK) {
 		metric_inc(M_STORE_CHECKPOINTS_RESTART);
 		atomic_store_explicit(&g_ckpt.copied, 0, memory_order_relaxed);
