@@ -260,8 +260,9 @@ static const struct config_key keys[] = {
 	  "MIME rows the index holds before its first dictionary is trained (then again at 10x the rows of the newest one)" },
 	{ "store.checkpointer", CFG_BOOL, "yes", 0, 0, NULL, false, OFF(store_checkpointer),
 	  "Copy the index's write-ahead log into the index (WAL checkpoint) on a thread of its own, so deliveries never wait for it; 'no' leaves it to whichever commit fills the log (SQLite's default)" },
-	{ "store.checkpoint_pages", CFG_UINT, "256", 16, 1000000, NULL, false, OFF(store_checkpoint_pages),
-	  "Pages (4 KiB) in the index's write-ahead log, not yet copied into index.db, that call for a checkpoint" },
+	{ "store.checkpoint_pages", CFG_UINT, "0", 0, 1000000, NULL, false, OFF(store_checkpoint_pages),
+	  "Pages (4 KiB) in the index's write-ahead log, not yet copied into index.db, that call for a checkpoint; "
+	  "0: automatic (1000 while index.db is under 64 MiB, 256 from then on)" },
 	{ "tier.names", CFG_STRING, "", 0, 0, NULL, false, OFF(tier_names),
 	  "Storage tiers, fastest first, comma-separated (e.g. fast,standard,archive); empty means one tier 'fast' at store.blob_dir. Per tier: tier.<name>.path, .capacity, .compress (none or zstd) and .compress_level (1-19, default 3)" },
 	{ "tier.pin", CFG_STRING, "", 0, 0, NULL, false, OFF(tier_pin),

@@ -91,6 +91,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "metrics.h"
@@ -98,12 +99,17 @@
 #define CKPT_IDLE_MS 2000          /* checkpoint a non-empty WAL at least this often */
 #define CKPT_RETRY_MS 100          /* after a checkpoint that copied nothing new */
 #define CKPT_VALVE_FACTOR 16u      /* WAL pages, in thresholds, that open the safety valve */
+/* store.checkpoint_pages = 0 (automatic): see store_checkpoint_auto_pages. */
+#define CKPT_AUTO_SMALL_PAGES 1000u   /* SQLite's own default */
+#define CKPT_AUTO_LARGE_PAGES 256u
+#define CKPT_AUTO_LARGE_INDEX (64u << 20)  /* bytes of index.db from which it is large */
 #define CKPT_FINAL_BUSY_MS 1000    /* the final TRUNCATE's wait for readers */
 
 struct store_checkpointer {
 	struct store *st;          /* this thread's own handle */
 	pthread_t thread;
-	uint64_t threshold;        /* store.checkpoint_pages */
+	uint64_t threshold;        /* store.checkpoint_pages, or the automatic one now */
+	bool automatic;            /* store.checkpoint_pages = 0 */
 	int64_t wal_gauge;         /* value last given to M_STORE_WAL_PAGES */
 	bool errored;              /* a checkpoint error logged, not yet followed by a success */
 	int last_log, last_done;   /* the previous PASSIVE checkpoint's frame counts */
@@ -215,9 +221,39 @@ static int ckpt_wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 	return SQLITE_OK;
 }
 
+/* The automatic threshold.  A checkpoint writes each distinct page of its
+ * frames once, at its place in index.db, then fsyncs it, and the disk
+ * serves that before the next commit's fsync.  On a small index the same
+ * pages are written over and over, so 1,000 frames fold into a few hundred
+ * writes, and checkpointing less often saves fsyncs (IMAP STORE on a
+ * 10,000-message index: 1.4x the throughput and a third of the p99 of
+ * 256-page checkpoints).  On a large one a delivery dirties about four
+ * pages in random places, so 1,000 frames are about 1,000 random writes
+ * (delivery p99 at 1,000,000 messages: 34-38 ms with 1,000-page
+ * checkpoints, 27-30 ms with 256, as at 20,000 messages). */
+uint64_t store_checkpoint_auto_pages(uint64_t index_bytes)
+{
+	return index_bytes < CKPT_AUTO_LARGE_INDEX ? CKPT_AUTO_SMALL_PAGES : CKPT_AUTO_LARGE_PAGES;
+}
+
+static uint64_t index_bytes(const char *path)
+{
+	struct stat sb;
+	return stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+}
+
+/* The threshold for a handle of `s`: the setting, or the automatic one for
+ * the index's present size. */
+static uint64_t ckpt_threshold(const struct settings *s)
+{
+	if (s->store_checkpoint_pages > 0)
+		return s->store_checkpoint_pages < 16 ? 16 : s->store_checkpoint_pages;
+	return store_checkpoint_auto_pages(index_bytes(s->store_index_path));
+}
+
 void store_checkpoint_attach(struct store *st)
 {
-	uint64_t pages = st->s->store_checkpoint_pages;
+	uint64_t pages = ckpt_threshold(st->s);
 	if (atomic_load(&g_ckpt.running) && strcmp(st->s->store_index_path, g_ckpt.path) == 0) {
 		sqlite3_wal_autocheckpoint(st->db, 0);
 		sqlite3_wal_hook(st->db, ckpt_wal_hook, NULL);
@@ -297,6 +333,14 @@ static bool ckpt_round(struct store_checkpointer *c)
 	bool progress = rc == SQLITE_OK && (complete || log_frames < c->last_log || done > c->last_done);
 	c->last_log = log_frames;
 	c->last_done = done;
+	if (c->automatic) {
+		/* The index grows: so may the automatic threshold change. */
+		uint64_t t = store_checkpoint_auto_pages(index_bytes(c->st->s->store_index_path));
+		if (t != c->threshold) {
+			c->threshold = t;
+			atomic_store(&g_ckpt.threshold, t);
+		}
+	}
 	if (!complete)
 		atomic_store(&g_ckpt.dirty, true);
 	else if (log_frames > 0)
@@ -367,7 +411,8 @@ enum status store_checkpoint_start(const struct settings *s, struct store_checkp
 	c->st = st;
 	/* PASSIVE never waits; this handle's RESTARTs must not either. */
 	sqlite3_busy_timeout(st->db, 0);
-	c->threshold = s->store_checkpoint_pages;
+	c->automatic = s->store_checkpoint_pages == 0;
+	c->threshold = ckpt_threshold(s);
 	snprintf(g_ckpt.path, sizeof(g_ckpt.path), "%s", s->store_index_path);
 	atomic_store(&g_ckpt.threshold, c->threshold);
 	atomic_store(&g_ckpt.valve_at, c->threshold * CKPT_VALVE_FACTOR);

@@ -139,6 +139,8 @@ void store_checkpoint_attach(struct store *st);
  * the frames the last checkpoint of this log copied and the log's length at
  * the previous commit (a shorter log now was rewound: all of it is new). */
 int64_t store_checkpoint_uncopied(int64_t pages, int64_t copied, int64_t last_pages);
+/* store.checkpoint_pages = 0: the threshold for an index.db of that size. */
+uint64_t store_checkpoint_auto_pages(uint64_t index_bytes);
 
 /* ---- store_addr.c -------------------------------------------------------- */
 /* Each validates `in`, writes its lower-cased form to out, and returns true;

@@ -1548,6 +1548,19 @@ static void test_checkpoint_uncopied(void **state)
 	CHECK_INT("rewound, the copy count not yet reset", store_checkpoint_uncopied(900, 1000, 890), 900);
 }
 
+/* store.checkpoint_pages = 0: 1,000 pages while index.db is small, 256
+ * once it is large (64 MiB), where each page of a checkpoint is a random
+ * write. */
+static void test_checkpoint_auto_pages(void **state)
+{
+	(void)state;
+	CHECK_INT("empty", store_checkpoint_auto_pages(0), 1000);
+	CHECK_INT("20,000 messages", store_checkpoint_auto_pages(3739648), 1000);
+	CHECK_INT("just under", store_checkpoint_auto_pages((64u << 20) - 1), 1000);
+	CHECK_INT("64 MiB", store_checkpoint_auto_pages(64u << 20), 256);
+	CHECK_INT("1,000,000 messages", store_checkpoint_auto_pages(192471040), 256);
+}
+
 /* A log that readers keep from being rewound (each reader takes its
  * snapshot again right after the next commit, as IMAP sessions under load
  * do) stays long: the checkpointer must still run once per
@@ -1741,6 +1754,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_vanished_log, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_checkpointer, setup, teardown),
 		cmocka_unit_test(test_checkpoint_uncopied),
+		cmocka_unit_test(test_checkpoint_auto_pages),
 		cmocka_unit_test_setup_teardown(test_checkpoint_pinned_log, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_checkpoint_valve_warning, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_domain_del, setup, teardown),
