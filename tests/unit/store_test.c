@@ -1483,6 +1483,33 @@ static long long add_users_watch_wal(struct fixture *f, struct store *st, const 
 	return most;
 }
 
+/* A checkpointer started with settings `option` and a read-write handle
+ * opened while it runs (so it gets the checkpointer's WAL hook). */
+struct ckpt_run {
+	struct settings *s;
+	struct store_checkpointer *c;
+	struct store *st;
+};
+
+static void ckpt_run_start(struct fixture *f, const char *option, struct ckpt_run *r)
+{
+	char *err = NULL;
+	r->s = fixture_settings(f->dir, option, NULL, NULL);
+	r->c = NULL;
+	CHECK_ST("start", store_checkpoint_start(r->s, &r->c, &err), ST_OK);
+	assert_non_null(r->c);
+	r->st = store_open(r->s, false, &err);
+	if (r->st == NULL)
+		fail_msg("store_open: %s", err);
+}
+
+static void ckpt_run_stop(struct ckpt_run *r)
+{
+	store_close(&r->st);
+	store_checkpoint_stop(&r->c);
+	config_free(&r->s);
+}
+
 /* The WAL checkpointer (store_checkpoint.c): handles opened while it runs
  * leave checkpoints to its thread, which keeps the WAL near
  * store.checkpoint_pages; its stop truncates the WAL; handles still open
@@ -1495,15 +1522,10 @@ static void test_checkpointer(void **state)
 	/* 16 pages: 150 accounts (6 WAL frames each) pass it many times over;
 	 * without checkpoints their WAL (3.7 MB) passes the bound below 3 times.
 	 * The bound is the safety valve's size plus a few transactions. */
-	struct settings *s = fixture_settings(f->dir, "store.checkpoint_pages=16", NULL, NULL);
 	const long long bound = (16LL * 16 + 32) * (4096 + 24);
-	struct store_checkpointer *c = NULL;
-	char *err = NULL;
-	CHECK_ST("start", store_checkpoint_start(s, &c, &err), ST_OK);
-	assert_non_null(c);
-	struct store *st = store_open(s, false, &err);
-	if (st == NULL)
-		fail_msg("store_open: %s", err);
+	struct ckpt_run r;
+	ckpt_run_start(f, "store.checkpoint_pages=16", &r);
+	struct store *st = r.st;
 	uint64_t ran = metric_get(M_STORE_CHECKPOINTS);
 	/* 1 ms between transactions, as the queue's committer has between
 	 * its batches (directory fsyncs, replies): the moments the
@@ -1518,8 +1540,8 @@ static void test_checkpointer(void **state)
 		fail_msg("running: WAL grew to %lld bytes, bound %lld (%llu passive, %llu restart)", most, bound,
 			 (unsigned long long)(metric_get(M_STORE_CHECKPOINTS) - ran),
 			 (unsigned long long)metric_get(M_STORE_CHECKPOINTS_RESTART));
-	store_checkpoint_stop(&c);
-	assert_null(c);
+	store_checkpoint_stop(&r.c);
+	assert_null(r.c);
 	if (wal_size(f) != 0)
 		fail_msg("after stop: WAL %lld bytes, want 0 (TRUNCATE)", wal_size(f));
 	/* st keeps the hook: with no checkpointer it checkpoints itself. */
@@ -1528,10 +1550,10 @@ static void test_checkpointer(void **state)
 	if (most > bound)
 		fail_msg("after stop: WAL grew to %lld bytes, bound %lld", most, bound);
 	assert_int_equal(metric_get(M_STORE_CHECKPOINTS), stopped);
-	store_close(&st);
-	config_free(&s);
-	s = fixture_settings(f->dir, "store.checkpointer=no", NULL, NULL);
-	c = (struct store_checkpointer *)s;   /* must be overwritten */
+	ckpt_run_stop(&r);
+	char *err = NULL;
+	struct settings *s = fixture_settings(f->dir, "store.checkpointer=no", NULL, NULL);
+	struct store_checkpointer *c = (struct store_checkpointer *)s;   /* must be overwritten */
 	CHECK_ST("start with checkpointer=no", store_checkpoint_start(s, &c, &err), ST_OK);
 	assert_null(c);
 	config_free(&s);
@@ -1572,13 +1594,9 @@ static void test_checkpoint_pinned_log(void **state)
 {
 	struct fixture *f = *state;
 	add_domain(f, "ck.org");
-	struct settings *s = fixture_settings(f->dir, "store.checkpoint_pages=64", NULL, NULL);
-	struct store_checkpointer *c = NULL;
-	char *err = NULL;
-	CHECK_ST("start", store_checkpoint_start(s, &c, &err), ST_OK);
-	struct store *st = store_open(s, false, &err);
-	if (st == NULL)
-		fail_msg("store_open: %s", err);
+	struct ckpt_run r;
+	ckpt_run_start(f, "store.checkpoint_pages=64", &r);
+	struct store *st = r.st;
 	/* Past the threshold first, so that the old rule would fire on every
 	 * commit from here on. */
 	add_users_watch_wal(f, st, "fill", 20, 0);
@@ -1600,9 +1618,7 @@ static void test_checkpoint_pinned_log(void **state)
 	if (rounds > 15 || rounds == 0)
 		fail_msg("%llu checkpoint rounds for %d commits of 6 frames at a threshold of 64",
 			 (unsigned long long)rounds, commits);
-	store_close(&st);
-	store_checkpoint_stop(&c);
-	config_free(&s);
+	ckpt_run_stop(&r);
 }
 
 /* Runs fn(f, arg) with stderr (where the log goes) captured; returns
@@ -1652,14 +1668,9 @@ static void test_checkpoint_valve_warning(void **state)
 	struct fixture *f = *state;
 	add_domain(f, "ck.org");
 	log_set_level(LOG_LVL_INFO);
-	struct settings *s = fixture_settings(f->dir, "store.checkpoint_pages=16", NULL, NULL);
-	struct store_checkpointer *c = NULL;
-	char *err = NULL;
-	CHECK_ST("start", store_checkpoint_start(s, &c, &err), ST_OK);
-	struct store *st = store_open(s, false, &err);
-	if (st == NULL)
-		fail_msg("store_open: %s", err);
-	struct valve_run run = { .st = st, .pin = true };
+	struct ckpt_run r;
+	ckpt_run_start(f, "store.checkpoint_pages=16", &r);
+	struct valve_run run = { .st = r.st, .pin = true };
 	char *log = capture_stderr(f, valve_commits, &run);
 	if (strstr(log, "readers keep it from being rewound") == NULL)
 		fail_msg("a reader pinned the log past the valve, and no warning: [%s]", log);
@@ -1673,9 +1684,7 @@ static void test_checkpoint_valve_warning(void **state)
 	if (strstr(log, "readers keep it from being rewound") != NULL)
 		fail_msg("no reader, yet the valve warned: [%s]", log);
 	free(log);
-	store_close(&st);
-	store_checkpoint_stop(&c);
-	config_free(&s);
+	ckpt_run_stop(&r);
 }
 
 static void test_vanished_log(void **state)
