@@ -317,6 +317,19 @@ static void ckpt_rewind(struct store_checkpointer *c)
 	}
 }
 
+/* Publishes the threshold to the hooks, and moves the valve's level with
+ * it, unless that level is a valve episode's own (see ckpt_valve). */
+static void ckpt_set_threshold(struct store_checkpointer *c, uint64_t t)
+{
+	uint64_t at = c->threshold * CKPT_VALVE_FACTOR;   /* the level that goes with the old one */
+	if (c->threshold == 0)
+		atomic_store(&g_ckpt.valve_at, t * CKPT_VALVE_FACTOR);
+	else if (t != c->threshold)
+		atomic_compare_exchange_strong(&g_ckpt.valve_at, &at, t * CKPT_VALVE_FACTOR);
+	c->threshold = t;
+	atomic_store(&g_ckpt.threshold, t);
+}
+
 /* One round: a PASSIVE checkpoint, and the rewind when it copied all.
  * Returns false when it left frames uncopied without copying more than the
  * previous round (then the thread pauses CKPT_RETRY_MS); when frames are
@@ -333,14 +346,8 @@ static bool ckpt_round(struct store_checkpointer *c)
 	bool progress = rc == SQLITE_OK && (complete || log_frames < c->last_log || done > c->last_done);
 	c->last_log = log_frames;
 	c->last_done = done;
-	if (c->automatic) {
-		/* The index grows: so may the automatic threshold change. */
-		uint64_t t = store_checkpoint_auto_pages(index_bytes(c->st->s->store_index_path));
-		if (t != c->threshold) {
-			c->threshold = t;
-			atomic_store(&g_ckpt.threshold, t);
-		}
-	}
+	if (c->automatic)   /* the index grows: so may the automatic threshold change */
+		ckpt_set_threshold(c, ckpt_threshold(c->st->s));
 	if (!complete)
 		atomic_store(&g_ckpt.dirty, true);
 	else if (log_frames > 0)
@@ -412,10 +419,8 @@ enum status store_checkpoint_start(const struct settings *s, struct store_checkp
 	/* PASSIVE never waits; this handle's RESTARTs must not either. */
 	sqlite3_busy_timeout(st->db, 0);
 	c->automatic = s->store_checkpoint_pages == 0;
-	c->threshold = ckpt_threshold(s);
 	snprintf(g_ckpt.path, sizeof(g_ckpt.path), "%s", s->store_index_path);
-	atomic_store(&g_ckpt.threshold, c->threshold);
-	atomic_store(&g_ckpt.valve_at, c->threshold * CKPT_VALVE_FACTOR);
+	ckpt_set_threshold(c, ckpt_threshold(s));
 	atomic_store(&g_ckpt.pending, false);
 	atomic_store(&g_ckpt.copied, 0);
 	atomic_store(&g_ckpt.last_pages, 0);
