@@ -57,6 +57,7 @@ stdout for docs/BENCHMARKS.md.
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -66,6 +67,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -376,15 +378,23 @@ def imap_latency(node, pool, seed, sessions=1000, concurrency=8):
     return {"samples": lat, "errors": errors, "seconds": time.monotonic() - t0}
 
 
-def imap_round(node, res, pool, i):
-    """One round of IMAP sessions on a node in steady state (started, its
-    first placement pass done, nothing else running)."""
+@contextlib.contextmanager
+def steady(node):
+    """The node started and in steady state: its tier thread's first
+    placement pass done (5 s after start).  Yields the seconds waited for
+    it; stops the node after."""
     node.start()
     try:
-        wait_first_pass(node)
-        r = imap_latency(node, pool, SEED + 100 + i)
+        yield wait_first_pass(node)
     finally:
         node.stop()
+
+
+def imap_round(node, res, pool, i):
+    """One round of IMAP sessions on a node in steady state, nothing else
+    running."""
+    with steady(node):
+        r = imap_latency(node, pool, SEED + 100 + i)
     res["imap_rounds"].append(r)
     log("%s: IMAP round %d: session p99 %.1f ms, %d errors" %
         (node.name, i + 1, percentile(r["samples"]["session"], 99), len(r["errors"])))
@@ -463,26 +473,16 @@ def load(node, res, accounts, bulk):
 
 
 def delivery_round(node, res, accounts, count, seed):
-    """One timed window on a node in steady state: started, its first
-    placement pass done, the write-back of everything before settled."""
-    node.start()
-    try:
-        wait_first_pass(node)
+    """One timed window on a node in steady state, the write-back of
+    everything before settled."""
+    with steady(node):
         settle_s = settle()
         r = smtp_load(node, accounts, count, seed)
-    finally:
-        node.stop()
     res["delivery_rounds"].append({"rate": r["rate"], "p50_ms": r["latency_ms"]["p50"],
                                    "p99_ms": r["latency_ms"]["p99"], "failed": r["failed"],
                                    "messages": r["accepted"], "settle_s": settle_s})
     log("%s: timed window of %d messages at %.0f/s, p99 %.1f ms" %
         (node.name, r["accepted"], r["rate"], r["latency_ms"]["p99"]))
-
-
-def median(v):
-    v = sorted(v)
-    n = len(v)
-    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
 def paired(pairs, rounds, step):
@@ -496,9 +496,9 @@ def paired(pairs, rounds, step):
 
 def summarize_delivery(res):
     rounds = res["delivery_rounds"]
-    res["delivery"] = {"rate": median([r["rate"] for r in rounds]),
-                       "p50_ms": median([r["p50_ms"] for r in rounds]),
-                       "p99_ms": median([r["p99_ms"] for r in rounds]),
+    res["delivery"] = {"rate": statistics.median([r["rate"] for r in rounds]),
+                       "p50_ms": statistics.median([r["p50_ms"] for r in rounds]),
+                       "p99_ms": statistics.median([r["p99_ms"] for r in rounds]),
                        "failed": sum(r["failed"] for r in rounds),
                        "messages": sum(r["messages"] for r in rounds), "rounds": len(rounds)}
 
@@ -510,9 +510,8 @@ def start_round(node, res, i):
 
 def measure_rest(binary, node, res, accounts, idle_conns):
     """Everything measured on one node alone, after the paired phases."""
-    node.start()
-    try:
-        res["first_pass_s"] = wait_first_pass(node)
+    with steady(node) as first_pass_s:
+        res["first_pass_s"] = first_pass_s
         time.sleep(2)
         res["idle_rss_kib"] = rss_kib(node.proc.pid)
         log("%s: start %.3f s, idle RSS %d KiB" % (node.name, res["start_s"]["median"], res["idle_rss_kib"]))
@@ -520,8 +519,6 @@ def measure_rest(binary, node, res, accounts, idle_conns):
         res["idle_imap"] = {"connections": idle_conns, "rss_before_kib": before, "rss_during_kib": during,
                             "kib_per_connection": (during - before) / idle_conns}
         log("%s: %d IDLE sessions: %.2f KiB each" % (node.name, idle_conns, (during - before) / idle_conns))
-    finally:
-        node.stop()
     t0 = time.monotonic()
     node.cli("store", "verify")
     res["store_verify_s"] = time.monotonic() - t0
@@ -561,7 +558,7 @@ def measure_both(binary, workdir, sizes, rounds, per_round, starts, reuse):
                 (node.name, res["imap_latency"]["session"]["p50"], res["imap_latency"]["session"]["p99"],
                  res["imap_latency"]["errors"]))
         for node, res in pairs:
-            res["start_s"]["median"] = median(res["start_s"]["runs"])
+            res["start_s"]["median"] = statistics.median(res["start_s"]["runs"])
             measure_rest(binary, node, res, res["accounts"], res["idle_conns"])
     finally:
         for node, _ in pairs:
